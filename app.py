@@ -1,0 +1,120 @@
+"""sdplay's entry point: parse flags (or their SDPLAY_* environment variables), load the model, serve the UI.
+
+Run `python app.py --help` for the flags. It is also the `app_file` of a Hugging Face Space.
+"""
+
+import argparse
+import ipaddress
+import os
+import sys
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+HUB_MODELS = [
+    "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "stabilityai/stable-diffusion-2-1-base",
+    "stabilityai/sd-turbo",
+    "stable-diffusion-v1-5/stable-diffusion-inpainting",
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description="sdplay: a Stable Diffusion playground in the browser.")
+    parser.add_argument(
+        "--model",
+        default=env("SDPLAY_MODEL", DEFAULT_MODEL),
+        help="Hub id, local diffusers folder, or .safetensors file [SDPLAY_MODEL]",
+    )
+    parser.add_argument(
+        "--config",
+        default=env("SDPLAY_CONFIG"),
+        help="local diffusers folder with the configs for a .safetensors --model [SDPLAY_CONFIG]",
+    )
+    parser.add_argument("--host", default=env("SDPLAY_HOST", "127.0.0.1"), help="address to bind [SDPLAY_HOST]")
+    parser.add_argument("--port", type=int, default=int(env("SDPLAY_PORT", "7860")), help="[SDPLAY_PORT]")
+    parser.add_argument("--device", default=env("SDPLAY_DEVICE"), help="cpu, cuda, cuda:N or mps [SDPLAY_DEVICE]")
+    parser.add_argument("--dtype", default=env("SDPLAY_DTYPE"), help="float16, bfloat16 or float32 [SDPLAY_DTYPE]")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        default=env("SDPLAY_OFFLINE") == "1",
+        help="never contact the Hugging Face Hub [SDPLAY_OFFLINE=1]",
+    )
+    parser.add_argument(
+        "--auth",
+        default=env("SDPLAY_AUTH"),
+        help="user:password; required when --host is not a loopback address [SDPLAY_AUTH]",
+    )
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        default=int(env("SDPLAY_MAX_SIZE", "1024")),
+        help="largest width or height a user may ask for [SDPLAY_MAX_SIZE]",
+    )
+    parser.add_argument(
+        "--cpu-offload",
+        action="store_true",
+        default=env("SDPLAY_CPU_OFFLOAD") == "1",
+        help="CUDA only: keep idle submodels in RAM [SDPLAY_CPU_OFFLOAD=1]",
+    )
+    parser.add_argument(
+        "--vae-tiling",
+        action="store_true",
+        default=env("SDPLAY_VAE_TILING") == "1",
+        help="CUDA only: decode large images in tiles [SDPLAY_VAE_TILING=1]",
+    )
+    parser.add_argument(
+        "--attention-slicing",
+        action="store_true",
+        default=env("SDPLAY_ATTENTION_SLICING") == "1",
+        help="CUDA only: compute attention in slices [SDPLAY_ATTENTION_SLICING=1]",
+    )
+    args = parser.parse_args(argv)
+    if not _is_loopback(args.host) and not args.auth:
+        parser.error(f"--host {args.host} opens the app to the network: also give --auth user:password.")
+    if args.auth and ":" not in args.auth:
+        parser.error("--auth takes user:password.")
+    return args  # fmt: skip
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    # Imported after parsing so that --help is instant and flags can still set import-time environment.
+    from sdplay.errors import UserError
+    from sdplay.models import MemoryOptions, ModelManager
+    from sdplay.requests import Limits
+    from sdplay.ui.layout import build_demo
+
+    try:
+        memory = MemoryOptions(args.cpu_offload, args.vae_tiling, args.attention_slicing)
+        manager = ModelManager(args.device, args.dtype, offline=args.offline, memory=memory)
+        print(f"sdplay: loading {args.model} on {manager.device} ...", flush=True)
+        manager.load(args.model, config=args.config)
+    except UserError as error:
+        sys.exit(f"sdplay: {error}")
+    models = list(dict.fromkeys([args.model, *([] if args.offline else HUB_MODELS)]))
+    demo = build_demo(manager, Limits(max_size=args.max_size), models)
+    user, _, password = (args.auth or "").partition(":")
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        auth=(user, password) if args.auth else None,
+        max_file_size="20mb",
+        enable_monitoring=False,
+        allowed_paths=[],
+        show_error=False,
+        share=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Running one generation request: validate, seed, preview each step, paste inpainting back, write metadata.
+
+`generate()` is plain and synchronous (CPU objects in and out: the function a ZeroGPU `@spaces.GPU` would wrap);
+`stream()` runs it in a worker thread so that a UI can show previews and stop it between steps.
+"""
+
+import queue
+import random
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from sdplay.errors import UserError
+from sdplay.images import (
+    blur_mask,
+    check_mask,
+    fit_within,
+    masked_region,
+    open_image,
+    paste_back,
+)
+from sdplay.metadata import format_infotext, with_infotext
+from sdplay.models import LoadedModel, ModelManager
+from sdplay.predictions import Prediction, watch_predictions
+from sdplay.previews import latents_to_rgb
+from sdplay.requests import MAX_SEED, GenerationRequest, Limits, Task, validated
+
+
+class Cancelled(Exception):
+    """The job was stopped between two denoising steps."""
+
+
+@dataclass(frozen=True)
+class StepUpdate:
+    """Progress after a denoising step, with a cheap preview of x̂₀ for each image of the batch."""
+
+    step: int
+    total: int
+    previews: list[Image.Image]
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    images: list[Image.Image]  # each carries its A1111 infotext in info["parameters"]
+    infotexts: list[str]
+    seeds: list[int]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A validated request turned into pipeline arguments, and how to finish its images afterwards."""
+
+    size: tuple[int, int]
+    pipe_kwargs: dict
+    finish: Callable[[Image.Image], Image.Image] = lambda image: image
+
+
+def generate(
+    manager: ModelManager,
+    request: GenerationRequest,
+    limits: Limits = Limits(),
+    *,
+    owner: str | None = None,
+    cancel: threading.Event | None = None,
+    on_step: Callable[[StepUpdate], None] | None = None,
+) -> GenerationResult:
+    """Run `request` on the loaded model, one job at a time; `UserError` for bad input, `Cancelled` if stopped."""
+    request = validated(request, limits)
+    with manager.job(owner, cancel) as job:
+        model = manager.model
+        if model.is_inpainting and request.task != Task.INPAINT:
+            raise UserError(f"{model.name} is an inpainting checkpoint: use the Inpaint tab with it.")
+        pipe = manager.pipeline(request.task, request.sampler)
+        warnings = _prompt_warnings(pipe.tokenizer, request)
+        plan = _plan(request, model, limits)
+        first_seed = random.randint(0, MAX_SEED) if request.seed == -1 else request.seed
+        seeds = [(first_seed + i) % (MAX_SEED + 1) for i in range(request.batch_size)]
+        latest: dict[str, Prediction] = {}
+
+        def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+            if job.cancel.is_set():
+                raise Cancelled()
+            if on_step is not None and latest:
+                previews = [latents_to_rgb(x0, model.latent_rgb) for x0 in latest["prediction"].x0]
+                on_step(StepUpdate(step + 1, pipe.num_timesteps, previews))
+            return {}
+
+        if job.cancel.is_set():
+            raise Cancelled()
+        watch = watch_predictions(pipe, lambda p: latest.update(prediction=p)) if on_step else nullcontext()
+        with watch:
+            output = pipe(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt or None,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance_scale,
+                num_images_per_prompt=request.batch_size,
+                generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+                callback_on_step_end=on_step_end,
+                **plan.pipe_kwargs,
+            )
+    infotexts = [_infotext(request, model, plan.size, seed) for seed in seeds]
+    images = [with_infotext(plan.finish(image), text) for image, text in zip(output.images, infotexts, strict=True)]
+    return GenerationResult(images, infotexts, seeds, warnings)
+
+
+def _prompt_warnings(tokenizer, request: GenerationRequest) -> list[str]:
+    """The text encoder reads 75 tokens (77 with start and end); say what was cut, as A1111 does."""
+    warnings = []
+    limit = tokenizer.model_max_length - 2
+    for label, text in (
+        ("prompt", request.prompt),
+        ("negative prompt", request.negative_prompt),
+    ):
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        if len(ids) > limit:
+            dropped = tokenizer.decode(ids[limit:])
+            warnings.append(
+                f"The {label} is {len(ids)} tokens long; only the first {limit} are used. Ignored: {dropped!r}"
+            )
+    return warnings
+
+
+def _plan(request: GenerationRequest, model: LoadedModel, limits: Limits) -> _Plan:
+    """Pipeline arguments for the request's task; img2img and inpaint take the input's size unless one is set."""
+    native = model.native_size
+    if request.task == Task.TXT2IMG:
+        size = (request.width or native, request.height or native)
+        return _Plan(size, {"width": size[0], "height": size[1]})
+    image = open_image(request.image)
+    chosen = (request.width, request.height) if request.width and request.height else None
+    if request.task == Task.IMG2IMG:
+        size = chosen or fit_within(image.size, limits.max_size)
+        init = image.resize(size, Image.Resampling.LANCZOS)
+        return _Plan(size, {"image": init, "strength": request.strength})
+    check_mask(request.mask, image.size)
+    mask = blur_mask(request.mask, request.mask_blur)
+    if request.only_masked:
+        # Generate the region around the mask at full resolution, then paste it back at its place.
+        size = chosen or (native, native)
+        box = masked_region(mask, request.padding, size[0] / size[1])
+    else:
+        size = chosen or fit_within(image.size, limits.max_size)
+        box = (0, 0, image.width, image.height)
+    region = image.crop(box).resize(size, Image.Resampling.LANCZOS)
+    region_mask = mask.crop(box).resize(size, Image.Resampling.LANCZOS)
+    kwargs = {
+        "image": region,
+        "mask_image": region_mask,
+        "width": size[0],
+        "height": size[1],
+    }
+    kwargs["strength"] = request.strength
+    return _Plan(size, kwargs, lambda generated: paste_back(image, generated, mask, box))
+
+
+def _infotext(request: GenerationRequest, model: LoadedModel, size: tuple[int, int], seed: int) -> str:
+    params: dict[str, object] = {
+        "Steps": request.steps,
+        "Sampler": request.sampler,
+        "CFG scale": request.guidance_scale,
+        "Seed": seed,
+        "Size": f"{size[0]}x{size[1]}",
+        "Model": model.name,
+    }
+    if request.task != Task.TXT2IMG:
+        params["Denoising strength"] = request.strength
+    if request.task == Task.INPAINT:
+        params["Mask blur"] = request.mask_blur
+        if request.only_masked:
+            params["Inpaint area"] = "Only masked"
+            params["Masked area padding"] = request.padding
+    return format_infotext(request.prompt, request.negative_prompt, params)
+
+
+def stream(
+    manager: ModelManager,
+    request: GenerationRequest,
+    limits: Limits = Limits(),
+    owner: str | None = None,
+) -> Iterator[StepUpdate | GenerationResult]:
+    """`generate()` in a worker thread, yielding each `StepUpdate` and then the result.
+
+    Closing the iterator (a UI's Stop) sets the cancel flag: the job ends after the step it is in, and the
+    lock is free again when `close()` returns.
+    """
+    updates: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+
+    def work() -> None:
+        try:
+            updates.put(
+                generate(
+                    manager,
+                    request,
+                    limits,
+                    owner=owner,
+                    cancel=cancel,
+                    on_step=updates.put,
+                )
+            )
+        except BaseException as error:  # handed to the consuming thread, which raises it
+            updates.put(error)
+
+    worker = threading.Thread(target=work, name="sdplay-job", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = updates.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, GenerationResult):
+                return
+    finally:
+        cancel.set()
+        worker.join()

@@ -1,0 +1,324 @@
+"""The model manager: loads one Stable Diffusion model, shares its weights across tasks, runs one job at a time.
+
+It owns all accelerator state. Nothing else in sdplay keeps a pipeline.
+"""
+
+import gc
+import json
+import re
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    AutoPipelineForText2Image,
+    DiffusionPipeline,
+    StableDiffusionPipeline,
+)
+
+from sdplay.errors import UserError
+from sdplay.previews import fit_latent_rgb
+from sdplay.requests import Task
+from sdplay.samplers import build_scheduler
+
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+PICKLE_SUFFIXES = {".bin", ".ckpt", ".pt", ".pth", ".pkl"}
+DTYPES = {
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+DTYPES |= {"float32": torch.float32, "fp32": torch.float32}
+VIEWS = {
+    Task.TXT2IMG: AutoPipelineForText2Image,
+    Task.IMG2IMG: AutoPipelineForImage2Image,
+}
+VIEWS |= {Task.INPAINT: AutoPipelineForInpainting}
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """The requested device, or the best one here: CUDA, then Apple MPS, then the CPU."""
+    if requested:
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise UserError(f"Unknown device {requested!r}: use cpu, cuda, cuda:N or mps.") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for, but PyTorch sees no CUDA GPU here.")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
+    """fp16 on GPUs (half the memory, tensor cores), fp32 on the CPU (fp16 matmuls are slow or missing there)."""
+    if requested:
+        if requested not in DTYPES:
+            raise UserError(f"Unknown dtype {requested!r}: use float16, bfloat16 or float32.")
+        return DTYPES[requested]
+    return torch.float32 if device.type == "cpu" else torch.float16
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse anything that is not a safetensors file, judged by its header: pickle checkpoints can run code."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        valid = 0 < size <= min(100_000_000, path.stat().st_size - 8)
+        header = f.read(size) if valid else b""
+    try:
+        valid = valid and isinstance(json.loads(header), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        valid = False
+    if not valid:
+        raise UserError(
+            f"{path.name} is not a safetensors file. sdplay loads only .safetensors weights: pickle checkpoints "
+            "(.ckpt, .bin, .pt) can run arbitrary code when loaded. Convert it to safetensors first."
+        )
+
+
+def check_diffusers_folder(folder: Path) -> None:
+    """A diffusers folder must have a model_index.json and safetensors weights only."""
+    if not (folder / "model_index.json").is_file():
+        raise UserError(f"{folder} is not a diffusers model folder (it has no model_index.json).")
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [p for p in sub.iterdir() if p.is_file()]
+        pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+        weights = [p for p in files if p.suffix == ".safetensors"]
+        if pickles and not weights:
+            raise UserError(
+                f"{sub.name}/ holds only pickle weights ({', '.join(pickles)}). sdplay loads only safetensors: "
+                "pickle files can run arbitrary code when loaded."
+            )
+        for path in weights:
+            check_safetensors(path)
+
+
+@dataclass
+class LoadedModel:
+    """One loaded model: the base pipeline whose modules every task view shares."""
+
+    name: str
+    source: str
+    config: str | None
+    pipe: StableDiffusionPipeline
+    scheduler_config: dict[str, Any]
+    latent_rgb: torch.Tensor  # the fitted latent -> RGB preview map (see previews.py)
+
+    @property
+    def native_size(self) -> int:
+        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    @property
+    def is_inpainting(self) -> bool:
+        """Dedicated inpainting checkpoints take 9 input channels: latents, mask and masked-image latents."""
+        return self.pipe.unet.config.in_channels == 9
+
+    @property
+    def allows_lcm(self) -> bool:
+        """LCM-distilled models carry a guidance embedding (time_cond_proj_dim) or ship an LCM scheduler."""
+        distilled = self.pipe.unet.config.get("time_cond_proj_dim") is not None
+        return distilled or self.scheduler_config.get("_class_name") == "LCMScheduler"
+
+    @property
+    def parameter_bytes(self) -> int:
+        modules = [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
+        return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+
+@dataclass
+class Job:
+    """The job holding the lock; `cancel` is checked between denoising steps."""
+
+    owner: str | None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    """Low-memory switches; they exist for CUDA only (elsewhere they either fail or do nothing)."""
+
+    cpu_offload: bool = False
+    vae_tiling: bool = False
+    attention_slicing: bool = False
+
+
+class ModelManager:
+    """Loads a model once, hands out task views that share its weights, and serialises jobs with a lock."""
+
+    def __init__(
+        self,
+        device: str | None = None,
+        dtype: str | None = None,
+        offline: bool = False,
+        memory: MemoryOptions = MemoryOptions(),
+    ) -> None:
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.offline = offline
+        self.memory = memory
+        if self.device.type != "cuda" and memory != MemoryOptions():
+            raise UserError("CPU offload, VAE tiling and attention slicing are CUDA-only options.")
+        self._model: LoadedModel | None = None
+        self._lock = threading.Lock()
+        self._job: Job | None = None
+
+    @property
+    def model(self) -> LoadedModel:
+        if self._model is None:
+            raise UserError("No model is loaded. Pick one in the Model box and press Load.")
+        return self._model
+
+    def load(self, source: str, config: str | None = None, allow_local: bool = True) -> LoadedModel:
+        """Load `source` (Hub id, diffusers folder or .safetensors file with a local `config` folder).
+
+        The source is checked first; then the old model is released, so memory never holds two. If the new one
+        still fails to load, the old one is loaded back and the error is raised. `allow_local=False` (the web UI)
+        refuses paths on this disk.
+        """
+        source = source.strip()
+        load = self._loader(source, config, allow_local)
+        with self._lock:
+            previous = (self._model.source, self._model.config) if self._model else None
+            self._release()
+            try:
+                self._model = self._prepare(source, config, load())
+            except Exception:
+                if previous is not None:
+                    self._model = self._prepare(*previous, self._loader(*previous, allow_local=True)())
+                raise
+            return self._model
+
+    def _loader(self, source: str, config: str | None, allow_local: bool):
+        """Check the source before anything is released, and return the function that loads it."""
+        common = dict(dtype=self.dtype, safety_checker=None, requires_safety_checker=False)
+        path = Path(source).expanduser()
+        looks_local = path.suffix in PICKLE_SUFFIXES | {".safetensors"} or source.startswith(("/", ".", "~"))
+        if path.exists() or looks_local or not HUB_ID.fullmatch(source):
+            if not allow_local:
+                raise UserError("Local paths can only be given on the command line (--model); here, use a Hub id.")
+            if path.is_dir():
+                check_diffusers_folder(path)
+                return lambda: StableDiffusionPipeline.from_pretrained(
+                    path, use_safetensors=True, local_files_only=True, **common
+                )
+            if path.is_file():
+                check_safetensors(path)
+                if config is not None and not (Path(config) / "model_index.json").is_file():
+                    raise UserError(f"--config {config} is not a diffusers folder (it has no model_index.json).")
+                return lambda: StableDiffusionPipeline.from_single_file(
+                    path,
+                    config=config,
+                    local_files_only=self.offline or config is not None,
+                    **common,
+                )
+            raise UserError(
+                f"No model at {source!r}: give a Hub id (org/name), a diffusers folder or a .safetensors file."
+            )
+
+        def from_hub() -> StableDiffusionPipeline:
+            try:
+                return StableDiffusionPipeline.from_pretrained(
+                    source,
+                    use_safetensors=True,
+                    local_files_only=self.offline,
+                    **common,
+                )
+            except (OSError, ValueError) as error:
+                raise UserError(
+                    f"Could not load {source!r} from the Hugging Face Hub ({error.__class__.__name__}: {error}). "
+                    "Without internet, start with --model PATH (a local diffusers folder or a .safetensors file)."
+                ) from error
+
+        return from_hub
+
+    def _prepare(self, source: str, config: str | None, pipe: StableDiffusionPipeline) -> LoadedModel:
+        pipe.set_progress_bar_config(disable=True)
+        if self.memory.cpu_offload:
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+        if self.memory.vae_tiling:
+            pipe.vae.enable_tiling()
+        if self.memory.attention_slicing:
+            pipe.enable_attention_slicing()
+        name = Path(source).name if Path(source).exists() else source
+        return LoadedModel(
+            name,
+            source,
+            config,
+            pipe,
+            dict(pipe.scheduler.config),
+            fit_latent_rgb(pipe.vae),
+        )
+
+    def _release(self) -> None:
+        """Drop every reference to the current model and give its memory back."""
+        self._model = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def pipeline(self, task: Task, sampler: str) -> DiffusionPipeline:
+        """A view of the loaded model for `task`, with its own fresh scheduler; it shares every weight tensor."""
+        model = self.model
+        scheduler = build_scheduler(sampler, model.scheduler_config)
+        view = VIEWS[task].from_pipe(model.pipe, scheduler=scheduler)
+        view.set_progress_bar_config(disable=True)
+        return view
+
+    @contextmanager
+    def job(self, owner: str | None = None, cancel: threading.Event | None = None) -> Iterator[Job]:
+        """Hold the lock for one job; `interrupt(owner)` from another thread sets its cancel flag."""
+        with self._lock:
+            self._job = Job(owner, cancel or threading.Event())
+            try:
+                yield self._job
+            finally:
+                self._job = None
+
+    def interrupt(self, owner: str | None = None) -> bool:
+        """Ask the running job to stop at the next step; only its owner may (None matches any job)."""
+        job = self._job
+        if job is None or (owner is not None and job.owner != owner):
+            return False
+        job.cancel.set()
+        return True
+
+    def status(self) -> str:
+        """One line for the UI: model, device, dtype and memory in use."""
+        rss = psutil.Process().memory_info().rss / 2**20
+        if self._model is None:
+            return f"No model loaded · {self.device.type} · RAM {rss:.0f} MB"
+        model = self._model
+        line = f"{model.name} · {self.device.type} {str(self.dtype).removeprefix('torch.')}"
+        line += f" · weights {model.parameter_bytes / 2**20:.0f} MB · RAM {rss:.0f} MB"
+        if self.device.type == "cuda":
+            line += f" · VRAM {torch.cuda.memory_allocated(self.device) / 2**20:.0f} MB"
+        return line
+
+
+def shared_weight_ratio(manager: ModelManager) -> float:
+    """Unique parameter bytes over all task views divided by one view's: 1.00 means the views share every tensor."""
+
+    def tensors(pipe: DiffusionPipeline) -> dict[int, int]:
+        modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+        return {p.data_ptr(): p.numel() * p.element_size() for m in modules for p in m.parameters()}
+
+    views = [tensors(manager.pipeline(task, "Euler")) for task in Task]
+    union: dict[int, int] = {}
+    for view in views:
+        union |= view
+    return sum(union.values()) / sum(views[0].values())

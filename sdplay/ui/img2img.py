@@ -1,0 +1,45 @@
+"""The Image-to-Image tab: an image is noised to `strength` and denoised again towards the prompt."""
+
+import gradio as gr
+
+from sdplay.models import ModelManager
+from sdplay.requests import GenerationRequest, Limits, Task
+from sdplay.ui.common import GPU, Controls, Results, UploadImage, controls, results, run, wire_stop
+
+
+def build(manager: ModelManager, limits: Limits, examples: list[str]) -> tuple[UploadImage, Controls, Results]:
+    with gr.Row():
+        with gr.Column():
+            image = UploadImage(label="Image", type="filepath", sources=["upload", "clipboard"], height=360)
+            strength = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength")
+            gr.Markdown("Width and height 0 keep the input image's size (rounded to multiples of 8).")
+            c = controls(manager, limits, examples, size_default=0)
+        with gr.Column():
+            r = results()
+
+    def img2img(
+        prompt: str,
+        negative_prompt: str,
+        sampler: str,
+        steps: int,
+        guidance_scale: float,
+        seed: int,
+        image: str | None,
+        strength: float = 0.75,
+        width: int = 0,
+        height: int = 0,
+        batch_size: int = 1,
+        request: gr.Request = None,
+        progress=gr.Progress(),
+    ):
+        """Repaint an image towards the prompt; `strength` 0..1 is how much noise is added first."""
+        job = GenerationRequest(
+            Task.IMG2IMG, prompt, negative_prompt, sampler, steps, guidance_scale, seed, width, height, batch_size,
+            image=image, strength=strength,
+        )  # fmt: skip
+        yield from run(manager, job, limits, request, progress)
+
+    inputs = [*c.inputs(), image, strength, c.width, c.height, c.batch_size]
+    event = r.generate.click(img2img, inputs, r.outputs(), api_name="img2img", **GPU)
+    wire_stop(manager, r, event)
+    return image, c, r

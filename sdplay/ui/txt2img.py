@@ -1,0 +1,39 @@
+"""The Text-to-Image tab: a prompt and settings in, a batch of PNGs out."""
+
+import gradio as gr
+
+from sdplay.models import ModelManager
+from sdplay.requests import GenerationRequest, Limits, Task
+from sdplay.ui.common import GPU, Controls, Results, controls, results, run, wire_stop
+
+
+def build(manager: ModelManager, limits: Limits, examples: list[str]) -> tuple[Controls, Results]:
+    with gr.Row():
+        with gr.Column():
+            c = controls(manager, limits, examples)
+        with gr.Column():
+            r = results()
+
+    def txt2img(
+        prompt: str,
+        negative_prompt: str,
+        sampler: str,
+        steps: int,
+        guidance_scale: float,
+        seed: int,
+        width: int,
+        height: int,
+        batch_size: int = 1,
+        request: gr.Request = None,
+        progress=gr.Progress(),
+    ):
+        """Generate images from a text prompt; returns the PNGs (with A1111 `parameters`), infotext and seed."""
+        job = GenerationRequest(
+            Task.TXT2IMG, prompt, negative_prompt, sampler, steps, guidance_scale, seed, width, height, batch_size
+        )
+        yield from run(manager, job, limits, request, progress)
+
+    inputs = [*c.inputs(), c.width, c.height, c.batch_size]
+    event = r.generate.click(txt2img, inputs, r.outputs(), api_name="txt2img", **GPU)
+    wire_stop(manager, r, event)
+    return c, r
