@@ -64,7 +64,8 @@ SAMPLERS: dict[str, Sampler] = {
                 "use_karras_sigmas": True,
             },
         ),
-        Sampler("DDIM", DDIMScheduler),
+        # DDIM defaults to clipping x0 to [-1, 1], right for pixels, wrong for latents; SD's configs turn it off.
+        Sampler("DDIM", DDIMScheduler, {"clip_sample": False}),
         Sampler("UniPC", UniPCMultistepScheduler),
         Sampler("LMS", LMSDiscreteScheduler),
         # Stable Diffusion's own PNDM config skips the Runge-Kutta warm-up; keep that for every model.

@@ -4,13 +4,13 @@ import gradio as gr
 
 from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits, Task
-from sdplay.ui.common import GPU, Controls, Results, UploadImage, controls, results, run, wire_stop
+from sdplay.ui.common import GPU, Controls, Results, controls, image_upload, results, run, wire_stop
 
 
-def build(manager: ModelManager, limits: Limits, examples: list[str]) -> tuple[UploadImage, Controls, Results]:
+def build(manager: ModelManager, limits: Limits, examples: list[str]) -> tuple[gr.Image, Controls, Results]:
     with gr.Row():
         with gr.Column():
-            image = UploadImage(label="Image", type="filepath", sources=["upload", "clipboard"], height=360)
+            image = image_upload("Image", 360)
             strength = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength")
             gr.Markdown("Width and height 0 keep the input image's size (rounded to multiples of 8).")
             c = controls(manager, limits, examples, size_default=0)

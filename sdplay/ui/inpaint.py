@@ -9,10 +9,10 @@ from sdplay.requests import GenerationRequest, Limits, Task
 from sdplay.ui.common import (
     GPU,
     Controls,
-    PaintMask,
     Results,
-    UploadImage,
+    clear_upload_errors,
     controls,
+    image_upload,
     results,
     run,
     user_errors,
@@ -20,20 +20,22 @@ from sdplay.ui.common import (
 )
 
 
-def build(manager: ModelManager, limits: Limits, examples: list[str]) -> tuple[PaintMask, Controls, Results]:
+def build(manager: ModelManager, limits: Limits, examples: list[str]) -> tuple[gr.ImageEditor, Controls, Results]:
     with gr.Row():
         with gr.Column():
-            image = PaintMask(
-                label="Image: paint over what to repaint",
-                type="pil",
-                image_mode="RGBA",
-                sources=["upload", "clipboard"],
-                brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
-                layers=False,
-                height=420,
+            image = clear_upload_errors(
+                gr.ImageMask(
+                    label="Image: paint over what to repaint",
+                    type="pil",
+                    image_mode="RGBA",
+                    sources=["upload", "clipboard"],
+                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
+                    layers=False,
+                    height=420,
+                )
             )
             with gr.Accordion("Or upload a mask (white = repaint)", open=False):
-                mask = UploadImage(label="Mask", type="filepath", sources=["upload", "clipboard"], height=200)
+                mask = image_upload("Mask", 200)
             strength = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength")
             with gr.Row():
                 mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur")

@@ -4,7 +4,7 @@ import gradio as gr
 
 from sdplay.images import open_image
 from sdplay.metadata import read_infotext
-from sdplay.ui.common import UploadImage, user_errors
+from sdplay.ui.common import image_upload, user_errors
 
 TARGETS = {"txt2img": "Text-to-Image", "img2img": "Image-to-Image", "inpaint": "Inpaint"}
 
@@ -18,10 +18,10 @@ def read_parameters(image: str | None) -> str:
     return text or "This image carries no generation parameters."
 
 
-def build() -> tuple[UploadImage, gr.Textbox, dict[str, gr.Button]]:
+def build() -> tuple[gr.Image, gr.Textbox, dict[str, gr.Button]]:
     with gr.Row():
         with gr.Column():
-            image = UploadImage(label="Image", type="filepath", sources=["upload", "clipboard"], height=400)
+            image = image_upload("Image", 400)
         with gr.Column():
             text = gr.Textbox(label="Parameters", lines=8, buttons=["copy"])
             with gr.Row():

@@ -1,0 +1,134 @@
+"""The public API, driven with gradio_client against `python app.py` on the tiny model: the contract users rely on."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from sdplay.metadata import parse_infotext, read_infotext
+
+COMMON = ["prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "seed"]
+CONTRACT = {
+    "/txt2img": [*COMMON, "width", "height"],
+    "/img2img": [*COMMON, "image", "strength", "width", "height"],
+    "/inpaint": [*COMMON, "image", "mask", "strength", "width", "height"],
+}
+
+
+def txt2img(client: Client, **overrides):
+    args = dict(prompt="a red cat", negative_prompt="", sampler="Euler", steps=4, guidance_scale=7, seed=5)
+    return client.predict(**{"width": 64, "height": 64, **args, **overrides}, api_name="/txt2img")
+
+
+def load(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_endpoints_and_parameter_names_are_the_contract(client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    for name, parameters in CONTRACT.items():
+        names = [p["parameter_name"] for p in endpoints[name]["parameters"]]
+        assert names[: len(parameters)] == parameters if name == "/txt2img" else set(parameters) <= set(names)
+
+
+def test_txt2img_returns_pngs_with_a1111_parameters(client):
+    gallery, infotext, seed = txt2img(client, prompt="a cat, 猫: 🐱", negative_prompt="blur")
+    path = gallery[0]["image"]
+    assert path.endswith(".png") and seed == 5
+    stored = parse_infotext(read_infotext(Image.open(path)))
+    assert stored.prompt == "a cat, 猫: 🐱" and stored.negative_prompt == "blur"
+    assert stored.params["Seed"] == "5" and stored.params["Sampler"] == "Euler" and stored.params["Size"] == "64x64"
+    assert stored == parse_infotext(infotext)
+
+
+def test_same_request_same_pixels(client):
+    first, second = txt2img(client, seed=9)[0][0]["image"], txt2img(client, seed=9)[0][0]["image"]
+    assert np.array_equal(load(first), load(second))
+
+
+def test_img2img_and_inpaint_default_to_the_input_size(client, tmp_path):
+    source = tmp_path / "input.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 100, 3), dtype=np.uint8)).save(source)
+    args = dict(prompt="cat", negative_prompt="", sampler="Euler", steps=4, guidance_scale=7, seed=1)
+    gallery, infotext, _ = client.predict(**args, image=handle_file(source), strength=0.6, api_name="/img2img")
+    assert Image.open(gallery[0]["image"]).size == (104, 64)
+    assert parse_infotext(infotext).params["Denoising strength"] == "0.6"
+
+    mask = tmp_path / "mask.png"
+    mask_image = Image.new("L", (100, 60), 0)
+    mask_image.paste(255, (30, 20, 60, 40))
+    mask_image.save(mask)
+    editor = {"background": handle_file(source), "layers": [], "composite": None}
+    gallery, _, _ = client.predict(**args, image=editor, mask=handle_file(mask), mask_blur=0, api_name="/inpaint")
+    result, original = load(gallery[0]["image"]), load(source)
+    outside = np.asarray(mask_image) == 0
+    assert result.shape == original.shape and np.array_equal(result[outside], original[outside])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"steps": 151}, "151"),
+        ({"width": 2048}, "2048"),
+        ({"sampler": "Euler z"}, "Euler z"),
+        ({"prompt": "x" * 10_001}, "characters"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(client, overrides, message):
+    with pytest.raises(AppError, match=message):
+        txt2img(client, **overrides)
+    assert txt2img(client)[0]
+
+
+def test_undecodable_uploads_and_empty_masks_are_clear_errors(client, tmp_path):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"this is not a png")
+    args = dict(prompt="cat", negative_prompt="", sampler="Euler", steps=2, guidance_scale=7, seed=1)
+    with pytest.raises(AppError, match="image"):
+        client.predict(**args, image=handle_file(junk), api_name="/img2img")
+    source = tmp_path / "input.png"
+    Image.new("RGB", (64, 64), "white").save(source)
+    editor = {"background": handle_file(source), "layers": [], "composite": None}
+    with pytest.raises(AppError, match="mask is empty"):
+        client.predict(**args, image=editor, api_name="/inpaint")
+
+
+def test_plain_http_posts_cannot_skip_the_queue(app_url):
+    response = requests.post(f"{app_url}gradio_api/api/txt2img/", json={"data": ["a", "", "Euler", 2, 7, 1, 64, 64]})
+    assert response.status_code == 404
+
+
+def test_cancel_stops_the_job_and_frees_the_model(client):
+    job = client.submit(
+        prompt="cat", negative_prompt="", sampler="Euler", steps=150, guidance_scale=7, seed=1, width=1024,
+        height=1024, api_name="/txt2img",
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while job.status().code.name != "ITERATING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    job.cancel()
+    started = time.monotonic()
+    assert txt2img(client, seed=2)[0]  # the next job runs at once, not after 150 big steps
+    assert time.monotonic() - started < 20
+
+
+def test_four_concurrent_clients_get_exactly_their_sequential_images(app_url, client):
+    seeds = [21, 22, 23, 24]
+    sequential = [load(txt2img(client, seed=s, prompt=f"cat {s}")[0][0]["image"]) for s in seeds]
+    barrier = threading.Barrier(len(seeds))
+
+    def concurrent(seed: int) -> np.ndarray:
+        own = Client(app_url, verbose=False)
+        barrier.wait()
+        return load(txt2img(own, seed=seed, prompt=f"cat {seed}")[0][0]["image"])
+
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        results = list(pool.map(concurrent, seeds))
+    for expected, got in zip(sequential, results, strict=True):
+        assert np.array_equal(expected, got)

@@ -1,0 +1,117 @@
+"""The model manager on tiny random-weight pipelines: loading, sharing, isolation, switching, refusals."""
+
+import gc
+import shutil
+import threading
+import weakref
+
+import pytest
+import torch
+
+from sdplay.errors import UserError
+from sdplay.models import MemoryOptions, ModelManager, pick_device, pick_dtype, shared_weight_ratio
+from sdplay.requests import Task
+
+
+def test_loads_a_diffusers_folder_and_reports_it(manager, tiny_model):
+    assert manager.model.native_size == 64
+    assert manager.model.name == tiny_model.name
+    status = manager.status()
+    assert tiny_model.name in status and "cpu float32" in status and "MB" in status
+
+
+def test_task_views_share_every_weight_tensor(manager):
+    views = {task: manager.pipeline(task, "Euler") for task in Task}
+    for name in ("unet", "vae", "text_encoder"):
+        pointers = {task: [p.data_ptr() for p in getattr(view, name).parameters()] for task, view in views.items()}
+        assert pointers[Task.TXT2IMG] == pointers[Task.IMG2IMG] == pointers[Task.INPAINT]
+    assert shared_weight_ratio(manager) == 1.0
+    assert type(views[Task.INPAINT]).__name__ == "StableDiffusionInpaintPipeline"
+
+
+def test_each_request_gets_its_own_scheduler(manager):
+    base = manager.model.pipe.scheduler
+    first, second = manager.pipeline(Task.TXT2IMG, "DDIM"), manager.pipeline(Task.TXT2IMG, "DDIM")
+    assert first.scheduler is not second.scheduler and first.scheduler is not base
+    first.scheduler.set_timesteps(7)
+    assert second.scheduler.timesteps is None or len(second.scheduler.timesteps) != 7
+    assert type(manager.model.pipe.scheduler).__name__ == "PNDMScheduler"  # the base never changes
+
+
+def test_pickle_checkpoints_are_refused_by_their_header(tmp_path):
+    manager = ModelManager(device="cpu")
+    torch.save({"state_dict": {}}, tmp_path / "model.ckpt")
+    with pytest.raises(UserError, match="pickle"):
+        manager.load(str(tmp_path / "model.ckpt"))
+    (tmp_path / "model.ckpt").rename(tmp_path / "renamed.safetensors")
+    with pytest.raises(UserError, match="not a safetensors file"):
+        manager.load(str(tmp_path / "renamed.safetensors"))
+
+
+def test_a_folder_with_only_pickle_weights_is_refused(tiny_model, tmp_path):
+    folder = shutil.copytree(tiny_model, tmp_path / "pickled")
+    for weights in (folder / "unet").glob("*.safetensors"):
+        weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(UserError, match="only pickle weights"):
+        ModelManager(device="cpu").load(str(folder))
+
+
+def test_missing_paths_and_unreachable_hub_ids_say_what_to_do(tmp_path):
+    manager = ModelManager(device="cpu", offline=True)
+    with pytest.raises(UserError, match="No model at"):
+        manager.load(str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="--model"):
+        manager.load("sdplay-tests/not-a-real-model")
+    with pytest.raises(UserError, match="command line"):
+        manager.load(str(tmp_path), allow_local=False)
+
+
+def test_switching_models_releases_the_old_one(tiny_model, tiny_inpaint_model):
+    manager = ModelManager(device="cpu")
+    manager.load(str(tiny_model))
+    old_unet = weakref.ref(manager.model.pipe.unet)
+    manager.load(str(tiny_inpaint_model))
+    gc.collect()
+    assert old_unet() is None
+    assert manager.model.is_inpainting and manager.model.name == tiny_inpaint_model.name
+
+
+def test_a_failed_load_leaves_the_previous_model_working(tiny_model, tmp_path):
+    manager = ModelManager(device="cpu")
+    manager.load(str(tiny_model))
+    with pytest.raises(UserError):
+        manager.load(str(tmp_path / "missing"))  # refused before anything is released
+    broken = shutil.copytree(tiny_model, tmp_path / "broken")
+    (broken / "unet" / "config.json").unlink()  # passes the checks, fails inside diffusers
+    with pytest.raises(Exception):  # noqa: B017 - whatever diffusers raises, the old model must come back
+        manager.load(str(broken))
+    assert manager.model.source == str(tiny_model)
+    assert manager.pipeline(Task.TXT2IMG, "Euler").unet is manager.model.pipe.unet
+
+
+def test_device_and_dtype_are_picked_and_checked():
+    assert pick_device().type == "cpu"  # no GPU on the test machines
+    assert pick_dtype(None, torch.device("cpu")) == torch.float32
+    assert pick_dtype(None, torch.device("cuda")) == torch.float16
+    assert pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(UserError, match="dtype"):
+        pick_dtype("float8", torch.device("cpu"))
+    with pytest.raises(UserError, match="CUDA-only"):
+        ModelManager(device="cpu", memory=MemoryOptions(cpu_offload=True))
+
+
+def test_one_job_at_a_time_and_interrupt_reaches_only_its_owner(manager):
+    entered = threading.Event()
+    with manager.job(owner="alice") as job:
+        assert not manager.interrupt("bob")
+        assert manager.interrupt("alice") and job.cancel.is_set()
+
+        def second_job():
+            with manager.job("bob"):
+                entered.set()
+
+        waiter = threading.Thread(target=second_job)
+        waiter.start()
+        assert not entered.wait(0.3)  # blocked while alice's job holds the lock
+    waiter.join(5)
+    assert entered.is_set()
