@@ -17,6 +17,8 @@ from sdplay.errors import UserError
 # at the warning, so a small compressed upload cannot make the server allocate gigabytes.
 MAX_IMAGE_PIXELS = 16_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# Process-wide, like the limit itself: Gradio opens uploads too, before our code sees them.
+warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 # A1111 binarises masks with `x > 128`.
 MASK_THRESHOLD = 128
@@ -147,25 +149,22 @@ def _decode(source: ImageSource) -> Image.Image:
     """Load an image fully, in its own mode and upright, refusing corrupt data and decompression bombs."""
     if isinstance(source, np.ndarray):
         source = Image.fromarray(source)
-    if isinstance(source, Image.Image):
-        # Decoded elsewhere, so Pillow's size check may not have run against our limit.
-        if source.width * source.height > MAX_IMAGE_PIXELS:
-            raise UserError(TOO_LARGE_MESSAGE)
-    elif not isinstance(source, bytes):
+    if not isinstance(source, Image.Image | bytes):
         # Read files ourselves: a missing file is a bug to surface, not a corrupt upload.
         source = Path(source).read_bytes()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = source if isinstance(source, Image.Image) else Image.open(io.BytesIO(source))
-            image.load()
-            return ImageOps.exif_transpose(image)
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-            raise UserError(TOO_LARGE_MESSAGE) from error
-        except Image.UnidentifiedImageError as error:
-            raise UserError("The upload is not an image we can read: use a PNG, JPEG or WebP file.") from error
-        except (OSError, SyntaxError, ValueError, EOFError) as error:
-            raise UserError(f"The image is corrupt or truncated ({error}): save it again and upload it.") from error
+    try:
+        image = source if isinstance(source, Image.Image) else Image.open(io.BytesIO(source))
+        # Checked by hand too, before decoding: warning filters differ between processes (pytest resets them).
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise UserError(TOO_LARGE_MESSAGE)
+        image.load()
+        return ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise UserError(TOO_LARGE_MESSAGE) from error
+    except Image.UnidentifiedImageError as error:
+        raise UserError("The upload is not an image we can read: use a PNG, JPEG or WebP file.") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise UserError(f"The image is corrupt or truncated ({error}): save it again and upload it.") from error
 
 
 def _binarise(mask: Image.Image) -> Image.Image:

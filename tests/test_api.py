@@ -12,6 +12,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from sdplay.metadata import parse_infotext, read_infotext
+from tests.test_images import png_claiming_size
 
 COMMON = ["prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "seed"]
 CONTRACT = {
@@ -92,6 +93,10 @@ def test_undecodable_uploads_and_empty_masks_are_clear_errors(client, tmp_path):
     args = dict(prompt="cat", negative_prompt="", sampler="Euler", steps=2, guidance_scale=7, seed=1)
     with pytest.raises(AppError, match="image"):
         client.predict(**args, image=handle_file(junk), api_name="/img2img")
+    for name, size in (("warns.png", (5000, 4000)), ("bomb.png", (20000, 20000))):
+        (tmp_path / name).write_bytes(png_claiming_size(*size))  # a tiny file whose header claims 20-400 MP
+        with pytest.raises(AppError, match="too large|decompression bomb"):
+            client.predict(**args, image=handle_file(tmp_path / name), api_name="/img2img")
     source = tmp_path / "input.png"
     Image.new("RGB", (64, 64), "white").save(source)
     editor = {"background": handle_file(source), "layers": [], "composite": None}

@@ -12,13 +12,14 @@ from PIL import Image
 
 from sdplay.errors import UserError
 from sdplay.generate import Cancelled, GenerationResult, StepUpdate, stream
+from sdplay.images import TOO_LARGE_MESSAGE
 from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits
 from sdplay.samplers import DEFAULT_SAMPLER, sampler_names
 
 # Every event that runs the model shares one queue slot: one job on the GPU at a time, across all tabs.
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError)
 
 
 def clear_upload_errors(component: gr.Image | gr.ImageEditor) -> gr.Image | gr.ImageEditor:
@@ -32,6 +33,8 @@ def clear_upload_errors(component: gr.Image | gr.ImageEditor) -> gr.Image | gr.I
     def checked(payload):
         try:
             return preprocess(payload)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+            raise gr.Error(TOO_LARGE_MESSAGE) from error
         except DECODE_ERRORS as error:
             raise gr.Error(f"Could not read the uploaded image: {error}") from error
 
