@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         manager.load(args.model, config=args.config)
     except UserError as error:
         sys.exit(f"sdplay: {error}")
-    models = list(dict.fromkeys([args.model, *([] if args.offline else HUB_MODELS)]))
+    models = {manager.model.name: args.model} | {hub_id: hub_id for hub_id in ([] if args.offline else HUB_MODELS)}
     demo = build_demo(manager, Limits(max_size=args.max_size), models)
     user, _, password = (args.auth or "").partition(":")
     demo.launch(
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         allowed_paths=[],
         show_error=False,
         share=False,
+        run_history=False,
     )
 
 

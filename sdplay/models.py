@@ -304,7 +304,7 @@ class ModelManager:
             return f"No model loaded · {self.device.type} · RAM {rss:.0f} MB"
         model = self._model
         line = f"{model.name} · {self.device.type} {str(self.dtype).removeprefix('torch.')}"
-        line += f" · weights {model.parameter_bytes / 2**20:.0f} MB · RAM {rss:.0f} MB"
+        line += f" · weights {model.parameter_bytes / 2**20:.1f} MB · RAM {rss:.0f} MB"
         if self.device.type == "cuda":
             line += f" · VRAM {torch.cuda.memory_allocated(self.device) / 2**20:.0f} MB"
         return line

@@ -108,12 +108,20 @@ def controls(manager: ModelManager, limits: Limits, examples: list[str], size_de
 def results() -> Results:
     generate = gr.Button("Generate", variant="primary", elem_classes="generate")
     stop = gr.Button("Stop", variant="stop")
-    gallery = gr.Gallery(label="Images", format="png", columns=2, height=520, elem_classes="results")
+    gallery = gr.Gallery(
+        label="Images",
+        format="png",
+        columns=2,
+        height=520,
+        object_fit="contain",
+        interactive=False,
+        elem_classes="results",
+    )
     with gr.Row():
         to_img2img = gr.Button("Send to Image-to-Image", size="sm")
         to_inpaint = gr.Button("Send to Inpaint", size="sm")
     infotext = gr.Textbox(label="Generation parameters", lines=3, buttons=["copy"])
-    seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
+    seed_used = gr.Number(None, label="Seed used", precision=0, interactive=False)
     return Results(gallery, infotext, seed_used, generate, stop, to_img2img, to_inpaint)
 
 

@@ -22,11 +22,14 @@ EXAMPLES = [
 CONTROL_FIELDS = ["prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "seed", "width", "height"]
 
 
-def model_bar(manager: ModelManager, models: list[str], tabs: list[Controls], txt2img_controls: Controls) -> None:
-    """Pick and load a model; loading refreshes the status line, the samplers offered and the native size."""
-    with gr.Row(equal_height=True):
+def model_bar(manager: ModelManager, models: dict[str, str], tabs: list[Controls], txt2img_controls: Controls) -> None:
+    """Pick and load a model; loading refreshes the status line, the samplers offered and the native size.
+
+    `models` maps the names shown to their sources, so that local paths on the server are never shown.
+    """
+    with gr.Row():
         choice = gr.Dropdown(
-            models, value=manager.model.source, label="Model", allow_custom_value=True, scale=4,
+            list(models), value=manager.model.name, label="Model", allow_custom_value=True, scale=4,
             info="A Hub id (org/name) downloads on first use; local models are set with --model when starting.",
         )  # fmt: skip
         load = gr.Button("Load", scale=1)
@@ -36,7 +39,7 @@ def model_bar(manager: ModelManager, models: list[str], tabs: list[Controls], tx
         with user_errors():
             if not source:
                 raise UserError("Choose a model first.")
-            model = manager.load(source, allow_local=source in models)
+            model = manager.load(models.get(source, source), allow_local=source in models)
         gr.Info(f"Loaded {model.name}.")
         native = model.native_size
         samplers = [gr.Dropdown(choices=sampler_names(model.allows_lcm), value=DEFAULT_SAMPLER) for _ in tabs]
@@ -46,7 +49,7 @@ def model_bar(manager: ModelManager, models: list[str], tabs: list[Controls], tx
     load.click(load_model, choice, outputs, api_visibility="private", **GPU)
 
 
-def build_demo(manager: ModelManager, limits: Limits, models: list[str]) -> gr.Blocks:
+def build_demo(manager: ModelManager, limits: Limits, models: dict[str, str]) -> gr.Blocks:
     with gr.Blocks(title="sdplay", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# sdplay · a Stable Diffusion playground")
         model_slot = gr.Column()
