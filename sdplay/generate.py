@@ -8,10 +8,12 @@ import queue
 import random
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 import torch
+from diffusers import DiffusionPipeline
 from PIL import Image
 
 from sdplay.errors import UserError
@@ -28,6 +30,19 @@ from sdplay.models import LoadedModel, ModelManager
 from sdplay.predictions import Prediction, watch_predictions
 from sdplay.previews import latents_to_rgb
 from sdplay.requests import MAX_SEED, GenerationRequest, Limits, Task, validated
+
+R = TypeVar("R")
+
+
+class Recorder(Protocol):
+    """Something that watches a run from inside (the Explain capture): attached for one request only."""
+
+    tensor_inputs: list[str]  # extra tensors the pipeline should hand to `step_ended` ("mask", ...)
+
+    def attached(self, pipe: DiffusionPipeline) -> AbstractContextManager[None]:
+        """Attach to `pipe` for the run; detach on exit, also on errors and Stop."""
+
+    def step_ended(self, step: int, tensors: dict[str, torch.Tensor]) -> None: ...
 
 
 class Cancelled(Exception):
@@ -68,6 +83,7 @@ def generate(
     owner: str | None = None,
     cancel: threading.Event | None = None,
     on_step: Callable[[StepUpdate], None] | None = None,
+    recorder: Recorder | None = None,
 ) -> GenerationResult:
     """Run `request` on the loaded model, one job at a time; `UserError` for bad input, `Cancelled` if stopped."""
     request = validated(request, limits)
@@ -83,6 +99,8 @@ def generate(
         latest: dict[str, Prediction] = {}
 
         def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+            if recorder is not None:
+                recorder.step_ended(step, tensors)
             if job.cancel.is_set():
                 raise Cancelled()
             if on_step is not None and latest:
@@ -93,7 +111,7 @@ def generate(
         if job.cancel.is_set():
             raise Cancelled()
         watch = watch_predictions(pipe, lambda p: latest.update(prediction=p)) if on_step else nullcontext()
-        with watch:
+        with watch, recorder.attached(pipe) if recorder else nullcontext():
             output = pipe(
                 prompt=request.prompt,
                 negative_prompt=request.negative_prompt or None,
@@ -102,11 +120,17 @@ def generate(
                 num_images_per_prompt=request.batch_size,
                 generator=[torch.Generator().manual_seed(seed) for seed in seeds],
                 callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents", *_tensor_inputs(pipe, recorder)],
                 **plan.pipe_kwargs,
             )
     infotexts = [_infotext(request, model, plan.size, seed) for seed in seeds]
     images = [with_infotext(plan.finish(image), text) for image, text in zip(output.images, infotexts, strict=True)]
     return GenerationResult(images, infotexts, seeds, warnings)
+
+
+def _tensor_inputs(pipe: DiffusionPipeline, recorder: Recorder | None) -> list[str]:
+    """The extra step tensors a recorder wants that this pipeline offers (only inpainting has a "mask")."""
+    return [name for name in (recorder.tensor_inputs if recorder else []) if name in pipe._callback_tensor_inputs]
 
 
 def _prompt_warnings(tokenizer, request: GenerationRequest) -> list[str]:
@@ -178,45 +202,31 @@ def _infotext(request: GenerationRequest, model: LoadedModel, size: tuple[int, i
     return format_infotext(request.prompt, request.negative_prompt, params)
 
 
-def stream(
-    manager: ModelManager,
-    request: GenerationRequest,
-    limits: Limits = Limits(),
-    owner: str | None = None,
-) -> Iterator[StepUpdate | GenerationResult]:
-    """`generate()` in a worker thread, yielding each `StepUpdate` and then the result.
+def stream(job: Callable[..., R]) -> Iterator[StepUpdate | R]:
+    """Run `job(cancel=..., on_step=...)` (a `generate` or `explain` call) in a worker thread; yield each
+    `StepUpdate`, then what the job returns.
 
     Closing the iterator (a UI's Stop) sets the cancel flag: the job ends after the step it is in, and the
     lock is free again when `close()` returns.
     """
     updates: queue.Queue = queue.Queue()
     cancel = threading.Event()
+    done = object()
 
     def work() -> None:
         try:
-            updates.put(
-                generate(
-                    manager,
-                    request,
-                    limits,
-                    owner=owner,
-                    cancel=cancel,
-                    on_step=updates.put,
-                )
-            )
+            updates.put(job(cancel=cancel, on_step=updates.put))
         except BaseException as error:  # handed to the consuming thread, which raises it
             updates.put(error)
+        updates.put(done)
 
     worker = threading.Thread(target=work, name="sdplay-job", daemon=True)
     worker.start()
     try:
-        while True:
-            item = updates.get()
+        while (item := updates.get()) is not done:
             if isinstance(item, BaseException):
                 raise item
             yield item
-            if isinstance(item, GenerationResult):
-                return
     finally:
         cancel.set()
         worker.join()

@@ -2,6 +2,7 @@
 
 import threading
 import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def test_previews_stream_once_per_step(manager):
 
 
 def test_closing_the_stream_stops_within_a_step_and_frees_the_lock(manager):
-    jobs = stream(manager, GenerationRequest(prompt="cat", steps=150, width=512, height=512))
+    jobs = stream(partial(generate, manager, GenerationRequest(prompt="cat", steps=150, width=512, height=512)))
     assert isinstance(next(jobs), StepUpdate)
     started = time.monotonic()
     jobs.close()

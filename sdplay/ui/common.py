@@ -6,12 +6,13 @@ Each tab module builds its own layout from these pieces and wires its own events
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import gradio as gr
 from PIL import Image
 
 from sdplay.errors import UserError
-from sdplay.generate import Cancelled, GenerationResult, StepUpdate, stream
+from sdplay.generate import Cancelled, GenerationResult, StepUpdate, generate, stream
 from sdplay.images import TOO_LARGE_MESSAGE
 from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits
@@ -148,7 +149,8 @@ def run(
 def _updates(
     manager: ModelManager, request: GenerationRequest, limits: Limits, session: gr.Request, progress: gr.Progress
 ) -> Iterator[tuple]:
-    for item in stream(manager, request, limits, owner=session.session_hash if session else None):
+    owner = session.session_hash if session else None
+    for item in stream(partial(generate, manager, request, limits, owner=owner)):
         if isinstance(item, StepUpdate):
             progress((item.step, item.total), desc="Denoising")
             yield item.previews, gr.skip(), gr.skip()

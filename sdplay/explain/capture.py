@@ -1,0 +1,277 @@
+"""The Explain capture: one normal generation with recorders attached, kept as an `ExplainRun`.
+
+Cross-attention is recorded by wrapping the `attn2` processors (self-attention keeps its fast SDPA processor);
+latents, x̂₀ and the guidance split come from the UNet's own inputs and outputs (see predictions.py).
+"""
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+
+from sdplay.generate import StepUpdate, generate
+from sdplay.models import ModelManager
+from sdplay.predictions import Prediction, watch_predictions
+from sdplay.requests import GenerationRequest, Limits, Task, validated
+
+
+@dataclass
+class ExplainRun:
+    """Everything the Explain view shows, for one image; S steps, C latent channels, latents h×w.
+
+    Attention maps are kept per UNet block (all its cross-attention layers averaged), conditional and negative
+    branch apart, in fp16, each with its tokens from the start to the end token plus one last channel that sums
+    the padding positions, so that every map sums to 1 over the channels at every pixel.
+    """
+
+    image: np.ndarray  # uint8 [H, W, 3], the final image
+    tokens: list[str]  # the prompt's tokens from start to end token, as the tokenizer spells them
+    negative_tokens: list[str]
+    recipe: dict[str, object]  # the validated request, as JSON-able values
+    timesteps: torch.Tensor  # [S]
+    sigmas: torch.Tensor  # [S]: σ_t = √((1 − ᾱ_t)/ᾱ_t), the noise-to-signal ratio
+    latents: torch.Tensor  # [S, C, h, w]: the x_t entering each step (variance-preserving scale)
+    x0: torch.Tensor  # [S, C, h, w]: predicted clean latents
+    eps_cond: torch.Tensor  # [S, C, h, w]: the UNet's prediction with the prompt
+    eps_uncond: torch.Tensor  # [S, C, h, w]: with the negative prompt (zeros without guidance)
+    guidance: torch.Tensor  # [S, C, h, w]: w·(ε_cond − ε_uncond)
+    attention: dict[str, torch.Tensor]  # block -> [S, T+1, hb, wb]
+    negative_attention: dict[str, torch.Tensor]  # block -> [S, Tn+1, hb, wb]; empty without guidance
+    layers: dict[str, int]  # cross-attention layers in each block
+    latent_rgb: torch.Tensor  # [C+1, 3]: the model's linear latent -> RGB preview map
+    unet_calls: int
+    first_step: int  # image-to-image and inpaint start the schedule of `recipe["steps"]` here (strength)
+    mask: torch.Tensor | None = None  # [h, w]: inpainting mask at latent resolution (1 = repaint)
+    blended: torch.Tensor | None = None  # [S, C, h, w]: latents after the known region is put back (inpaint)
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps)
+
+    def averaged_attention(self, negative: bool = False) -> torch.Tensor:
+        """[S, T, h, w]: each token's map averaged over all cross-attention layers, resized to the latent grid."""
+        maps = self.negative_attention if negative else self.attention
+        size = tuple(self.latents.shape[-2:])
+        total = sum(
+            self.layers[block] * torch.nn.functional.interpolate(m.float(), size=size, mode="bilinear")
+            for block, m in maps.items()
+        )
+        return total[:, :-1] / sum(self.layers[block] for block in maps)
+
+
+def block_of(layer: str) -> str:
+    """'up_blocks.1.attentions.2.transformer_blocks.0.attn2.processor' -> 'up_blocks.1'."""
+    parts = layer.split(".")
+    return parts[0] if parts[0] == "mid_block" else ".".join(parts[:2])
+
+
+def attention_probabilities(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    """softmax(QKᵀ·scale) of one cross-attention layer, averaged over heads: [batch, pixels, text positions]."""
+    if hidden_states.ndim == 4:
+        batch, channels, height, width = hidden_states.shape
+        hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    if attn.norm_cross:
+        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    query, key = attn.to_q(hidden_states), attn.to_k(encoder_hidden_states)
+    batch = query.shape[0]
+    query = query.view(batch, -1, attn.heads, query.shape[-1] // attn.heads).transpose(1, 2)
+    key = key.view(batch, -1, attn.heads, key.shape[-1] // attn.heads).transpose(1, 2)
+    if attn.norm_q is not None:
+        query, key = attn.norm_q(query), attn.norm_k(key)
+    scores = (query.float() @ key.float().transpose(-1, -2)) * attn.scale
+    return scores.softmax(dim=-1).mean(dim=1)
+
+
+class CrossAttentionRecorder:
+    """Stands in for one `attn2` processor: runs the original unchanged, then records its probabilities."""
+
+    def __init__(self, processor, block: str, record: Callable[[str, torch.Tensor], None]) -> None:
+        self.processor, self.block, self.record = processor, block, record
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        output = self.processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        with torch.no_grad():
+            self.record(self.block, attention_probabilities(attn, hidden_states, encoder_hidden_states))
+        return output
+
+
+def latent_grid(pixels: int, height: int, width: int) -> tuple[int, int]:
+    """The (h, w) of a UNet level with `pixels` positions: each level halves the latent grid, rounding up."""
+    for level in range(8):
+        h, w = math.ceil(height / 2**level), math.ceil(width / 2**level)
+        if h * w == pixels:
+            return h, w
+    raise ValueError(f"{pixels} positions match no level of a {height}×{width} latent")
+
+
+class ExplainRecorder:
+    """Records one run for the Explain view; `generate()` attaches it for that request only."""
+
+    tensor_inputs = ["mask"]
+
+    def __init__(self, token_counts: tuple[int, int]) -> None:
+        self.token_counts = token_counts  # (prompt tokens, negative prompt tokens), start and end included
+        self.layers: dict[str, int] = {}
+        self.latent_size: tuple[int, int] = (0, 0)
+        self.call_maps: dict[str, list[torch.Tensor]] = {}  # block -> this UNet call's maps, one per layer
+        self.calls: list[tuple[Prediction, dict[str, torch.Tensor]]] = []  # per UNet call, this step
+        self.steps: list[dict] = []
+        self.mask: torch.Tensor | None = None
+        self.guided = False
+        self.unet_calls = 0
+        self.scheduler = None
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    @contextmanager
+    def attached(self, pipe: DiffusionPipeline) -> Iterator[None]:
+        unet = pipe.unet
+        self.scheduler = pipe.scheduler
+        originals = unet.attn_processors
+        recorders = {}
+        for name, processor in originals.items():
+            if name.endswith("attn2.processor"):
+                block = block_of(name)
+                self.layers[block] = self.layers.get(block, 0) + 1
+                recorders[name] = CrossAttentionRecorder(processor, block, self._record)
+        unet.set_attn_processor({**originals, **recorders})
+        sizer = unet.register_forward_pre_hook(self._start_call, with_kwargs=True)
+        try:
+            with watch_predictions(pipe, self._end_call):
+                yield
+        finally:
+            unet.set_attn_processor(originals)
+            sizer.remove()
+
+    def _start_call(self, module, args, kwargs) -> None:
+        sample = args[0] if args else kwargs["sample"]
+        self.latent_size = tuple(sample.shape[-2:])
+        self.call_maps = {}
+
+    def _record(self, block: str, probabilities: torch.Tensor) -> None:
+        """Keep the real tokens and one summed padding channel of each branch, reshaped to the layer's grid."""
+        h, w = latent_grid(probabilities.shape[1], *self.latent_size)
+        branches = []
+        for probs, count in zip(probabilities.flip(0), self.token_counts, strict=False):  # cond first
+            kept = torch.cat([probs[:, :count], probs[:, count:].sum(-1, keepdim=True)], dim=-1)
+            branches.append(kept.T.reshape(-1, h, w))
+        self.call_maps.setdefault(block, []).append(branches)
+
+    def _end_call(self, prediction: Prediction) -> None:
+        self.guided = prediction.eps_uncond is not None
+        maps = {
+            block: [torch.stack(branch).mean(0).half() for branch in zip(*layers, strict=True)]
+            for block, layers in self.call_maps.items()
+        }
+        self.calls.append((prediction, maps))
+
+    def step_ended(self, step: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Close the step. Heun-type samplers call the UNet twice a step (diffusers loops once per call, with
+        the scheduler in its second-order state between them): x_t comes from the first call, the predictions
+        from the last, the attention is the mean of both."""
+        self.tensors = tensors
+        if getattr(self.scheduler, "state_in_first_order", True):
+            self._close_step()
+
+    def _close_step(self) -> None:
+        first, last = self.calls[0][0], self.calls[-1][0]
+        blocks = self.calls[-1][1]
+        maps = {
+            block: [torch.stack([m[block][i].float() for _, m in self.calls]).mean(0).half() for i in range(len(v))]
+            for block, v in blocks.items()
+        }
+        eps_cond = last.eps_cond[0].cpu()
+        eps_uncond = last.eps_uncond[0].cpu() if self.guided else torch.zeros_like(eps_cond)
+        self.steps.append(
+            {
+                "timestep": first.timestep,
+                "sigma": math.sqrt((1 - first.alpha_bar) / first.alpha_bar),
+                "latents": first.x_t[0].cpu(),
+                "x0": last.x0[0].cpu(),
+                "eps_cond": eps_cond,
+                "eps_uncond": eps_uncond,
+                # The guided prediction is ε_uncond + w·(ε_cond − ε_uncond): the guidance term is the difference.
+                "guidance": last.eps[0].cpu() - eps_uncond if self.guided else torch.zeros_like(eps_cond),
+                "blended": self.tensors["latents"][0].float().cpu(),
+                "maps": maps,
+            }
+        )
+        if "mask" in self.tensors and self.mask is None:
+            self.mask = self.tensors["mask"][0, 0].float().cpu()
+        self.unet_calls += len(self.calls)
+        self.calls = []
+
+    def run(self, image, tokens: list[str], negative_tokens: list[str], recipe: dict, latent_rgb, first_step: int):
+        """The recorded steps as one `ExplainRun`."""
+        if self.calls:  # Heun's last step ends in its second-order state: close it here
+            self._close_step()
+        stacked = {key: torch.stack([step[key] for step in self.steps]) for key in STEP_TENSORS}
+        blended = stacked.pop("blended")
+        branches = [
+            {block: torch.stack([step["maps"][block][i] for step in self.steps]) for block in self.layers}
+            for i in range(2 if self.guided else 1)
+        ]
+        return ExplainRun(
+            image=np.asarray(image.convert("RGB")),
+            tokens=tokens,
+            negative_tokens=negative_tokens,
+            recipe=recipe,
+            timesteps=torch.tensor([step["timestep"] for step in self.steps]),
+            sigmas=torch.tensor([step["sigma"] for step in self.steps]),
+            attention=branches[0],
+            negative_attention=branches[1] if self.guided else {},
+            layers=dict(self.layers),
+            latent_rgb=latent_rgb.float().cpu(),
+            unet_calls=self.unet_calls,
+            first_step=first_step,
+            mask=self.mask,
+            blended=blended if self.mask is not None else None,
+            **stacked,
+        )
+
+
+STEP_TENSORS = ["latents", "x0", "eps_cond", "eps_uncond", "guidance", "blended"]
+
+
+def tokens_of(tokenizer, text: str) -> list[str]:
+    """The tokens the text encoder sees, from the start token to the end token (truncated at 77)."""
+    ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    return tokenizer.convert_ids_to_tokens(ids)
+
+
+def explain(
+    manager: ModelManager,
+    request: GenerationRequest,
+    limits: Limits = Limits(),
+    *,
+    owner: str | None = None,
+    cancel=None,
+    on_step: Callable[[StepUpdate], None] | None = None,
+) -> ExplainRun:
+    """Generate one image for `request` with the recorders attached, and return the whole run."""
+    request = replace(validated(request, limits), batch_size=1)
+    tokenizer = manager.model.pipe.tokenizer
+    tokens, negative_tokens = tokens_of(tokenizer, request.prompt), tokens_of(tokenizer, request.negative_prompt)
+    recorder = ExplainRecorder((len(tokens), len(negative_tokens)))
+    result = generate(manager, request, limits, owner=owner, cancel=cancel, on_step=on_step, recorder=recorder)
+    recipe = {
+        "task": request.task.value,
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "sampler": request.sampler,
+        "steps": request.steps,
+        "guidance_scale": request.guidance_scale,
+        "seed": result.seeds[0],
+        "width": result.images[0].width,
+        "height": result.images[0].height,
+        "model": manager.model.name,
+    }
+    if request.task != Task.TXT2IMG:
+        recipe["strength"] = request.strength
+    first_step = request.steps - len(recorder.steps)
+    return recorder.run(result.images[0], tokens, negative_tokens, recipe, manager.model.latent_rgb, first_step)
