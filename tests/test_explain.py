@@ -1,0 +1,156 @@
+"""The Explain capture on a tiny random model: it changes nothing, records true probabilities, and exports."""
+
+import json
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from sdplay.errors import UserError
+from sdplay.explain.capture import explain
+from sdplay.explain.export import load_run, save_run
+from sdplay.generate import Cancelled, generate
+from sdplay.requests import GenerationRequest, Task
+
+REQUEST = GenerationRequest(prompt="a red cat", negative_prompt="dog", sampler="Euler", steps=5, seed=3)
+
+
+def processors(manager) -> dict[str, type]:
+    return {name: type(p) for name, p in manager.model.pipe.unet.attn_processors.items()}
+
+
+def test_recording_changes_nothing_and_restores_every_processor(manager):
+    before = processors(manager)
+    run = explain(manager, REQUEST)
+    plain = np.asarray(generate(manager, REQUEST).images[0])
+    assert np.abs(run.image.astype(int) - plain.astype(int)).max() == 0
+    assert processors(manager) == before
+
+
+def test_processors_are_restored_after_an_error_or_stop(manager):
+    before = processors(manager)
+
+    def fail(update):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        explain(manager, REQUEST, on_step=fail)
+    assert processors(manager) == before
+    cancel = threading.Event()
+    with pytest.raises(Cancelled):
+        explain(manager, REQUEST, cancel=cancel, on_step=lambda update: cancel.set())
+    assert processors(manager) == before
+
+
+def test_probabilities_are_non_negative_and_sum_to_one_over_all_77_positions(manager):
+    run = explain(manager, REQUEST)
+    for maps in (*run.attention.values(), *run.negative_attention.values()):
+        maps = maps.float()
+        assert maps.min() >= 0
+        torch.testing.assert_close(maps.sum(dim=1), torch.ones_like(maps[:, 0]), atol=2e-3, rtol=0)
+    assert [len(m[0]) for m in run.attention.values()] == [len(run.tokens) + 1] * len(run.attention)
+    assert run.tokens == ["<|startoftext|>", "a</w>", "red</w>", "cat</w>", "<|endoftext|>"]
+    assert run.negative_tokens == ["<|startoftext|>", "dog</w>", "<|endoftext|>"]
+
+
+def test_recorded_maps_equal_an_independent_softmax_of_one_layer(manager):
+    """Reference: hook one cross-attention layer, compute softmax(QKᵀ/√d) ourselves, average the heads."""
+    unet = manager.model.pipe.unet
+    layer = unet.mid_block.attentions[0].transformer_blocks[0].attn2
+    references = []
+
+    def hook(module, args, kwargs):
+        hidden, context = args[0] if args else kwargs["hidden_states"], kwargs["encoder_hidden_states"]
+        batch, heads = hidden.shape[0], module.heads
+        q = module.to_q(hidden).view(batch, -1, heads, module.inner_dim // heads).transpose(1, 2)
+        k = module.to_k(context).view(batch, -1, heads, module.inner_dim // heads).transpose(1, 2)
+        probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1).mean(1)
+        references.append(probs.detach())
+
+    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        run = explain(manager, REQUEST)
+    finally:
+        handle.remove()
+    assert run.layers["mid_block"] == 1 and len(references) == run.steps  # Euler: one UNet call per step
+    for step, reference in enumerate(references):
+        cond, uncond = reference[1], reference[0]  # diffusers batches [negative, prompt]
+        recorded = run.attention["mid_block"][step].float().flatten(1).T  # [pixels, T+1]
+        expected = torch.cat([cond[:, :5], cond[:, 5:].sum(-1, keepdim=True)], dim=-1)
+        torch.testing.assert_close(recorded, expected, atol=1e-3, rtol=1e-3)
+        negative = run.negative_attention["mid_block"][step].float().flatten(1).T
+        torch.testing.assert_close(negative[:, :3], uncond[:, :3], atol=1e-3, rtol=1e-3)
+
+
+def test_x0_matches_the_schedulers_pred_original_sample(manager, monkeypatch):
+    originals = []
+    step = DDIMScheduler.step
+
+    def recording_step(self, *args, **kwargs):
+        output = step(self, *args, **kwargs)
+        originals.append(output[1] if isinstance(output, tuple) else output.pred_original_sample)
+        return output
+
+    monkeypatch.setattr(DDIMScheduler, "step", recording_step)
+    run = explain(manager, GenerationRequest(prompt="a red cat", sampler="DDIM", steps=6, seed=1))
+    assert len(originals) == run.steps == 6
+    for recorded, expected in zip(run.x0, originals, strict=True):
+        torch.testing.assert_close(recorded, expected[0].float(), atol=1e-4, rtol=1e-4)
+    # The guidance term is what guidance adds to the unconditional prediction.
+    torch.testing.assert_close(run.guidance, 7.0 * (run.eps_cond - run.eps_uncond), atol=1e-4, rtol=1e-4)
+
+
+def test_heun_steps_group_two_unet_calls(manager):
+    run = explain(manager, GenerationRequest(prompt="cat", sampler="Heun", steps=4, seed=1))
+    assert run.steps == 4 and run.unet_calls == 2 * 4 - 1
+    assert torch.all(run.sigmas[:-1] > run.sigmas[1:])  # the noise level falls step by step
+
+
+def test_without_guidance_there_is_no_negative_branch(manager):
+    run = explain(manager, GenerationRequest(prompt="cat", steps=3, guidance_scale=1.0, sampler="Euler"))
+    assert run.negative_attention == {} and torch.count_nonzero(run.eps_uncond) == 0
+    assert torch.count_nonzero(run.guidance) == 0
+
+
+def test_img2img_and_inpaint_show_where_the_schedule_starts_and_the_mask(manager):
+    image = Image.new("RGB", (64, 64), "gray")
+    run = explain(manager, GenerationRequest(Task.IMG2IMG, "cat", steps=10, strength=0.5, image=image))
+    assert (run.steps, run.first_step, run.recipe["strength"]) == (5, 5, 0.5)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    run = explain(manager, GenerationRequest(Task.INPAINT, "cat", steps=4, image=image, mask=mask, mask_blur=0))
+    assert run.mask.shape == run.latents.shape[-2:] and run.blended.shape == run.latents.shape
+    assert run.mask[:, :3].min() == 1 and run.mask[:, 5:].max() == 0  # left half repaints, at latent scale
+
+
+def test_export_follows_the_contract_and_round_trips(manager, tmp_path):
+    run = explain(manager, REQUEST)
+    path = save_run(run, tmp_path / "run.safetensors")
+    tensors = load_file(path)
+    steps, tokens = run.steps, len(run.tokens)
+    assert tensors["image"].dtype == torch.uint8 and tuple(tensors["image"].shape) == (64, 64, 3)
+    assert tuple(tensors["latents"].shape) == tuple(tensors["x0"].shape) == (steps, 4, 8, 8)
+    assert tuple(tensors["attention"].shape) == (steps, tokens, 8, 8)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    assert json.loads(metadata["tokens"]) == run.tokens and json.loads(metadata["recipe"])["seed"] == 3
+    again = load_run(path)
+    assert np.array_equal(again.image, run.image) and again.recipe == run.recipe and again.tokens == run.tokens
+    for name in ("latents", "x0", "eps_cond", "eps_uncond", "guidance", "sigmas"):
+        assert torch.equal(getattr(again, name), getattr(run, name))
+    for block in run.attention:
+        assert torch.equal(again.attention[block], run.attention[block])
+
+
+def test_foreign_files_are_refused_clearly(tmp_path):
+    save_file({"weights": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    for name in ("model.safetensors", "junk.safetensors"):
+        with pytest.raises(UserError, match="Explain file"):
+            load_run(tmp_path / name)
