@@ -30,8 +30,8 @@ def fit_latent_rgb(vae: AutoencoderKL, size: int = 128, seed: int = 0) -> torch.
 
 def latents_to_rgb(latents: torch.Tensor, latent_rgb: torch.Tensor, scale: int = 8) -> Image.Image:
     """A preview of one latent [C, h, w] as an RGB image, upscaled `scale` times (smoothly, like a decode)."""
-    x = torch.cat([latents.float().cpu(), torch.ones_like(latents[:1].float().cpu())])
-    rgb = torch.einsum("chw,cr->hwr", x, latent_rgb)
+    # Weights and bias apart: a concatenated bias row made torch split this tiny einsum over threads (slow when busy).
+    rgb = torch.einsum("chw,cr->hwr", latents.float().cpu(), latent_rgb[:-1]) + latent_rgb[-1]
     pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
     image = Image.fromarray(np.ascontiguousarray(pixels))
     return image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)

@@ -9,16 +9,19 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from sdplay.models import ModelManager
 from sdplay.random_models import tiny_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
+LOAD_TIMEOUT_MS = 60_000
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -86,8 +89,6 @@ def browser():
         if os.environ.get("CI"):
             pytest.fail("Chromium is not installed: .ci/run installs it with apt-get install chromium.")
         pytest.skip("no Chromium on this machine (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
@@ -95,3 +96,29 @@ def browser():
         )
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def page_errors() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def page(browser: Browser, app_url: str, page_errors: list[str]) -> Iterator[Page]:
+    """A fresh page on the app whose uncaught exceptions and console errors go to `page_errors`.
+
+    Console warnings are allowed: Gradio's image editor logs PixiJS deprecation and WebGL performance warnings.
+    """
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.on("pageerror", lambda error: page_errors.append(f"page error: {error}"))
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            page_errors.append(f"console error: {message.text} ({message.location})")
+
+    page.on("console", on_console)
+    page.goto(app_url, timeout=LOAD_TIMEOUT_MS)
+    expect(page.get_by_role("tab", name="Text-to-Image", exact=True)).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+    yield page
+    context.close()

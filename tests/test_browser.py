@@ -4,15 +4,12 @@ It checks what a user sees (tabs, gallery, parameters) and that the page logs no
 """
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 SCREENSHOT = Path(__file__).parent / "artifacts" / "browser.png"  # git-ignored
 PROMPT = "a red cat"
-LOAD_TIMEOUT_MS = 60_000
 GENERATE_TIMEOUT_MS = 60_000
 # Where Gradio serves a result file; the galleries save PNG (format="png"), which keeps the parameters chunk.
 SERVED_PNG = re.compile(r"/gradio_api/file=.*\.png$")
@@ -24,32 +21,6 @@ def open_tab(page: Page, name: str) -> Locator:
     tab.click()
     expect(tab).to_have_attribute("aria-selected", "true")
     return page.get_by_role("tabpanel").filter(visible=True)
-
-
-@pytest.fixture
-def page_errors() -> list[str]:
-    return []
-
-
-@pytest.fixture
-def page(browser: Browser, app_url: str, page_errors: list[str]) -> Iterator[Page]:
-    """A fresh page on the app whose uncaught exceptions and console errors go to `page_errors`.
-
-    Console warnings are allowed: Gradio's image editor logs PixiJS deprecation and WebGL performance warnings.
-    """
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.on("pageerror", lambda error: page_errors.append(f"page error: {error}"))
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            page_errors.append(f"console error: {message.text} ({message.location})")
-
-    page.on("console", on_console)
-    page.goto(app_url, timeout=LOAD_TIMEOUT_MS)
-    expect(page.get_by_role("tab", name="Text-to-Image", exact=True)).to_be_visible(timeout=LOAD_TIMEOUT_MS)
-    yield page
-    context.close()
 
 
 def test_tabs_generate_and_send(page: Page, page_errors: list[str]) -> None:

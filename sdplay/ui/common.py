@@ -3,10 +3,11 @@
 Each tab module builds its own layout from these pieces and wires its own events.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 import gradio as gr
 from PIL import Image
@@ -21,6 +22,7 @@ from sdplay.samplers import DEFAULT_SAMPLER, sampler_names
 # Every event that runs the model shares one queue slot: one job on the GPU at a time, across all tabs.
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
 DECODE_ERRORS = (OSError, SyntaxError, ValueError)
+R = TypeVar("R")
 
 
 def clear_upload_errors(component: gr.Image | gr.ImageEditor) -> gr.Image | gr.ImageEditor:
@@ -88,8 +90,11 @@ def prompt_boxes(examples: list[str]) -> tuple[gr.Textbox, gr.Textbox]:
     return prompt, negative
 
 
-def controls(manager: ModelManager, limits: Limits, examples: list[str], size_default: int | None = None) -> Controls:
-    """Prompt boxes and sampling settings; `size_default` 0 means "the input image's size" (img2img, inpaint)."""
+def controls(
+    manager: ModelManager, limits: Limits, examples: list[str], size_default: int | None = None, batch: bool = True
+) -> Controls:
+    """Prompt boxes and sampling settings; `size_default` 0 means "the input image's size" (img2img, inpaint);
+    `batch` False hides the batch size (Explain records one image)."""
     model = manager.model
     native = model.native_size if size_default is None else size_default
     prompt, negative = prompt_boxes(examples)
@@ -101,9 +106,9 @@ def controls(manager: ModelManager, limits: Limits, examples: list[str], size_de
         height = gr.Slider(0 if size_default == 0 else 64, limits.max_size, value=native, step=8, label="Height")
     with gr.Row():
         guidance = gr.Slider(0, 30, value=7, step=0.5, label="CFG scale")
-        batch = gr.Slider(1, limits.max_batch, value=1, step=1, label="Batch size")
+        batch_size = gr.Slider(1, limits.max_batch, value=1, step=1, label="Batch size", visible=batch)
         seed = gr.Number(-1, label="Seed (-1: random)", precision=0, minimum=-1)
-    return Controls(prompt, negative, sampler, steps, guidance, seed, width, height, batch)
+    return Controls(prompt, negative, sampler, steps, guidance, seed, width, height, batch_size)
 
 
 def results() -> Results:
@@ -135,30 +140,36 @@ def user_errors() -> Iterator[None]:
         raise gr.Error(str(error)) from error
 
 
+def _gallery(item: StepUpdate | GenerationResult) -> tuple:
+    if isinstance(item, StepUpdate):
+        return item.previews, gr.skip(), gr.skip()
+    for warning in item.warnings:
+        gr.Warning(warning)
+    captions = [f"Seed {seed}" for seed in item.seeds]
+    return list(zip(item.images, captions, strict=True)), item.infotexts[0], item.seeds[0]
+
+
 def run(
-    manager: ModelManager, request: GenerationRequest, limits: Limits, session: gr.Request, progress: gr.Progress
-) -> Iterator[tuple]:
-    """Stream a job into (gallery, infotext, seed) updates: x̂₀ previews while it runs, then the PNGs."""
+    manager: ModelManager,
+    request: GenerationRequest,
+    limits: Limits,
+    session: gr.Request,
+    progress: gr.Progress,
+    job: Callable[..., R] = generate,
+    show: Callable[[StepUpdate | R], tuple | dict] = _gallery,
+) -> Iterator[tuple | dict]:
+    """Stream `job` (`generate` or `explain`) into UI updates: `show` turns each step's update and the job's
+    result into the event's outputs; by default x̂₀ previews while it runs, then the PNGs (gallery, infotext, seed).
+    """
+    owner = session.session_hash if session else None
     try:
         with user_errors():
-            yield from _updates(manager, request, limits, session, progress)
+            for item in stream(partial(job, manager, request, limits, owner=owner)):
+                if isinstance(item, StepUpdate):
+                    progress((item.step, item.total), desc="Denoising")
+                yield show(item)
     except Cancelled:
         gr.Info("Stopped.")
-
-
-def _updates(
-    manager: ModelManager, request: GenerationRequest, limits: Limits, session: gr.Request, progress: gr.Progress
-) -> Iterator[tuple]:
-    owner = session.session_hash if session else None
-    for item in stream(partial(generate, manager, request, limits, owner=owner)):
-        if isinstance(item, StepUpdate):
-            progress((item.step, item.total), desc="Denoising")
-            yield item.previews, gr.skip(), gr.skip()
-        elif isinstance(item, GenerationResult):
-            for warning in item.warnings:
-                gr.Warning(warning)
-            captions = [f"Seed {seed}" for seed in item.seeds]
-            yield list(zip(item.images, captions, strict=True)), item.infotexts[0], item.seeds[0]
 
 
 def wire_stop(manager: ModelManager, results: Results, event) -> None:

@@ -10,7 +10,7 @@ from sdplay.metadata import parse_infotext, settings_from_infotext
 from sdplay.models import ModelManager
 from sdplay.requests import Limits
 from sdplay.samplers import DEFAULT_SAMPLER, sampler_names
-from sdplay.ui import img2img, inpaint, pnginfo, txt2img
+from sdplay.ui import explain, img2img, inpaint, pnginfo, txt2img
 from sdplay.ui.common import GPU, Controls, Results, user_errors
 
 EXAMPLES = [
@@ -22,8 +22,11 @@ EXAMPLES = [
 CONTROL_FIELDS = ["prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "seed", "width", "height"]
 
 
-def model_bar(manager: ModelManager, models: dict[str, str], tabs: list[Controls], txt2img_controls: Controls) -> None:
-    """Pick and load a model; loading refreshes the status line, the samplers offered and the native size.
+def model_bar(
+    manager: ModelManager, models: dict[str, str], tabs: list[Controls], native_sized: list[Controls]
+) -> None:
+    """Pick and load a model; loading refreshes the status line, the samplers offered in `tabs` and the size of
+    the `native_sized` tabs (those whose default size is the model's, not an input image's).
 
     `models` maps the names shown to their sources, so that local paths on the server are never shown.
     """
@@ -41,11 +44,11 @@ def model_bar(manager: ModelManager, models: dict[str, str], tabs: list[Controls
                 raise UserError("Choose a model first.")
             model = manager.load(models.get(source, source), allow_local=source in models)
         gr.Info(f"Loaded {model.name}.")
-        native = model.native_size
         samplers = [gr.Dropdown(choices=sampler_names(model.allows_lcm), value=DEFAULT_SAMPLER) for _ in tabs]
-        return manager.status(), *samplers, gr.Slider(value=native), gr.Slider(value=native)
+        return manager.status(), *samplers, *[gr.Slider(value=model.native_size)] * 2 * len(native_sized)
 
-    outputs = [status, *(c.sampler for c in tabs), txt2img_controls.width, txt2img_controls.height]
+    sizes = [slider for c in native_sized for slider in (c.width, c.height)]
+    outputs = [status, *(c.sampler for c in tabs), *sizes]
     load.click(load_model, choice, outputs, api_visibility="private", **GPU)
 
 
@@ -60,10 +63,12 @@ def build_demo(manager: ModelManager, limits: Limits, models: dict[str, str]) ->
                 i2i_image, i2i, i2i_results = img2img.build(manager, limits, EXAMPLES)
             with gr.Tab("Inpaint", id="inpaint"):
                 inp_image, inp, inp_results = inpaint.build(manager, limits, EXAMPLES)
+            with gr.Tab("Explain", id="explain"):
+                explained = explain.build(manager, limits, EXAMPLES)
             with gr.Tab("PNG Info", id="pnginfo"):
                 info_image, info_text, send = pnginfo.build()
         with model_slot:
-            model_bar(manager, models, [t2i[0], i2i, inp], t2i[0])
+            model_bar(manager, models, [t2i[0], i2i, inp, explained], [t2i[0], explained])
 
         for results in (t2i[1], i2i_results, inp_results):
             _wire_send(results, tabs, i2i_image, inp_image)

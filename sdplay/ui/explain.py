@@ -1,0 +1,339 @@
+"""The Explain tab: record one generation, then scrub its steps and see where each word of the prompt looks.
+
+Layout and wiring only: `sdplay.explain.capture` records the run and `sdplay.explain.render` draws every panel.
+"""
+
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from sdplay.errors import UserError
+from sdplay.explain.captions import CAPTIONS
+from sdplay.explain.capture import ExplainRun, explain
+from sdplay.explain.export import save_run
+from sdplay.explain.render import COLORMAPS, ExplainView, HeatmapSettings, export_name, replay_view, vae_decode
+from sdplay.generate import StepUpdate
+from sdplay.images import mask_from_editor
+from sdplay.models import ModelManager
+from sdplay.requests import GenerationRequest, Limits, Task
+from sdplay.ui.common import GPU, Controls, clear_upload_errors, controls, run, user_errors
+
+TASKS = [("Text-to-Image", Task.TXT2IMG.value), ("Image-to-Image", Task.IMG2IMG.value), ("Inpaint", Task.INPAINT.value)]
+SHARED, RANGE = "Shared scale", "A range of steps"
+PANEL_HEIGHT = 230
+PLAY_SECONDS = 0.8  # one step per tick: slow enough to read the step label
+PLOT = {"height": 260, "x_axis_format": "d"}  # whole steps on the axis
+BUDGET_COLOURS = {"start token": "#9ca3af", "words": "#f97316", "end + padding": "#60a5fa"}
+# How each step-dependent image is sent. Encoding is on the scrubbing path: on a busy 2-core CPU, PNG (zlib level
+# 6) took 20–120 ms per 256² panel and JPEG under 2 ms. The sharp, flat channel tiles stay PNG (4 ms, no ringing).
+PANEL_FORMATS = {
+    "x_t": "jpeg", "x0": "jpeg", "eps_uncond": "jpeg", "eps_cond": "jpeg", "guidance": "jpeg", "channels": "png",
+    "heatmap": "jpeg", "layers": "jpeg", "negative": "jpeg", "blended": "jpeg",
+}  # fmt: skip
+
+
+def caption(key: str) -> None:
+    """A panel's short caption, with its longer explanation behind "More"."""
+    text = CAPTIONS[key]
+    gr.Markdown(text.short, elem_classes="caption")
+    with gr.Accordion("More", open=False):
+        gr.Markdown(text.more)
+
+
+def image(label: str, format: str = "png", **kwargs) -> gr.Image:
+    """An output image panel (Gradio's default, webp, is both slower and blurrier than these)."""
+    return gr.Image(label=label, format=format, interactive=False, height=PANEL_HEIGHT, **kwargs)
+
+
+def step_index(value: int, steps: int) -> int:
+    """A 1-based slider value as a 0-based step, clamped: a slider keeps its old bounds until the next run."""
+    return min(max(int(value), 1), steps) - 1
+
+
+def exported(folder: str, run: ExplainRun) -> str:
+    """Write the run's export into `folder`. The caller is a generator holding the folder open: Gradio copies an
+    output file into its cache before it resumes the generator, which then deletes the folder."""
+    return str(save_run(run, Path(folder) / export_name(run.recipe)))
+
+
+def api_results(folder: str, item: StepUpdate | ExplainRun) -> tuple:
+    """/explain's results: the final image and the export file (nothing while steps run)."""
+    if isinstance(item, StepUpdate):
+        return gr.skip(), gr.skip()
+    return Image.fromarray(item.image), exported(folder, item)
+
+
+def gallery(label: str, format: str) -> gr.Gallery:
+    """Small multiples at a fixed size, whatever their number (one per UNet block: 4 to 8 of them)."""
+    return gr.Gallery(
+        label=label, format=format, columns=8, fit_columns=False, height=210, allow_preview=False, interactive=False
+    )
+
+
+def build(manager: ModelManager, limits: Limits, examples: list[str]) -> Controls:
+    view = gr.State(None)  # the ExplainView of the run on screen
+    gr.Markdown(CAPTIONS["overview"].short)
+    with gr.Accordion("How does Stable Diffusion make an image?", open=False):
+        gr.Markdown(CAPTIONS["overview"].more)
+
+    # Settings on the left, the scrubber, the image and the word maps on the right.
+    with gr.Row():
+        with gr.Column(scale=1, min_width=320):
+            task = gr.Radio(TASKS, value=Task.TXT2IMG.value, label="Task")
+            editor = clear_upload_errors(
+                gr.ImageMask(
+                    label="Image (for Inpaint, paint over what to repaint)",
+                    type="pil",
+                    image_mode="RGBA",
+                    sources=["upload", "clipboard"],
+                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
+                    layers=False,
+                    height=300,
+                    visible=False,
+                )
+            )
+            strength = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength", visible=False)
+            c = controls(manager, limits, examples, batch=False)
+            with gr.Row():
+                start = gr.Button("Explain", variant="primary", elem_classes="explain")
+                stop = gr.Button("Stop", variant="stop")
+            summary = gr.Markdown()
+        with gr.Column(scale=2):
+            with gr.Row():
+                step = gr.Slider(1, 2, value=1, step=1, label="Step", interactive=False, scale=5, elem_classes="step")
+                with gr.Column(scale=0, min_width=110):
+                    play = gr.Button("▶ Play")
+                timer = gr.Timer(PLAY_SECONDS, active=False)
+            step_label = gr.Markdown("Press **Explain** to record a run, or replay a saved one at the bottom.")
+            caption("step")
+            with gr.Row():
+                with gr.Column():
+                    final = image("Final image")
+                    caption("final")
+                with gr.Column():
+                    heatmap = image("Where the word looks", PANEL_FORMATS["heatmap"], elem_classes="heatmap")
+                    scale = gr.HTML()
+                    caption("heatmap")
+            chips = gr.Radio([], label="Words of the prompt", elem_classes="chips")
+            token_info = gr.Markdown()
+            with gr.Accordion("Subwords: how the tokenizer split each word", open=False):
+                subwords = gr.Markdown()
+            caption("tokens")
+            with gr.Row():
+                colormap = gr.Dropdown(list(COLORMAPS), value="viridis", label="Colour map", min_width=120)
+                opacity = gr.Slider(0, 1, value=0.6, step=0.05, label="Opacity")
+                normalisation = gr.Radio(["Per word", SHARED], value="Per word", label="Scale")
+            with gr.Row():
+                step_mode = gr.Radio(["This step", RANGE], value="This step", label="Steps")
+                first = gr.Slider(1, 2, value=1, step=1, label="From step")
+                last = gr.Slider(1, 2, value=2, step=1, label="To step")
+
+    gr.Markdown("## Inside this step")
+    with gr.Row():
+        with gr.Column(min_width=180):
+            x_t = image("x_t · noisy latent", PANEL_FORMATS["x_t"])
+            caption("x_t")
+        with gr.Column(min_width=180):
+            x0 = image("x̂₀ · predicted image", PANEL_FORMATS["x0"])
+            decode = gr.Button("Decode x̂₀ of every step with the VAE", size="sm")
+            caption("x0")
+        with gr.Column(min_width=180):
+            eps_uncond = image("ε_uncond", PANEL_FORMATS["eps_uncond"])
+            caption("eps_uncond")
+        with gr.Column(min_width=180):
+            eps_cond = image("ε_cond", PANEL_FORMATS["eps_cond"])
+            caption("eps_cond")
+        with gr.Column(min_width=180):
+            guidance = image("Guidance term", PANEL_FORMATS["guidance"])
+            caption("guidance")
+    eps_note = gr.Markdown()
+    with gr.Row():
+        with gr.Column(scale=2):
+            channels = gr.Image(label="Latent channels", format=PANEL_FORMATS["channels"], interactive=False)
+            caption("channels")
+        with gr.Column(scale=1, visible=False) as mask_column:
+            mask = image("Mask at latent resolution")
+            caption("mask")
+        with gr.Column(scale=1, visible=False) as blended_column:
+            blended = image("After blending the known region", PANEL_FORMATS["blended"])
+            caption("blended")
+
+    gr.Markdown("## Where the words look")
+    layers = gallery("The chosen word in each UNet block", PANEL_FORMATS["layers"])
+    caption("layers")
+    with gr.Row():
+        mass = gr.LinePlot(x="step", y="mass", color="word", title="Attention mass", **PLOT)
+        concentration = gr.LinePlot(x="step", y="concentration", color="word", title="Concentration", **PLOT)
+    caption("timeline")
+    budget = gr.BarPlot(
+        x="step", y="share", color="part", title="Attention budget", height=260, y_lim=[0, 1], color_map=BUDGET_COLOURS
+    )
+    caption("budget")
+    negative = gallery("Negative prompt words", PANEL_FORMATS["negative"])
+    caption("negative")
+
+    gr.Markdown("## Save and replay")
+    with gr.Row():
+        export = gr.File(label="Download this run (.safetensors)", interactive=False)
+        upload = gr.File(label="Replay a saved run", file_types=[".safetensors"], type="filepath")
+    caption("export")
+
+    # Drawing ------------------------------------------------------------------------------------------------
+
+    panels = {
+        "label": step_label, "x_t": x_t, "x0": x0, "eps_uncond": eps_uncond, "eps_cond": eps_cond,
+        "guidance": guidance, "eps_note": eps_note, "channels": channels, "heatmap": heatmap, "scale": scale,
+        "layers": layers, "negative": negative, "blended": blended,
+    }  # fmt: skip
+    run_outputs = [view, final, summary, step, first, last, chips, token_info, subwords, mass, concentration]
+    run_outputs += [budget, mask, mask_column, blended_column]
+
+    def show_run(shown: ExplainView) -> dict:
+        """Everything that is fixed for a run; `redraw` then draws its last step."""
+        steps = shown.run.steps
+        words = [i for i, w in enumerate(shown.words) if not w.special]
+        inpaint = shown.run.mask is not None
+        return {
+            view: shown,
+            final: shown.image,
+            summary: shown.summary(),
+            step: gr.Slider(minimum=1, maximum=steps, value=steps, interactive=True),
+            first: gr.Slider(minimum=1, maximum=steps, value=1),
+            last: gr.Slider(minimum=1, maximum=steps, value=steps),
+            chips: gr.Radio(choices=shown.chips(), value=words[0] if words else 0),
+            token_info: shown.token_summary(),
+            subwords: shown.subword_table(),
+            mass: shown.timeline,
+            concentration: shown.timeline,
+            # Steps as categories: numeric x makes hairline bars.
+            budget: gr.BarPlot(shown.budget.astype({"step": str}), sort=[str(s) for s in range(1, steps + 1)]),
+            mask: shown.mask(),
+            mask_column: gr.Column(visible=inpaint),
+            blended_column: gr.Column(visible=inpaint),
+        }
+
+    def redraw(
+        shown: ExplainView | None, at: int, word: int | None, cmap: str, alpha: float, scaling: str, mode: str, a, b
+    ):
+        if shown is None:
+            return {component: gr.skip() for component in panels.values()}
+        steps = shown.run.steps
+        word = word if word is not None and 0 <= word < len(shown.words) else 0
+        span = tuple(sorted((step_index(a, steps), step_index(b, steps)))) if mode == RANGE else None
+        settings = HeatmapSettings(word, cmap if cmap in COLORMAPS else "viridis", alpha, scaling == SHARED, span)
+        drawn = shown.draw(step_index(at, steps), settings)
+        return {component: getattr(drawn, name) for name, component in panels.items()}
+
+    settings_inputs = [view, step, chips, colormap, opacity, normalisation, step_mode, first, last]
+    redraw_event = dict(fn=redraw, inputs=settings_inputs, outputs=list(panels.values()), show_progress="hidden")
+    triggers = [step.change, chips.change, colormap.change, opacity.release, normalisation.change]
+    triggers += [step_mode.change, first.release, last.release]
+    gr.on(triggers, **redraw_event, api_visibility="private")
+
+    def decode_all(shown: ExplainView | None, at: int, request: gr.Request, progress=gr.Progress()):
+        """Decode x̂₀ of every step with the model's VAE; the view keeps them, so scrubbing stays instant."""
+        if shown is None:
+            raise gr.Error("Explain a prompt first.")
+        with user_errors(), manager.job(request.session_hash if request else None):
+            model = manager.model
+            if model.name != shown.run.recipe.get("model"):
+                raise UserError(f"The loaded model ({model.name}) did not make this run: x̂₀ keeps the linear preview.")
+            for k in progress.tqdm(range(shown.run.steps), desc="Decoding x̂₀"):
+                shown.x0(k, decode=partial(vae_decode, model.pipe.vae))
+        return shown.x0(step_index(at, shown.run.steps))
+
+    decode.click(decode_all, [view, step], x0, api_visibility="private", **GPU)
+
+    # Recording, replaying, playing ----------------------------------------------------------------------------
+
+    def show_step(folder: str, item: StepUpdate | ExplainRun) -> dict:
+        if isinstance(item, StepUpdate):
+            return {x0: item.previews[0], step_label: f"Recording… step {item.step} of {item.total}"}
+        return {**show_run(ExplainView(item)), export: exported(folder, item)}
+
+    def record(
+        prompt: str,
+        negative_prompt: str,
+        sampler: str,
+        steps: int,
+        guidance_scale: float,
+        seed: int,
+        width: int,
+        height: int,
+        task: str,
+        image: dict | None,
+        strength: float,
+        request: gr.Request = None,
+        progress=gr.Progress(),
+    ):
+        with user_errors():
+            background = image.get("background") if image else None
+            painted = mask_from_editor(image) if task == Task.INPAINT and background is not None else None
+        job = GenerationRequest(
+            Task(task), prompt, negative_prompt, sampler, steps, guidance_scale, seed, width, height,
+            image=background, strength=strength, mask=painted,
+        )  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="sdplay-explain-") as folder:
+            yield from run(manager, job, limits, request, progress, job=explain, show=partial(show_step, folder))
+
+    inputs = [*c.inputs(), c.width, c.height, task, editor, strength]
+    recorded = start.click(record, inputs, [*run_outputs, x0, step_label, export], api_visibility="private", **GPU)
+    recorded.then(**redraw_event, api_visibility="private")
+
+    def halt(request: gr.Request) -> None:
+        """Stop ends the session's own job within a step; outside the GPU queue, so never stuck behind it."""
+        manager.interrupt(request.session_hash)
+
+    stop.click(halt, None, None, cancels=[recorded], queue=False, api_visibility="private")
+
+    def replay(path: str | None):
+        if path is None:
+            return {}
+        with user_errors():
+            return {**show_run(replay_view(path)), export: path}
+
+    replayed = upload.upload(replay, upload, [*run_outputs, export], api_visibility="private")
+    replayed.then(**redraw_event, api_visibility="private")
+
+    def toggle(label: str):
+        playing = label.startswith("▶")
+        return gr.Timer(active=playing), gr.Button("⏸ Pause" if playing else "▶ Play")
+
+    play.click(toggle, play, [timer, play], api_visibility="private")
+
+    def advance(shown: ExplainView | None, at: int):
+        return at % shown.run.steps + 1 if shown else gr.skip()
+
+    timer.tick(advance, [view, step], step, api_visibility="private", show_progress="hidden")
+
+    def show_task(chosen: str):
+        needs_image = chosen != Task.TXT2IMG
+        return gr.ImageMask(visible=needs_image), gr.Slider(visible=needs_image)
+
+    task.change(show_task, task, [editor, strength], api_visibility="private", queue=False)
+
+    # The API: a text-to-image run with exactly /txt2img's parameters; results are the image and the export.
+    def explain_api(
+        prompt: str,
+        negative_prompt: str,
+        sampler: str,
+        steps: int,
+        guidance_scale: float,
+        seed: int,
+        width: int,
+        height: int,
+        request: gr.Request = None,
+        progress=gr.Progress(),
+    ):
+        """Explain a text-to-image run: returns the final image and the whole run as a .safetensors file."""
+        job = GenerationRequest(
+            Task.TXT2IMG, prompt, negative_prompt, sampler, steps, guidance_scale, seed, width, height
+        )
+        with tempfile.TemporaryDirectory(prefix="sdplay-explain-") as folder:
+            yield from run(manager, job, limits, request, progress, job=explain, show=partial(api_results, folder))
+
+    gr.on([], explain_api, [*c.inputs(), c.width, c.height], [final, export], api_name="explain", **GPU)
+    return c

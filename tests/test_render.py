@@ -1,0 +1,207 @@
+"""The Explain view's panels, drawn from real captured runs on the tiny model: sizes, word maps, scales, replay."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdplay.errors import UserError
+from sdplay.explain.capture import explain
+from sdplay.explain.export import save_run
+from sdplay.explain.render import (
+    COLORMAPS,
+    ExplainView,
+    HeatmapSettings,
+    Word,
+    dropped_text,
+    replay_view,
+    vae_decode,
+    words_of,
+)
+from sdplay.requests import GenerationRequest, Task
+
+STEPS = 4
+# The tiny tokenizer knows "red" and "cat" as words; "sitting" falls apart into letters.
+REQUEST = GenerationRequest(prompt="a red cat sitting", negative_prompt="dog", sampler="Euler", steps=STEPS, seed=3)
+
+
+@pytest.fixture(scope="module")
+def run(manager):
+    return explain(manager, REQUEST)
+
+
+@pytest.fixture(scope="module")
+def view(run) -> ExplainView:
+    return ExplainView(run)
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image)
+
+
+def word_index(view: ExplainView, text: str) -> int:
+    return next(i for i, w in enumerate(view.words) if w.text == text)
+
+
+def test_panels_have_the_right_sizes(view, run):
+    assert run.image.shape == (64, 64, 3)
+    assert view.size == (256, 256)  # small images are drawn larger, by a whole factor
+    panels = view.draw(1, HeatmapSettings(word=word_index(view, "cat")))
+    for image in (panels.x_t, panels.x0, panels.eps_uncond, panels.eps_cond, panels.guidance, panels.heatmap):
+        assert image.size == (256, 256) and image.mode == "RGB"
+    channels, (_, h, w) = run.latents.shape[1], run.latents.shape[1:]
+    zoom = 128 // w
+    assert panels.channels.size == (channels * (w * zoom + 4) - 4, 2 * h * zoom + 4)
+    assert [caption for _, caption in panels.layers] == ["down 4×4", "mid 4×4", "up 4×4", "average 8×8"]
+    assert all(tile.size == (128, 128) for tile, _ in panels.layers + panels.negative)
+    assert [label for _, label in panels.negative] == ["⟨start⟩", "dog", "⟨end⟩"]
+    assert panels.blended is None and view.mask() is None
+    assert panels.label.startswith("**Step 2 of 4** · t = ")
+
+
+def test_heatmap_changes_with_the_word_and_the_step(view):
+    cat, red = word_index(view, "cat"), word_index(view, "red")
+    at = {(w, s): pixels(view.heatmap(s, HeatmapSettings(word=w))[0]) for w in (cat, red) for s in (0, STEPS - 1)}
+    assert not np.array_equal(at[cat, 0], at[red, 0])
+    assert not np.array_equal(at[cat, 0], at[cat, STEPS - 1])
+    # Redrawing is deterministic: the same settings give the same pixels.
+    assert np.array_equal(at[cat, 0], pixels(view.heatmap(0, HeatmapSettings(word=cat))[0]))
+
+
+def test_per_word_and_shared_scales_differ(view):
+    cat = word_index(view, "cat")
+    own, own_bar = view.heatmap(2, HeatmapSettings(word=cat))
+    shared, shared_bar = view.heatmap(2, HeatmapSettings(word=cat, shared=True))
+    assert not np.array_equal(pixels(own), pixels(shared))
+    assert "own min–max" in own_bar and "shared by all words" in shared_bar
+    # Shared: one top for all words, the largest value of any of them.
+    maps = view.word_maps(2, HeatmapSettings())
+    real = [i for i, w in enumerate(view.words) if not w.special]
+    assert f"{maps[real].max():.3f}" in shared_bar
+
+
+def test_step_range_sums_the_steps(view):
+    cat = word_index(view, "cat")
+    single = view.word_maps(1, HeatmapSettings(word=cat))
+    assert np.array_equal(view.word_maps(3, HeatmapSettings(word=cat, steps=(1, 1))), single)
+    summed = view.word_maps(0, HeatmapSettings(word=cat, steps=(0, STEPS - 1)))
+    each = sum(view.word_maps(s, HeatmapSettings(word=cat)) for s in range(STEPS))
+    np.testing.assert_allclose(summed, each, rtol=1e-5)
+
+
+def test_opacity_and_colormap_change_the_overlay(view):
+    cat = word_index(view, "cat")
+    base = pixels(view.heatmap(1, HeatmapSettings(word=cat))[0])
+    assert np.array_equal(pixels(view.heatmap(1, HeatmapSettings(word=cat, opacity=0))[0]), pixels(view.image))
+    for colormap in set(COLORMAPS) - {"viridis"}:
+        assert not np.array_equal(pixels(view.heatmap(1, HeatmapSettings(word=cat, colormap=colormap))[0]), base)
+
+
+def test_subwords_merge_into_words(view, run):
+    assert [w.label for w in view.words] == ["⟨start⟩", "a", "red", "cat", "sitting", "⟨end⟩"]
+    sitting = view.words[word_index(view, "sitting")]
+    assert [run.tokens[p] for p in sitting.tokens] == ["s", "i", "t", "t", "i", "n", "g</w>"]
+    assert "| sitting | `s` · `i` · `t` · `t` · `i` · `n` · `g</w>` | 4–10 |" in view.subword_table()
+    # Byte-level BPE: "é" is two bytes spelled as two characters, and must come back as one letter.
+    tokens = ["<|startoftext|>", "caf", "Ã©</w>", "au", "lait</w>", "<|endoftext|>"]
+    assert words_of(tokens) == [
+        Word("start", (0,), special=True),
+        Word("café", (1, 2)),
+        Word("aulait", (3, 4)),
+        Word("end", (5,), special=True),
+    ]
+
+
+def test_the_75_token_limit_is_shown(view):
+    assert view.token_summary().startswith("10 of 75 prompt tokens used")
+    prompt = " ".join(["cat"] * 80)
+    tokens = ["<|startoftext|>", *["cat</w>"] * 75, "<|endoftext|>"]
+    words = words_of(tokens)
+    assert len(words) == 77
+    assert dropped_text(prompt, words) == " ".join(["cat"] * 5)
+    assert dropped_text("something else entirely", words) == ""  # no match: say nothing rather than guess
+
+
+def test_timeline_and_budget(view):
+    timeline = view.timeline
+    assert list(timeline.columns) == ["step", "word", "mass", "concentration"]
+    assert set(timeline.word) == {"a", "red", "cat", "sitting"}
+    assert sorted(set(timeline.step)) == list(range(1, STEPS + 1))
+    assert timeline.mass.between(0, 1).all() and timeline.concentration.between(0, 1).all()
+    budget = view.budget
+    assert list(budget.columns) == ["step", "part", "share"]
+    assert set(budget.part) == {"start token", "words", "end + padding"}
+    np.testing.assert_allclose(budget.groupby("step").share.sum(), 1, atol=2e-3)  # fp16 maps
+    # The words' part of the budget is the sum of the words' masses.
+    words = budget[budget.part == "words"].set_index("step").share
+    np.testing.assert_allclose(timeline.groupby("step").mass.sum(), words, atol=1e-6)
+
+
+def test_export_round_trips_into_the_view(view, run, tmp_path):
+    replayed = replay_view(save_run(run, tmp_path / "run.safetensors"))
+    assert replayed.words == view.words and replayed.run.recipe == run.recipe
+    for step in range(STEPS):
+        for settings in (HeatmapSettings(word=3), HeatmapSettings(word=2, shared=True, steps=(0, step))):
+            original, again = view.draw(step, settings), replayed.draw(step, settings)
+            for name, value in vars(original).items():
+                other = getattr(again, name)
+                if isinstance(value, Image.Image):
+                    assert np.array_equal(pixels(value), pixels(other)), name
+                elif isinstance(value, list):
+                    assert [c for _, c in value] == [c for _, c in other], name
+                    pairs = zip(value, other, strict=True)
+                    assert all(np.array_equal(pixels(a), pixels(b)) for (a, _), (b, _) in pairs), name
+                else:
+                    assert value == other, name
+    assert view.timeline.equals(replayed.timeline) and view.budget.equals(replayed.budget)
+
+
+def test_x0_can_be_decoded_with_the_vae_and_is_kept(run, manager):
+    view = ExplainView(run)  # its own: decoding changes what the view draws
+    calls = []
+
+    def decode(latents):
+        calls.append(latents)
+        return vae_decode(manager.model.pipe.vae, latents)
+
+    decoded = view.x0(1, decode=decode)
+    assert decoded.size == view.size and not np.array_equal(pixels(decoded), pixels(ExplainView(run).x0(1)))
+    assert np.array_equal(pixels(view.x0(1, decode=decode)), pixels(decoded)) and len(calls) == 1
+    assert np.array_equal(pixels(view.draw(1, HeatmapSettings()).x0), pixels(decoded))
+    # Euler's last step lands exactly on x̂₀, so its decode is the final image.
+    last = np.asarray(vae_decode(manager.model.pipe.vae, run.x0[-1]), dtype=int)
+    assert np.abs(last - run.image).max() <= 1
+
+
+def test_a_broken_upload_is_a_user_error(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError):
+        replay_view(junk)
+
+
+def test_without_guidance_there_is_no_negative_branch(manager):
+    request = GenerationRequest(prompt="a cat", sampler="Euler", steps=2, seed=1, guidance_scale=1)
+    panels = ExplainView(explain(manager, request)).draw(0, HeatmapSettings())
+    assert panels.negative == [] and "no guidance" in panels.eps_note
+    assert (pixels(panels.eps_uncond) == 128).all() and (pixels(panels.guidance) == 128).all()  # grey: zero
+
+
+def test_img2img_says_where_strength_starts_the_schedule(manager):
+    source = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    request = GenerationRequest(Task.IMG2IMG, "a red cat", sampler="Euler", steps=4, seed=1, image=source, strength=0.5)
+    view = ExplainView(explain(manager, request))
+    assert view.run.steps == 2 and view.run.first_step == 2
+    assert "strength 0.5 starts the 4-step schedule at step 3: this is schedule step 4 of 4" in view.step_label(1)
+
+
+def test_inpaint_shows_the_mask_and_the_blend(manager):
+    source = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    mask = Image.new("L", (64, 64))
+    mask.paste(255, (0, 0, 32, 64))
+    request = GenerationRequest(
+        Task.INPAINT, "a cat", sampler="Euler", steps=3, seed=1, image=source, mask=mask, mask_blur=0, strength=1
+    )
+    view = ExplainView(explain(manager, request))
+    shown = pixels(view.mask())
+    assert view.mask().size == view.size and shown[:, :100].min() == 255 and shown[:, 160:].max() == 0
+    assert view.draw(0, HeatmapSettings()).blended.size == view.size
