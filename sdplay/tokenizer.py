@@ -66,8 +66,9 @@ def build_clip_tokenizer(folder: pathlib.Path, words: Sequence[str] = ()) -> tra
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
-    merges = "\n".join(f"{a} {b}" for a, b in ranks)
-    (folder / "merges.txt").write_text("#version: 0.2\n" + merges + "\n", encoding="utf-8")
+    # One line per merge: an empty line (no words) is rejected by the BPE loader as an invalid merge.
+    merges = "".join(f"{a} {b}\n" for a, b in ranks)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
 
     tokenizer = transformers.CLIPTokenizer(
         vocab=str(folder / "vocab.json"),
