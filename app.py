@@ -7,14 +7,17 @@ import argparse
 import ipaddress
 import os
 import sys
+from pathlib import Path
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 HUB_MODELS = [
     "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "stabilityai/stable-diffusion-2-1-base",
     "stabilityai/sd-turbo",
     "stable-diffusion-v1-5/stable-diffusion-inpainting",
 ]
+# Our own small model (sdplay/shapes), trained in this repo: it runs offline on any CPU in seconds.
+BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "shapes"
+DEFAULT_MODEL = str(BUNDLED_MODEL) if (BUNDLED_MODEL / "model_index.json").is_file() else HUB_MODELS[0]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,7 +104,10 @@ def main(argv: list[str] | None = None) -> None:
         manager.load(args.model, config=args.config)
     except UserError as error:
         sys.exit(f"sdplay: {error}")
-    models = {manager.model.name: args.model} | {hub_id: hub_id for hub_id in ([] if args.offline else HUB_MODELS)}
+    local = {manager.model.name: args.model}
+    if args.model != DEFAULT_MODEL and DEFAULT_MODEL == str(BUNDLED_MODEL):
+        local[BUNDLED_MODEL.name] = DEFAULT_MODEL
+    models = local | {hub_id: hub_id for hub_id in ([] if args.offline else HUB_MODELS)}
     demo = build_demo(manager, Limits(max_size=args.max_size), models)
     user, _, password = (args.auth or "").partition(":")
     demo.launch(

@@ -1,0 +1,335 @@
+"""Train the bundled shapes model: a tiny Stable Diffusion (VAE, CLIP text encoder, UNet) on the synthetic world.
+
+Run `python -m sdplay.shapes.train [--key=value ...]`; it resumes from `out_dir` and finally writes `final_dir`.
+"""
+
+# ruff: noqa: E402  (the OpenMP setting must precede importing torch)
+import os
+
+# Passive OpenMP threads: on a busy 2-core machine, spinning threads made each step up to 20x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import ast
+import copy
+import math
+import pathlib
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from tqdm import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from sdplay.shapes.world import POSITIONS, VOCABULARY, render, sample_scene
+from sdplay.tokenizer import build_clip_tokenizer
+
+# -----------------------------------------------------------------------------
+# config: override any of these with --key=value
+seed = 0
+threads = 2
+out_dir = "/root/.cache/sdplay/shapes-run"  # checkpoints and cached latents, outside the repo
+final_dir = "assets/shapes"  # the diffusers folder the app loads
+checkpoint_minutes = 3.0
+# data
+resolution = 64
+num_scenes = 16_000  # rendered once; the prompt of each scene is redrawn every time it is used
+phrase_drop = 0.2  # chance of leaving out each phrase but the shape, so short prompts work too
+empty_prompt = 0.1  # chance of an empty prompt, for classifier-free guidance
+# VAE (4x downsampling: 64x64x3 images <-> 16x16x4 latents)
+vae_steps = 1600
+vae_batch = 16
+vae_lr = 2e-3
+vae_edge_weight = 1.0  # L1 on image gradients too, which keeps the edges of the shapes sharp
+vae_kl_weight = 1e-6
+# text encoder + UNet
+unet_steps = 2200
+unet_batch = 32
+unet_lr = 1.5e-3
+warmup_steps = 200
+ground_weight = 0.1  # TokenCompose-style grounding loss: each word's cross-attention -> its mask
+ema_decay = 0.999
+# -----------------------------------------------------------------------------
+for arg in sys.argv[1:]:
+    key, value = arg.removeprefix("--").split("=", 1)
+    assert key in globals() and not key.startswith("_"), f"unknown config key {key}"
+    globals()[key] = type(globals()[key])(ast.literal_eval(value) if not isinstance(globals()[key], str) else value)
+
+torch.manual_seed(seed)
+torch.set_num_threads(threads)
+rng = np.random.default_rng(seed)
+run = pathlib.Path(out_dir)
+run.mkdir(parents=True, exist_ok=True)
+checkpoint_path = run / "checkpoint.pt"
+
+# -----------------------------------------------------------------------------
+# data: a fixed pool of rendered scenes, with their object masks for the grounding loss
+data_rng = np.random.default_rng(seed + 1)
+scenes = [sample_scene(data_rng) for _ in range(num_scenes)]
+rendered = [render(s, resolution) for s in scenes]
+images = np.stack([image for image, _ in rendered])
+objects = np.stack([masks[s.shape] for s, (_, masks) in zip(scenes, rendered, strict=True)])
+images = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # [-1, 1]
+objects = torch.from_numpy(objects).float()[:, None]
+print(f"rendered {num_scenes} scenes at {resolution}x{resolution}")
+
+tokenizer = build_clip_tokenizer(run / "tokenizer", VOCABULARY)
+OBJECT, BACKGROUND = 1, 2  # which mask a prompt token is grounded to (0: none)
+
+
+def draw_prompts(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (B, 77) of freshly drawn prompts, and each token's grounding role (B, 77)."""
+    prompts, roles = [], torch.zeros(len(index), tokenizer.model_max_length, dtype=torch.long)
+    for row, i in enumerate(index):
+        scene = scenes[i]
+        prompt = "" if rng.random() < empty_prompt else scene.prompt(rng, phrase_drop)
+        on_object = {scene.size, scene.color, scene.shape, POSITIONS[scene.position][0]}
+        for slot, word in enumerate(prompt.split(), start=1):  # every grammar word is one token; slot 0 is BOS
+            roles[row, slot] = (
+                OBJECT if word in on_object else BACKGROUND if word in (scene.background, "background") else 0
+            )
+        prompts.append(prompt)
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    return ids.input_ids, roles
+
+
+def cosine_lr(step: int, total: int, peak: float) -> float:
+    """Linear warmup, then cosine decay to a tenth of the peak."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total - warmup_steps))))
+
+
+# -----------------------------------------------------------------------------
+# models: exactly the Stable Diffusion classes, just small
+vae = AutoencoderKL(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(16, 32, 64),  # few channels at full resolution: flat colours need little, and it is 4x faster
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=resolution,
+    mid_block_add_attention=False,  # 16x16 self-attention costs time; single shapes need no global context
+)
+with torch.no_grad():  # start with a small posterior std: unit noise on the latents stalls the first hundreds of steps
+    vae.quant_conv.bias[vae.config.latent_channels :] = -8.0
+text_encoder = CLIPTextModel(
+    CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=256,
+        # One layer: each word's output stays close to its own embedding (strong residual), so a word's
+        # cross-attention means that word, and the causal mask cannot route the whole prompt into the end token.
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+)
+unet = UNet2DConditionModel(
+    sample_size=resolution // 4,
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    # Cross-attention at 16x16 and 8x8 only: coarser maps would blur the attention maps the Explain view shows.
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    mid_block_type="UNetMidBlock2D",
+    cross_attention_dim=64,
+    attention_head_dim=4,  # diffusers reads this as the number of heads
+    norm_num_groups=16,
+)
+# v-prediction: at high noise the target is close to the clean latent, so the loss rewards getting the layout
+# (position, size) right early; epsilon-prediction gives that almost no weight.
+scheduler_config = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="v_prediction",
+    steps_offset=1,
+)
+noise_scheduler = DDPMScheduler(num_train_timesteps=1000, **scheduler_config)
+print(
+    "parameters: "
+    + ", ".join(
+        f"{n} {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M"
+        for n, m in [("vae", vae), ("unet", unet), ("text", text_encoder)]
+    )
+)
+
+
+class GroundedCrossAttention:
+    """Cross-attention processor that keeps its attention probabilities (with gradients) for the grounding loss."""
+
+    def __init__(self, store: list[torch.Tensor]):
+        self.store = store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        probs = attn.get_attention_scores(query, key, None)  # (batch * heads, pixels, tokens)
+        self.store.append(probs.unflatten(0, (-1, attn.heads)).mean(1))
+        out = attn.batch_to_head_dim(torch.bmm(probs, value))
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def grounding_loss(maps: list[torch.Tensor], roles: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+    """KL(mask || attention) per grounded token: pulls a word's attention onto its mask, spread over all of it."""
+    losses = []
+    grounded = roles > 0
+    for probs in maps:  # (B, pixels, tokens)
+        side = math.isqrt(probs.shape[1])
+        obj = F.adaptive_avg_pool2d(objects, side).flatten(1)  # (B, pixels)
+        target = torch.where((roles == OBJECT)[:, None, :], obj[:, :, None], 1 - obj[:, :, None])
+        target = target / target.sum(1, keepdim=True).clamp_min(1e-6)
+        attention = probs / probs.sum(1, keepdim=True)
+        kl = (target * (torch.log(target + 1e-8) - torch.log(attention + 1e-8))).sum(1)  # (B, tokens)
+        losses.append(kl[grounded].mean() if grounded.any() else kl.sum() * 0)
+    return torch.stack(losses).mean()
+
+
+def save_checkpoint(state: dict) -> None:
+    """Write atomically, so a kill during the save leaves the previous checkpoint intact."""
+    tmp = checkpoint_path.with_suffix(".tmp")
+    torch.save(state | {"rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, tmp)
+    tmp.replace(checkpoint_path)
+
+
+state = torch.load(checkpoint_path, weights_only=False) if checkpoint_path.exists() else {"phase": "vae", "step": 0}
+if "rng" in state:
+    rng.bit_generator.state = state["rng"]
+    torch.set_rng_state(state["torch_rng"])
+if "vae" in state:
+    vae.load_state_dict(state["vae"])
+print(f"starting at phase {state['phase']}, step {state['step']}")
+
+# -----------------------------------------------------------------------------
+# phase 1: the VAE, on the rendered images
+vae_opt = torch.optim.AdamW(vae.parameters(), lr=vae_lr, weight_decay=0.0)
+if state["phase"] == "vae":
+    if "vae_opt" in state:
+        vae_opt.load_state_dict(state["vae_opt"])
+    vae.train()
+    last_save = time.time()
+    bar = tqdm(range(state["step"], vae_steps), initial=state["step"], total=vae_steps, desc="vae", mininterval=5)
+    for step in bar:
+        for group in vae_opt.param_groups:
+            group["lr"] = cosine_lr(step, vae_steps, vae_lr)
+        x = images[rng.integers(0, num_scenes, vae_batch)]
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        l1 = (recon - x).abs().mean()
+        edges = sum((recon.diff(dim=d) - x.diff(dim=d)).abs().mean() for d in (2, 3))
+        loss = l1 + vae_edge_weight * edges + vae_kl_weight * posterior.kl().mean()
+        loss.backward()
+        vae_opt.step()
+        vae_opt.zero_grad(set_to_none=True)
+        psnr = 10 * math.log10(4 / F.mse_loss(recon.detach(), x).item())
+        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.1f}")
+        if time.time() - last_save > checkpoint_minutes * 60:
+            save_checkpoint(
+                {"phase": "vae", "step": step + 1, "vae": vae.state_dict(), "vae_opt": vae_opt.state_dict()}
+            )
+            last_save = time.time()
+    state = {"phase": "latents", "step": 0, "vae": vae.state_dict()}
+    save_checkpoint(state)
+
+# cache the latents once: the UNet phase never runs the VAE
+latents_path = run / "latents.pt"
+vae.eval()
+if latents_path.exists():
+    latents = torch.load(latents_path)
+else:
+    with torch.no_grad():
+        chunks = [vae.encode(x).latent_dist.mean for x in tqdm(images.split(256), desc="encode latents")]
+    latents = torch.cat(chunks)
+    torch.save(latents, latents_path)
+scaling_factor = 1 / latents.std().item()
+vae.register_to_config(scaling_factor=scaling_factor)
+latents = latents * scaling_factor
+with torch.no_grad():
+    recon = torch.cat([vae.decode(z / scaling_factor).sample for z in latents[:512].split(128)])
+psnr = 10 * math.log10(4 / F.mse_loss(recon, images[:512]).item())
+print(f"VAE reconstruction PSNR {psnr:.2f} dB, latent scaling factor {scaling_factor:.3f}")
+
+# -----------------------------------------------------------------------------
+# phase 2: the text encoder and the UNet together, on cached latents
+params = [*unet.parameters(), *text_encoder.parameters()]
+opt = torch.optim.AdamW(params, lr=unet_lr, weight_decay=0.01)
+ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+if state["phase"] == "unet":
+    for module, key in [
+        (unet, "unet"),
+        (text_encoder, "text"),
+        (ema_unet, "ema_unet"),
+        (ema_text, "ema_text"),
+        (opt, "opt"),
+    ]:
+        module.load_state_dict(state[key])
+maps: list[torch.Tensor] = []
+unet.set_attn_processor(
+    {name: GroundedCrossAttention(maps) if "attn2" in name else proc for name, proc in unet.attn_processors.items()}
+)
+unet.train()
+text_encoder.train()
+last_save = time.time()
+start = state["step"] if state["phase"] == "unet" else 0
+bar = tqdm(range(start, unet_steps), initial=start, total=unet_steps, desc="unet", mininterval=5)
+for step in bar:
+    for group in opt.param_groups:
+        group["lr"] = cosine_lr(step, unet_steps, unet_lr)
+    index = rng.integers(0, num_scenes, unet_batch)
+    ids, roles = draw_prompts(index)
+    z0 = latents[index]
+    noise = torch.randn_like(z0)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (unet_batch,))
+    maps.clear()
+    prediction = unet(noise_scheduler.add_noise(z0, noise, t), t, text_encoder(ids).last_hidden_state).sample
+    diffusion = F.mse_loss(prediction, noise_scheduler.get_velocity(z0, noise, t))
+    ground = grounding_loss(maps, roles, objects[index])
+    loss = diffusion + ground_weight * ground
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    decay = min(ema_decay, (1 + step) / (10 + step))  # short warmup: early EMA weights would be mostly random init
+    with torch.no_grad():
+        for ema, model in [(ema_unet, unet), (ema_text, text_encoder)]:
+            for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+                p_ema.lerp_(p, 1 - decay)
+    bar.set_postfix(loss=f"{loss.item():.4f}", v=f"{diffusion.item():.4f}", ground=f"{ground.item():.3f}")
+    if time.time() - last_save > checkpoint_minutes * 60 or step + 1 == unet_steps:
+        models = {"unet": unet, "text": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text, "opt": opt}
+        save_checkpoint(
+            {"phase": "unet", "step": step + 1, "vae": vae.state_dict()}
+            | {k: m.state_dict() for k, m in models.items()}
+        )
+        last_save = time.time()
+
+# -----------------------------------------------------------------------------
+# save the EMA weights as a plain diffusers folder
+pipe = StableDiffusionPipeline(
+    vae=vae,
+    text_encoder=ema_text,
+    tokenizer=tokenizer,
+    unet=ema_unet,
+    scheduler=DPMSolverMultistepScheduler(timestep_spacing="trailing", **scheduler_config),
+    safety_checker=None,
+    feature_extractor=None,
+    requires_safety_checker=False,
+)
+pipe.save_pretrained(final_dir, safe_serialization=True)
+print(f"saved the model to {final_dir}")

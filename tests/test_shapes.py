@@ -1,0 +1,109 @@
+"""Tests for the shapes world (renderer, masks, grammar) and the committed shapes model.
+
+The model tests use the weights in assets/shapes/ and never train.
+"""
+
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+from transformers import CLIPTokenizer
+
+from sdplay.generate import generate
+from sdplay.models import ModelManager
+from sdplay.requests import GenerationRequest, Task
+from sdplay.shapes.evaluate import measure
+from sdplay.shapes.world import (
+    BACKGROUNDS,
+    COLORS,
+    POSITION_JITTER,
+    POSITIONS,
+    SIZES,
+    VOCABULARY,
+    render,
+    sample_scene,
+)
+
+MODEL = pathlib.Path(__file__).resolve().parents[1] / "assets" / "shapes"
+
+
+def test_masks_match_images() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        scene = sample_scene(rng)
+        image, masks = render(scene, 64)
+        obj = masks[scene.shape]
+        fg, bg = np.array(COLORS[scene.color]), np.array(BACKGROUNDS[scene.background])
+        # Every pixel blends the two colours; the mask holds the pixels that are at least half object colour.
+        share = (image - bg) @ (fg - bg) / ((fg - bg) @ (fg - bg))
+        assert np.abs(bg + share[..., None] * (fg - bg) - image).max() <= 1
+        assert obj[share > 0.52].all() and not obj[share < 0.48].any(), scene  # rounding blurs exact halves
+        assert obj.sum() > 0.4 * (scene.side * 64) ** 2  # a triangle fills half its box
+        assert all(masks[w] is obj for w in (scene.size, scene.color, POSITIONS[scene.position][0]))
+        assert np.array_equal(masks[scene.background], ~obj) and np.array_equal(masks["background"], ~obj)
+
+
+def test_placement_follows_the_grammar() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        scene = sample_scene(rng)
+        _, masks = render(scene, 64)
+        ys, xs = np.nonzero(masks[scene.shape])
+        assert abs(max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 - scene.side * 64) <= 2
+        assert abs((xs.min() + xs.max() + 1) / 2 - scene.cx * 64) <= 1.5
+        low, high = SIZES[scene.size]
+        assert low <= scene.side <= high
+        _, ax, ay = POSITIONS[scene.position]
+        for centre, anchor in [(scene.cx, ax), (scene.cy, ay)]:
+            low, high = (0.4, 0.6) if anchor == 0.5 else (anchor - POSITION_JITTER, anchor + POSITION_JITTER)
+            assert low - 1e-9 <= centre <= high + 1e-9, scene
+        assert scene.background != scene.color
+        assert set(scene.prompt().split()) <= set(VOCABULARY)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> StableDiffusionPipeline:
+    assert (MODEL / "model_index.json").exists(), "the shapes model is missing: run python -m sdplay.shapes.train"
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL, dtype=torch.float32, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_committed_tokenizer_has_one_token_per_grammar_word() -> None:
+    tokenizer = CLIPTokenizer.from_pretrained(MODEL / "tokenizer", local_files_only=True)
+    for word in VOCABULARY:
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+
+
+# Known defect, kept visible: the model ignores position words (position accuracy 0.20 in bench/RESULTS.md), so the
+# object lands where the noise puts it. strict: CI turns red the day it passes, to remove this marker.
+@pytest.mark.xfail(strict=True, reason="position words are not learned yet (issue 3 stays open)")
+def test_committed_model_puts_a_red_circle_on_the_left(pipe: StableDiffusionPipeline) -> None:
+    prompt = "a large red circle on the left on a gray background"
+    result = pipe(prompt, num_inference_steps=20, guidance_scale=5.0, generator=torch.manual_seed(0), output_type="np")
+    image = result.images[0] * 255
+    assert image.shape == (64, 64, 3)
+    red = np.linalg.norm(image - np.array(COLORS["red"]), axis=-1) < 60
+    assert red.sum() > 0.1 * 64 * 64, "no large red object"
+    assert np.nonzero(red)[1].mean() < 0.4 * 64, "the red object is not left of centre"
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    assert np.linalg.norm(np.median(border, axis=0) - np.array(BACKGROUNDS["gray"])) < 40, "background is not gray"
+
+
+def test_all_three_tasks_run_on_it_through_the_app_manager() -> None:
+    manager = ModelManager(device="cpu")
+    manager.load(str(MODEL))
+    prompt = "a large blue square in the center on a white background"
+    image = generate(manager, GenerationRequest(prompt=prompt, steps=10, seed=1, guidance_scale=5.0)).images[0]
+    assert image.size == (64, 64) and measure(np.asarray(image)).background == "white"
+    again = generate(manager, GenerationRequest(Task.IMG2IMG, prompt, steps=10, seed=2, image=image, strength=0.5))
+    assert again.images[0].size == (64, 64)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    inpainted = generate(
+        manager, GenerationRequest(Task.INPAINT, prompt, steps=10, image=image, mask=mask, mask_blur=0)
+    )
+    assert np.array_equal(np.asarray(inpainted.images[0])[:, 32:], np.asarray(image)[:, 32:])
