@@ -37,6 +37,22 @@ def _text_encoder(tokenizer, hidden_size: int, layers: int, heads: int) -> CLIPT
     return CLIPTextModel(config)
 
 
+def _save(folder: Path, unet, vae, text_encoder, tokenizer) -> Path:
+    """Assemble the components with SD 1.5's scheduler and save them as a diffusers folder (safetensors)."""
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=PNDMScheduler(**SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
 def tiny_pipeline(folder: Path, inpainting: bool = False, seed: int = 0) -> Path:
     """A ~1 MB pipeline with SD's layout (VAE factor 8, cross-attention UNet) and native size 64×64."""
     torch.manual_seed(seed)
@@ -62,18 +78,7 @@ def tiny_pipeline(folder: Path, inpainting: bool = False, seed: int = 0) -> Path
         norm_num_groups=2,
         sample_size=64,
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=_text_encoder(tokenizer, hidden_size=16, layers=2, heads=2),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=PNDMScheduler(**SD15_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(folder, safe_serialization=True)
-    return Path(folder)
+    return _save(folder, unet, vae, _text_encoder(tokenizer, hidden_size=16, layers=2, heads=2), tokenizer)
 
 
 def sd15_pipeline(folder: Path, seed: int = 0) -> Path:
@@ -94,15 +99,4 @@ def sd15_pipeline(folder: Path, seed: int = 0) -> Path:
         layers_per_block=2,
         sample_size=512,
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=_text_encoder(tokenizer, hidden_size=768, layers=12, heads=12),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=PNDMScheduler(**SD15_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(folder, safe_serialization=True)
-    return Path(folder)
+    return _save(folder, unet, vae, _text_encoder(tokenizer, hidden_size=768, layers=12, heads=12), tokenizer)

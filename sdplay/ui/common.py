@@ -50,6 +50,21 @@ def image_upload(label: str, height: int) -> gr.Image:
     return clear_upload_errors(gr.Image(label=label, type="filepath", sources=["upload", "clipboard"], height=height))
 
 
+def mask_editor(label: str, height: int, visible: bool = True) -> gr.ImageEditor:
+    """An image upload to paint the inpainting mask on: the painted layer's alpha is the mask (see images.py)."""
+    editor = gr.ImageMask(
+        label=label,
+        type="pil",
+        image_mode="RGBA",
+        sources=["upload", "clipboard"],
+        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
+        layers=False,
+        height=height,
+        visible=visible,
+    )
+    return clear_upload_errors(editor)
+
+
 @dataclass
 class Controls:
     """The A1111-style controls every generation tab has, named like the API parameters they feed."""

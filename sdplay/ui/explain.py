@@ -19,7 +19,7 @@ from sdplay.generate import StepUpdate
 from sdplay.images import mask_from_editor
 from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits, Task
-from sdplay.ui.common import GPU, Controls, clear_upload_errors, controls, run, user_errors
+from sdplay.ui.common import GPU, Controls, controls, mask_editor, run, user_errors
 
 TASKS = [("Text-to-Image", Task.TXT2IMG.value), ("Image-to-Image", Task.IMG2IMG.value), ("Inpaint", Task.INPAINT.value)]
 SHARED, RANGE = "Shared scale", "A range of steps"
@@ -83,18 +83,7 @@ def build(manager: ModelManager, limits: Limits, examples: list[str]) -> Control
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
             task = gr.Radio(TASKS, value=Task.TXT2IMG.value, label="Task")
-            editor = clear_upload_errors(
-                gr.ImageMask(
-                    label="Image (for Inpaint, paint over what to repaint)",
-                    type="pil",
-                    image_mode="RGBA",
-                    sources=["upload", "clipboard"],
-                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
-                    layers=False,
-                    height=300,
-                    visible=False,
-                )
-            )
+            editor = mask_editor("Image (for Inpaint, paint over what to repaint)", 300, visible=False)
             strength = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength", visible=False)
             c = controls(manager, limits, examples, batch=False)
             with gr.Row():

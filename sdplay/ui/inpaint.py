@@ -10,9 +10,9 @@ from sdplay.ui.common import (
     GPU,
     Controls,
     Results,
-    clear_upload_errors,
     controls,
     image_upload,
+    mask_editor,
     results,
     run,
     user_errors,
@@ -23,17 +23,7 @@ from sdplay.ui.common import (
 def build(manager: ModelManager, limits: Limits, examples: list[str]) -> tuple[gr.ImageEditor, Controls, Results]:
     with gr.Row():
         with gr.Column():
-            image = clear_upload_errors(
-                gr.ImageMask(
-                    label="Image: paint over what to repaint",
-                    type="pil",
-                    image_mode="RGBA",
-                    sources=["upload", "clipboard"],
-                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
-                    layers=False,
-                    height=420,
-                )
-            )
+            image = mask_editor("Image: paint over what to repaint", 420)
             with gr.Accordion("Or upload a mask (white = repaint)", open=False):
                 mask = image_upload("Mask", 200)
             strength = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength")
