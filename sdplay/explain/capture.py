@@ -185,14 +185,15 @@ class ExplainRecorder:
             block: [torch.stack([m[block][i].float() for _, m in self.calls]).mean(0).half() for i in range(len(v))]
             for block, v in blocks.items()
         }
-        eps_cond = last.eps_cond[0].cpu()
-        eps_uncond = last.eps_uncond[0].cpu() if self.guided else torch.zeros_like(eps_cond)
+        # Copies, not views: a view of image 0 would keep the UNet's whole batch alive until the run ends.
+        eps_cond = last.eps_cond[0].cpu().clone()
+        eps_uncond = last.eps_uncond[0].cpu().clone() if self.guided else torch.zeros_like(eps_cond)
         self.steps.append(
             {
                 "timestep": first.timestep,
                 "sigma": math.sqrt((1 - first.alpha_bar) / first.alpha_bar),
-                "latents": first.x_t[0].cpu(),
-                "x0": last.x0[0].cpu(),
+                "latents": first.x_t[0].cpu().clone(),
+                "x0": last.x0[0].cpu().clone(),
                 "eps_cond": eps_cond,
                 "eps_uncond": eps_uncond,
                 # The guided prediction is ε_uncond + w·(ε_cond − ε_uncond): the guidance term is the difference.
