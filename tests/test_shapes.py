@@ -42,7 +42,11 @@ def test_masks_match_images() -> None:
         assert np.abs(bg + share[..., None] * (fg - bg) - image).max() <= 1
         assert obj[share > 0.52].all() and not obj[share < 0.48].any(), scene  # rounding blurs exact halves
         assert obj.sum() > 0.4 * (scene.side * 64) ** 2  # a triangle fills half its box
-        assert all(masks[w] is obj for w in (scene.size, scene.color, POSITIONS[scene.position][0]))
+        assert all(masks[w] is obj for w in (scene.size, scene.color))
+        # The position word names a region of the image, and the object's centre lies inside it.
+        named = masks[POSITIONS[scene.position][0]]
+        assert named.sum() == (1024 if scene.position == "in the center" else 2048)
+        assert named[int(scene.cy * 64), int(scene.cx * 64)], scene
         assert np.array_equal(masks[scene.background], ~obj) and np.array_equal(masks["background"], ~obj)
 
 

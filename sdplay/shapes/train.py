@@ -29,7 +29,8 @@ from diffusers import (
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from sdplay.shapes.world import POSITIONS, VOCABULARY, render, sample_scene
+from sdplay.shapes.evaluate import measure
+from sdplay.shapes.world import POSITIONS, VOCABULARY, region, render, sample_scene
 from sdplay.tokenizer import build_clip_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -45,13 +46,13 @@ num_scenes = 16_000  # rendered once; the prompt of each scene is redrawn every 
 phrase_drop = 0.2  # chance of leaving out each phrase but the shape, so short prompts work too
 empty_prompt = 0.1  # chance of an empty prompt, for classifier-free guidance
 # VAE (4x downsampling: 64x64x3 images <-> 16x16x4 latents)
-vae_steps = 1600
+vae_steps = 4000
 vae_batch = 16
 vae_lr = 2e-3
 vae_edge_weight = 1.0  # L1 on image gradients too, which keeps the edges of the shapes sharp
 vae_kl_weight = 1e-6
 # text encoder + UNet
-unet_steps = 2200
+unet_steps = 4000
 unet_batch = 32
 unet_lr = 1.5e-3
 warmup_steps = 200
@@ -71,7 +72,7 @@ run.mkdir(parents=True, exist_ok=True)
 checkpoint_path = run / "checkpoint.pt"
 
 # -----------------------------------------------------------------------------
-# data: a fixed pool of rendered scenes, with their object masks for the grounding loss
+# data: a fixed pool of rendered scenes, with the masks of their words for the grounding loss
 data_rng = np.random.default_rng(seed + 1)
 scenes = [sample_scene(data_rng) for _ in range(num_scenes)]
 rendered = [render(s, resolution) for s in scenes]
@@ -79,10 +80,14 @@ images = np.stack([image for image, _ in rendered])
 objects = np.stack([masks[s.shape] for s, (_, masks) in zip(scenes, rendered, strict=True)])
 images = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # [-1, 1]
 objects = torch.from_numpy(objects).float()[:, None]
+regions = torch.from_numpy(np.stack([region(s.position, resolution) for s in scenes])).float()[:, None]
 print(f"rendered {num_scenes} scenes at {resolution}x{resolution}")
 
 tokenizer = build_clip_tokenizer(run / "tokenizer", VOCABULARY)
-OBJECT, BACKGROUND = 1, 2  # which mask a prompt token is grounded to (0: none)
+# Which mask a prompt token is grounded to (0: none). A position word's mask is the region it names, not the
+# object: attending to "the left half" needs features that know where they are, which is what placing an object
+# on the left needs too.
+OBJECT, BACKGROUND, REGION = 1, 2, 3
 
 
 def draw_prompts(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,11 +96,10 @@ def draw_prompts(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     for row, i in enumerate(index):
         scene = scenes[i]
         prompt = "" if rng.random() < empty_prompt else scene.prompt(rng, phrase_drop)
-        on_object = {scene.size, scene.color, scene.shape, POSITIONS[scene.position][0]}
+        grounded = {scene.size: OBJECT, scene.color: OBJECT, scene.shape: OBJECT, POSITIONS[scene.position][0]: REGION}
+        grounded |= {scene.background: BACKGROUND, "background": BACKGROUND}
         for slot, word in enumerate(prompt.split(), start=1):  # every grammar word is one token; slot 0 is BOS
-            roles[row, slot] = (
-                OBJECT if word in on_object else BACKGROUND if word in (scene.background, "background") else 0
-            )
+            roles[row, slot] = grounded.get(word, 0)
         prompts.append(prompt)
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
     return ids.input_ids, roles
@@ -141,11 +145,13 @@ text_encoder = CLIPTextModel(
 )
 unet = UNet2DConditionModel(
     sample_size=resolution // 4,
-    block_out_channels=(32, 64, 64),
+    # Four levels, down to 2x2 like SD's 64 -> 8: there, zero padding tells each pixel which quadrant it is in,
+    # and that knowledge of where things are flows back up to the levels that place the object.
+    block_out_channels=(32, 64, 64, 64),
     layers_per_block=1,
     # Cross-attention at 16x16 and 8x8 only: coarser maps would blur the attention maps the Explain view shows.
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     mid_block_type="UNetMidBlock2D",
     cross_attention_dim=64,
     attention_head_dim=4,  # diffusers reads this as the number of heads
@@ -153,9 +159,14 @@ unet = UNet2DConditionModel(
 )
 # v-prediction: at high noise the target is close to the clean latent, so the loss rewards getting the layout
 # (position, size) right early; epsilon-prediction gives that almost no weight.
+# beta_end 0.025 rather than SD's 0.012: at SD's last step 6.8 % of the clean latent is still in the "pure noise",
+# enough for a small model to find the object in it during training. It then learned to place the object wherever
+# the starting noise happened to hint, and ignored the position words (position accuracy at chance, and the same
+# image for every position phrase at a fixed seed). Here 0.6 % remains: the layout has to come from the prompt.
+# (Zero terminal SNR would remove it entirely, but half of the app's samplers cannot follow such a schedule.)
 scheduler_config = dict(
     beta_start=0.00085,
-    beta_end=0.012,
+    beta_end=0.025,
     beta_schedule="scaled_linear",
     prediction_type="v_prediction",
     steps_offset=1,
@@ -186,14 +197,18 @@ class GroundedCrossAttention:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def grounding_loss(maps: list[torch.Tensor], roles: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+def grounding_loss(
+    maps: list[torch.Tensor], roles: torch.Tensor, objects: torch.Tensor, regions: torch.Tensor
+) -> torch.Tensor:
     """KL(mask || attention) per grounded token: pulls a word's attention onto its mask, spread over all of it."""
     losses = []
     grounded = roles > 0
     for probs in maps:  # (B, pixels, tokens)
         side = math.isqrt(probs.shape[1])
-        obj = F.adaptive_avg_pool2d(objects, side).flatten(1)  # (B, pixels)
-        target = torch.where((roles == OBJECT)[:, None, :], obj[:, :, None], 1 - obj[:, :, None])
+        obj = F.adaptive_avg_pool2d(objects, side).flatten(1)[:, :, None]  # (B, pixels, 1)
+        place = F.adaptive_avg_pool2d(regions, side).flatten(1)[:, :, None]
+        role = roles[:, None, :]
+        target = torch.where(role == OBJECT, obj, torch.where(role == REGION, place, 1 - obj))
         target = target / target.sum(1, keepdim=True).clamp_min(1e-6)
         attention = probs / probs.sum(1, keepdim=True)
         kl = (target * (torch.log(target + 1e-8) - torch.log(attention + 1e-8))).sum(1)  # (B, tokens)
@@ -228,10 +243,15 @@ if state["phase"] == "vae":
     for step in bar:
         for group in vae_opt.param_groups:
             group["lr"] = cosine_lr(step, vae_steps, vae_lr)
-        x = images[rng.integers(0, num_scenes, vae_batch)]
+        index = rng.integers(0, num_scenes, vae_batch)
+        x, obj = images[index], objects[index]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
-        l1 = (recon - x).abs().mean()
+        # The object and the background weigh the same in every image: with a plain mean, a small shape is a few
+        # percent of the loss, and its colour and corners were the first things the VAE gave up.
+        area = obj[0].numel()
+        balance = (obj / obj.sum((2, 3), keepdim=True) + (1 - obj) / (1 - obj).sum((2, 3), keepdim=True)) * area / 2
+        l1 = ((recon - x).abs() * balance).mean()
         edges = sum((recon.diff(dim=d) - x.diff(dim=d)).abs().mean() for d in (2, 3))
         loss = l1 + vae_edge_weight * edges + vae_kl_weight * posterior.kl().mean()
         loss.backward()
@@ -264,6 +284,18 @@ with torch.no_grad():
     recon = torch.cat([vae.decode(z / scaling_factor).sample for z in latents[:512].split(128)])
 psnr = 10 * math.log10(4 / F.mse_loss(recon, images[:512]).item())
 print(f"VAE reconstruction PSNR {psnr:.2f} dB, latent scaling factor {scaling_factor:.3f}")
+# The evaluation's segmentation on reconstructions of real scenes: an upper bound on what the UNet can score.
+read_back = [
+    measure(image) for image in recon.add(1).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+]
+pairs = list(zip(read_back, scenes[:512], strict=True))
+print(
+    "VAE round trip, read back by the evaluation: "
+    + ", ".join(
+        f"{name} {np.mean([getattr(got, name) == getattr(scene, name) for got, scene in pairs]):.2f}"
+        for name in ("color", "background", "shape", "size", "position")
+    )
+)
 
 # -----------------------------------------------------------------------------
 # phase 2: the text encoder and the UNet together, on cached latents
@@ -279,6 +311,23 @@ if state["phase"] == "unet":
         (opt, "opt"),
     ]:
         module.load_state_dict(state[key])
+
+
+def save_pipeline(folder: str | pathlib.Path) -> None:
+    """The EMA weights as a plain diffusers folder (the attention processors are not part of the saved model)."""
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=ema_text,
+        tokenizer=tokenizer,
+        unet=ema_unet,
+        scheduler=DPMSolverMultistepScheduler(timestep_spacing="trailing", **scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
 maps: list[torch.Tensor] = []
 unet.set_attn_processor(
     {name: GroundedCrossAttention(maps) if "attn2" in name else proc for name, proc in unet.attn_processors.items()}
@@ -299,7 +348,7 @@ for step in bar:
     maps.clear()
     prediction = unet(noise_scheduler.add_noise(z0, noise, t), t, text_encoder(ids).last_hidden_state).sample
     diffusion = F.mse_loss(prediction, noise_scheduler.get_velocity(z0, noise, t))
-    ground = grounding_loss(maps, roles, objects[index])
+    ground = grounding_loss(maps, roles, objects[index], regions[index])
     loss = diffusion + ground_weight * ground
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -317,19 +366,9 @@ for step in bar:
             {"phase": "unet", "step": step + 1, "vae": vae.state_dict()}
             | {k: m.state_dict() for k, m in models.items()}
         )
+        save_pipeline(run / "preview")  # the model so far, for a look or `bench/shapes_eval.py --model` mid-run
         last_save = time.time()
 
 # -----------------------------------------------------------------------------
-# save the EMA weights as a plain diffusers folder
-pipe = StableDiffusionPipeline(
-    vae=vae,
-    text_encoder=ema_text,
-    tokenizer=tokenizer,
-    unet=ema_unet,
-    scheduler=DPMSolverMultistepScheduler(timestep_spacing="trailing", **scheduler_config),
-    safety_checker=None,
-    feature_extractor=None,
-    requires_safety_checker=False,
-)
-pipe.save_pretrained(final_dir, safe_serialization=True)
+save_pipeline(final_dir)
 print(f"saved the model to {final_dir}")

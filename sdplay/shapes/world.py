@@ -107,11 +107,22 @@ def coverage(scene: Scene, resolution: int, supersample: int = 4) -> np.ndarray:
     return inside.reshape(resolution, supersample, resolution, supersample).mean(axis=(1, 3))
 
 
+def region(position: str, resolution: int) -> np.ndarray:
+    """The part of the image a position phrase names: a half for left/right/top/bottom, the middle for center."""
+    centre = (np.arange(resolution) + 0.5) / resolution
+    y, x = np.meshgrid(centre, centre, indexing="ij")
+    word, ax, ay = POSITIONS[position]
+    if word == "center":
+        return (np.abs(x - 0.5) < 0.25) & (np.abs(y - 0.5) < 0.25)
+    return (x - 0.5) * (ax - 0.5) + (y - 0.5) * (ay - 0.5) > 0  # the half on the anchor's side of the middle
+
+
 def render(scene: Scene, resolution: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Render an RGB uint8 image and a boolean mask per grammar word that names a region.
 
-    Object words (size, colour, shape, position) map to the object; the background colour word and
-    "background" map to the rest. A mask pixel is set where the object covers at least half of it.
+    Size, colour and shape words map to the object, the position word to the region it names (so "left" means
+    the left half, wherever the object is), and the background colour word and "background" to the rest.
+    An object mask pixel is set where the object covers at least half of it.
     """
     cover = coverage(scene, resolution)
     fg, bg = (
@@ -120,6 +131,6 @@ def render(scene: Scene, resolution: int = 64) -> tuple[np.ndarray, dict[str, np
     )
     image = np.round(bg + (fg - bg) * cover[..., None]).astype(np.uint8)
     obj = cover >= 0.5
-    words = [scene.size, scene.color, scene.shape, POSITIONS[scene.position][0]]
-    masks = {w: obj for w in words} | {scene.background: ~obj, "background": ~obj}
-    return image, masks
+    masks = {w: obj for w in (scene.size, scene.color, scene.shape)}
+    masks[POSITIONS[scene.position][0]] = region(scene.position, resolution)
+    return image, masks | {scene.background: ~obj, "background": ~obj}
