@@ -82,9 +82,6 @@ def test_committed_tokenizer_has_one_token_per_grammar_word() -> None:
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
 
 
-# Known defect, kept visible: the model ignores position words (position accuracy 0.20 in bench/RESULTS.md), so the
-# object lands where the noise puts it. strict: CI turns red the day it passes, to remove this marker.
-@pytest.mark.xfail(strict=True, reason="position words are not learned yet (issue 3 stays open)")
 def test_committed_model_puts_a_red_circle_on_the_left(pipe: StableDiffusionPipeline) -> None:
     prompt = "a large red circle on the left on a gray background"
     result = pipe(prompt, num_inference_steps=20, guidance_scale=5.0, generator=torch.manual_seed(0), output_type="np")
