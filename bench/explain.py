@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
-from overhead import Run, sd15_folder, timed  # noqa: E402
+from overhead import Run, runs_table, sd15_folder, timed  # noqa: E402
 
 from sdplay.explain.capture import ExplainRun, explain  # noqa: E402
 from sdplay.explain.export import save_run  # noqa: E402
@@ -66,9 +66,6 @@ class Timing:
 
     def ratios(self, field: str) -> list[float]:
         return [getattr(a, field) / getattr(b, field) for a, b in zip(self.explain, self.generate, strict=True)]
-
-    def median(self, side: str, field: str) -> float:
-        return statistics.median(getattr(run, field) for run in getattr(self, side))
 
 
 @dataclass(frozen=True)
@@ -196,16 +193,7 @@ def measure_memories(sizes: list[int], threads: int) -> list[Memory]:
 def time_table(t: Timing, pairs: int) -> str:
     ratio = statistics.median(t.ratios("wall"))
     verdict = "met" if ratio <= TIME_BAR else "MISSED"
-    rows = [
-        "| | wall s per image, median | min | max | CPU s, median | outside the diffusers call, median |",
-        "|---|---|---|---|---|---|",
-    ]
-    for label, side in (("`explain()`", "explain"), ("`generate()`", "generate")):
-        walls = [run.wall for run in getattr(t, side)]
-        rows.append(
-            f"| {label} | {t.median(side, 'wall'):.2f} | {min(walls):.2f} | {max(walls):.2f} "
-            f"| {t.median(side, 'cpu'):.2f} | {t.median(side, 'outside') * 1e3:.1f} ms |"
-        )
+    rows = runs_table([("`explain()`", t.explain), ("`generate()`", t.generate)], digits=2)
     return "\n".join(
         [
             *rows,

@@ -199,20 +199,27 @@ def measure(manager: ModelManager, plain: StableDiffusionPipeline, settings: Set
     return Measurement(settings, measured["ours"], measured["plain"], identical)
 
 
-def table(m: Measurement) -> str:
-    """A markdown table of the medians, the per-pair ratios, and the verdicts."""
-    s = m.settings
-    verdict = "met" if m.median_ratio <= BAR else "MISSED"
+def runs_table(sides: list[tuple[str, list[Run]]], digits: int) -> list[str]:
+    """Markdown rows, one per side: median, min and max wall seconds, median CPU seconds, and the median time
+    outside the diffusers call (in ms, one digit fewer)."""
     rows = [
         "| | wall s per image, median | min | max | CPU s, median | outside the diffusers call, median |",
         "|---|---|---|---|---|---|",
     ]
-    for label, side in (("sdplay `generate()`", "ours"), ("plain diffusers", "plain")):
-        walls = [run.wall for run in getattr(m, side)]
+    for label, runs in sides:
+        walls, cpus, outsides = ([getattr(run, f) for run in runs] for f in ("wall", "cpu", "outside"))
         rows.append(
-            f"| {label} | {m.median(side):.3f} | {min(walls):.3f} | {max(walls):.3f} | {m.median(side, 'cpu'):.3f} "
-            f"| {m.median(side, 'outside') * 1e3:.2f} ms |"
+            f"| {label} | {statistics.median(walls):.{digits}f} | {min(walls):.{digits}f} | {max(walls):.{digits}f} "
+            f"| {statistics.median(cpus):.{digits}f} | {statistics.median(outsides) * 1e3:.{digits - 1}f} ms |"
         )
+    return rows
+
+
+def table(m: Measurement) -> str:
+    """A markdown table of the medians, the per-pair ratios, and the verdicts."""
+    s = m.settings
+    verdict = "met" if m.median_ratio <= BAR else "MISSED"
+    rows = runs_table([("sdplay `generate()`", m.ours), ("plain diffusers", m.plain)], digits=3)
     rows += [
         "",
         f"Job: txt2img, SD 1.5 architecture with random weights, {s.device} {s.dtype}, {s.size}×{s.size}, "
