@@ -52,7 +52,7 @@ vae_lr = 2e-3
 vae_edge_weight = 1.0  # L1 on image gradients too, which keeps the edges of the shapes sharp
 vae_kl_weight = 1e-6
 # text encoder + UNet
-unet_steps = 3000
+unet_steps = 6000
 unet_batch = 32
 unet_lr = 1.5e-3
 warmup_steps = 200
@@ -148,7 +148,9 @@ unet = UNet2DConditionModel(
     # Four levels, down to 2x2 like SD's 64 -> 8. There, zero padding tells each pixel which quadrant it is in,
     # so the mid block's cross-attention can read "left" into the left pixels: that is where the layout is made.
     # Without it (cross-attention at 16x16 and 8x8 only) position words had no effect at all.
-    block_out_channels=(32, 64, 64, 64),
+    # 64 channels at 16x16, where a small shape is 4-5 latent pixels wide and its outline is drawn: with 32 the
+    # squares came out as wobbly blobs (shape accuracy 0.70, squares 4 of 19).
+    block_out_channels=(64, 96, 96, 96),
     layers_per_block=1,
     # The other cross-attention layers at 16x16 and 8x8, which keep the Explain view's maps sharp.
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
