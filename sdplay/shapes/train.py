@@ -30,7 +30,7 @@ from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from sdplay.shapes.evaluate import measure
-from sdplay.shapes.world import POSITIONS, VOCABULARY, region, render, sample_scene
+from sdplay.shapes.world import POSITIONS, VOCABULARY, render, sample_scene
 from sdplay.tokenizer import build_clip_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -78,9 +78,9 @@ scenes = [sample_scene(data_rng) for _ in range(num_scenes)]
 rendered = [render(s, resolution) for s in scenes]
 images = np.stack([image for image, _ in rendered])
 objects = np.stack([masks[s.shape] for s, (_, masks) in zip(scenes, rendered, strict=True)])
+regions = np.stack([masks[POSITIONS[s.position][0]] for s, (_, masks) in zip(scenes, rendered, strict=True)])
 images = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # [-1, 1]
-objects = torch.from_numpy(objects).float()[:, None]
-regions = torch.from_numpy(np.stack([region(s.position, resolution) for s in scenes])).float()[:, None]
+objects, regions = (torch.from_numpy(m).float()[:, None] for m in (objects, regions))
 print(f"rendered {num_scenes} scenes at {resolution}x{resolution}")
 
 tokenizer = build_clip_tokenizer(run / "tokenizer", VOCABULARY)
