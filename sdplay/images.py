@@ -5,7 +5,8 @@ Masks are mode "L" images of the picture's size: 0 keeps a pixel, 255 repaints i
 
 import io
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,9 @@ TOO_LARGE_MESSAGE = (
     "Scale it down and upload it again."
 )
 EMPTY_MASK_MESSAGE = "The mask is empty: paint over the area to repaint, or upload a mask where white marks it."
+# Pillow's own messages name the file it read: for an upload, a path in the server's temporary folder.
+NOT_AN_IMAGE_MESSAGE = "The upload is not an image sdplay can read: use a PNG, JPEG or WebP file."
+CORRUPT_MESSAGE = "The image is corrupt or truncated: save it again and upload it."
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
 
@@ -39,11 +43,35 @@ def open_image(source: ImageSource) -> Image.Image:
     return _decode(source).convert("RGB")
 
 
+@contextmanager
+def decode_errors() -> Iterator[None]:
+    """Turn Pillow's errors while decoding into a `UserError` that says what is wrong and names no file."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise UserError(TOO_LARGE_MESSAGE) from error
+    except Image.UnidentifiedImageError as error:
+        raise UserError(NOT_AN_IMAGE_MESSAGE) from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise UserError(CORRUPT_MESSAGE) from error
+
+
+def brush_radius(size: tuple[int, int]) -> int:
+    """The mask brush's radius for an image of `size`: 1/16 of its shorter side, at least 2 pixels.
+
+    A fixed size does not fit every image: 24 pixels, fine on 512², covers most of a 64² picture in a few strokes.
+    """
+    return max(2, min(size) // 16)
+
+
 def mask_from_editor(value: Mapping[str, object]) -> Image.Image | None:
     """The painted mask of a `gr.ImageMask`/`gr.ImageEditor` value, or None if nothing was painted.
 
     The value is `{"background", "layers", "composite"}`; strokes are the alpha of the layers (their colour is
-    irrelevant), so the component must keep its default image_mode="RGBA".
+    irrelevant), so the component must keep its default image_mode="RGBA". The brush may be translucent: a pixel
+    is painted where its alpha is above half the strongest alpha, which also drops the faint edges of soft strokes.
     """
     mask: Image.Image | None = None
     for layer in value["layers"]:
@@ -56,7 +84,7 @@ def mask_from_editor(value: Mapping[str, object]) -> Image.Image | None:
         mask = alpha if mask is None else ImageChops.lighter(mask, alpha)
     if mask is None or mask.getbbox() is None:
         return None
-    return _binarise(mask)
+    return _binarise(mask, mask.getextrema()[1] // 2)
 
 
 def mask_from_upload(image: ImageSource) -> Image.Image:
@@ -152,24 +180,18 @@ def _decode(source: ImageSource) -> Image.Image:
     if not isinstance(source, Image.Image | bytes):
         # Read files ourselves: a missing file is a bug to surface, not a corrupt upload.
         source = Path(source).read_bytes()
-    try:
+    with decode_errors():
         image = source if isinstance(source, Image.Image) else Image.open(io.BytesIO(source))
         # Checked by hand too, before decoding: warning filters differ between processes (pytest resets them).
         if image.width * image.height > MAX_IMAGE_PIXELS:
             raise UserError(TOO_LARGE_MESSAGE)
         image.load()
         return ImageOps.exif_transpose(image)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-        raise UserError(TOO_LARGE_MESSAGE) from error
-    except Image.UnidentifiedImageError as error:
-        raise UserError("The upload is not an image we can read: use a PNG, JPEG or WebP file.") from error
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise UserError(f"The image is corrupt or truncated ({error}): save it again and upload it.") from error
 
 
-def _binarise(mask: Image.Image) -> Image.Image:
-    """0 or 255 from a mode "L" image."""
-    return mask.point(lambda value: 255 if value > MASK_THRESHOLD else 0)
+def _binarise(mask: Image.Image, threshold: int = MASK_THRESHOLD) -> Image.Image:
+    """0 or 255 from a mode "L" image: 255 where it is above `threshold`."""
+    return mask.point(lambda value: 255 if value > threshold else 0)
 
 
 def _grow_span(start: int, end: int, length: int, limit: int) -> tuple[int, int]:

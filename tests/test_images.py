@@ -15,6 +15,7 @@ from sdplay.errors import UserError
 from sdplay.images import (
     MAX_IMAGE_PIXELS,
     blur_mask,
+    brush_radius,
     check_mask,
     fit_within,
     mask_from_editor,
@@ -113,6 +114,28 @@ def test_open_image_refuses_text_file(tmp_path) -> None:
         open_image(path)
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"a prompt, not a picture\n", "not an image sdplay can read"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "not an image sdplay can read"),
+        (png_bytes(noise((64, 64)))[:500], "corrupt or truncated"),
+        (png_claiming_size(20_000, 20_000), "too large"),
+    ],
+    ids=["text", "png-signature-then-garbage", "truncated", "bomb"],
+)
+def test_decode_error_messages_name_no_file(tmp_path, data: bytes, message: str) -> None:
+    # Pillow's own messages name what it read: a server path, or an object such as <_io.BytesIO object at 0x...>.
+    path = tmp_path / "upload.png"
+    path.write_bytes(data)
+    for source in (path, data):
+        with pytest.raises(UserError) as caught:
+            open_image(source)
+        text = str(caught.value)
+        assert message in text
+        assert str(tmp_path) not in text and "upload.png" not in text and "BytesIO" not in text and " at 0x" not in text
+
+
 def test_open_image_refuses_truncated_png() -> None:
     data = png_bytes(noise((64, 64)))
     with pytest.raises(UserError, match="corrupt or truncated"):
@@ -143,6 +166,14 @@ def test_open_image_refuses_huge_pil_image() -> None:
 
 
 # --- masks from the editor and from uploads ---
+
+
+@pytest.mark.parametrize(
+    ("size", "radius"),
+    [((64, 64), 4), ((512, 512), 32), ((100, 60), 3), ((16, 16), 2), ((8, 300), 2), ((1024, 768), 48)],
+)
+def test_brush_radius_follows_the_shorter_side(size: tuple[int, int], radius: int) -> None:
+    assert brush_radius(size) == radius
 
 
 def test_mask_from_editor_nothing_painted() -> None:
@@ -178,6 +209,14 @@ def test_mask_from_editor_binarises_soft_brush_edges() -> None:
     mask = mask_from_editor({"background": None, "layers": [layer], "composite": None})
     assert np.array_equal(np.unique(np.asarray(mask)[:, :4]), [0])
     assert np.array_equal(np.unique(np.asarray(mask)[:, 4:]), [255])
+
+
+def test_mask_from_editor_counts_translucent_strokes() -> None:
+    # gr.ImageMask's half-transparent brush paints alpha 127; its strokes must count, their faint rim must not.
+    layer = painted_layer((16, 8), (0, 0, 16, 8), alpha=40)
+    layer.paste((255, 0, 255, 127), (4, 2, 12, 6))
+    mask = mask_from_editor({"background": None, "layers": [layer], "composite": None})
+    assert np.array_equal(np.asarray(mask), np.asarray(rectangle_mask((16, 8), (4, 2, 12, 6))))
 
 
 def test_mask_from_editor_needs_alpha_layers() -> None:
