@@ -11,6 +11,9 @@ from pathlib import Path
 
 from PIL import ExifTags, Image, PngImagePlugin
 
+from sdplay.errors import UserError
+from sdplay.samplers import resolve
+
 INFOTEXT_KEY = "parameters"
 
 # A1111's `re_param_code` (modules/infotext_utils.py): a key, then a JSON-quoted or comma-free value.
@@ -118,14 +121,22 @@ def _unquote(text: str) -> str:
 
 
 def settings_from_infotext(info: Infotext) -> dict[str, object]:
-    """The request fields an infotext records (`steps`, `sampler`, `guidance_scale`, `seed`, `width`, ...).
+    """The request fields an infotext records (`steps`, `sampler`, `schedule`, `guidance_scale`, `seed`, ...).
 
-    Values that are missing or unreadable are left out, so a partial infotext restores what it can.
+    Values that are missing or unreadable are left out, so a partial infotext restores what it can. The sampler is
+    read as A1111 1.9+ reads it: `Sampler: DPM++ 2M Karras` (before 1.9) and `Sampler: DPM++ 2M, Schedule type:
+    Karras` give the same pair, and a missing schedule type is the sampler's default ("Automatic").
     """
     settings: dict[str, object] = {"prompt": info.prompt, "negative_prompt": info.negative_prompt}
+    if "Sampler" in info.params:
+        try:
+            settings["sampler"], settings["schedule"] = resolve(
+                info.params["Sampler"], info.params.get("Schedule type")
+            )
+        except UserError:
+            pass  # a sampler sdplay does not have: the tab keeps its own
     readers = {
         "Steps": ("steps", int),
-        "Sampler": ("sampler", str),
         "CFG scale": ("guidance_scale", float),
         "Seed": ("seed", int),
         "Denoising strength": ("strength", float),

@@ -11,7 +11,7 @@ from PIL import Image
 
 from sdplay.errors import UserError
 from sdplay.images import ImageSource
-from sdplay.samplers import DEFAULT_SAMPLER, SAMPLERS
+from sdplay.samplers import AUTOMATIC, DEFAULT_SAMPLER, resolve
 
 MAX_SEED = 2**32 - 1
 # Tokenising is cheap, but a megabyte of text per request is abuse, not a prompt.
@@ -33,15 +33,19 @@ class Limits:
     max_batch: int = 8
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GenerationRequest:
     """Everything one generation needs. `width`/`height` of 0 mean "the default": the model's native size for
-    text-to-image, the input image's size for image-to-image and inpainting."""
+    text-to-image, the input image's size for image-to-image and inpainting.
+
+    Fields are keyword-only, so that reordering them can never silently swap two of the same type.
+    """
 
     task: Task = Task.TXT2IMG
     prompt: str = ""
     negative_prompt: str = ""
     sampler: str = DEFAULT_SAMPLER
+    schedule: str = AUTOMATIC  # A1111's "Schedule type"; "Automatic" is the sampler's own default
     steps: int = 20
     guidance_scale: float = 7.0
     seed: int = -1
@@ -91,8 +95,7 @@ def validated(request: GenerationRequest, limits: Limits = Limits()) -> Generati
             raise UserError(f"{name} must be text.")
         if len(text) > MAX_PROMPT_CHARS:
             raise UserError(f"{name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}.")
-    if request.sampler not in SAMPLERS:
-        raise UserError(f"Unknown sampler {request.sampler!r}. Choose one of: {', '.join(SAMPLERS)}.")
+    sampler, schedule = resolve(request.sampler, request.schedule)
     guidance = _number("guidance_scale", request.guidance_scale)
     if not 0 <= guidance <= 30:
         raise UserError(f"guidance_scale (CFG scale) must be between 0 and 30, got {request.guidance_scale!r}.")
@@ -106,6 +109,8 @@ def validated(request: GenerationRequest, limits: Limits = Limits()) -> Generati
         raise UserError("Paint over the part of the image to repaint, or upload a mask.")
     return replace(
         request,
+        sampler=sampler,
+        schedule=schedule,
         steps=_integer("steps", request.steps, 1, limits.max_steps),
         guidance_scale=guidance,
         seed=_integer("seed", request.seed, -1, MAX_SEED),
@@ -116,3 +121,28 @@ def validated(request: GenerationRequest, limits: Limits = Limits()) -> Generati
         mask_blur=_integer("mask_blur", request.mask_blur, 0, 64),
         padding=_integer("padding", request.padding, 0, 256),
     )
+
+
+def size_warnings(request: GenerationRequest, native: int, limits: Limits = Limits()) -> list[str]:
+    """What validation changes about the asked size, and a size far from the model's native one, in words.
+
+    Called before a run, so that a user hears why the image is not the size typed or why it takes long. A size out
+    of range raises the same `UserError` as `validated`.
+    """
+    asked = {"width": request.width, "height": request.height}
+    used = {name: _size(name, value, limits) for name, value in asked.items()}
+    warnings = [
+        f"{name.capitalize()} {asked[name]} was rounded to {used[name]}: Stable Diffusion pipelines take sides in "
+        "multiples of 8."
+        for name in asked
+        if used[name] and used[name] != _number(name, asked[name])
+    ]
+    default = native if request.task == Task.TXT2IMG else 0
+    width, height = used["width"] or default, used["height"] or default
+    if width and height and not (native / 2 <= width <= native * 2 and native / 2 <= height <= native * 2):
+        work = width * height / native**2
+        warnings.append(
+            f"{width}×{height} is far from this model's native {native}×{native}, the size it learned: expect "
+            f"repeated, stretched or cut-off subjects, and {work:.1f}× the work per step."
+        )
+    return warnings

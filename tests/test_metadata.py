@@ -14,6 +14,7 @@ from sdplay.metadata import (
     parse_infotext,
     read_infotext,
     save_png,
+    settings_from_infotext,
     with_infotext,
 )
 
@@ -136,3 +137,33 @@ def test_read_infotext_absent() -> None:
     with Image.open(buffer) as image:
         assert read_infotext(image) is None
     assert read_infotext(Image.new("RGB", (4, 4))) is None
+
+
+# Parameter lines as A1111 writes them: 1.6 puts the schedule in the sampler's name, 1.9+ writes it apart.
+A1111_16 = "Steps: 20, Sampler: DPM++ 2M SDE Karras, CFG scale: 7, Seed: 1, Size: 512x512, Model: v1-5, Version: v1.6.0"
+A1111_19 = (
+    "Steps: 20, Sampler: DPM++ 2M SDE, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512, Model: v1-5, "
+    "Version: v1.10.1"
+)
+
+
+@pytest.mark.parametrize(
+    ("params", "sampler", "schedule"),
+    [
+        (A1111_16, "DPM++ 2M SDE", "Karras"),
+        (A1111_19, "DPM++ 2M SDE", "Karras"),
+        ("Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1, Version: v1.6.0", "DPM++ 2M", "Automatic"),
+        ("Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1", "DPM++ 2M", "Automatic"),
+        ("Steps: 20, Sampler: DPM++ 2M, Schedule type: Uniform, CFG scale: 7, Seed: 1", "DPM++ 2M", "Uniform"),
+        ("Steps: 20, Sampler: PLMS, CFG scale: 7, Seed: 1", "PLMS", "Automatic"),
+        ("Steps: 20, Sampler: PNDM, CFG scale: 7, Seed: 1", "PLMS", "Automatic"),  # sdplay before the split
+    ],
+)
+def test_settings_read_a1111_16_and_19_sampler_names(params: str, sampler: str, schedule: str) -> None:
+    settings = settings_from_infotext(parse_infotext(f"a cat\n{params}"))
+    assert (settings["sampler"], settings["schedule"], settings["steps"]) == (sampler, schedule, 20)
+
+
+def test_settings_leave_out_a_sampler_sdplay_does_not_have() -> None:
+    settings = settings_from_infotext(parse_infotext("a cat\nSteps: 20, Sampler: DPM++ SDE, CFG scale: 7, Seed: 1"))
+    assert "sampler" not in settings and settings["seed"] == 1

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from sdplay.errors import UserError
-from sdplay.requests import GenerationRequest, Limits, Task, validated
+from sdplay.requests import GenerationRequest, Limits, Task, size_warnings, validated
 
 
 def test_valid_request_is_rounded_to_what_the_pipeline_accepts():
@@ -55,3 +55,32 @@ def test_image_tasks_need_an_image_a_strength_and_for_inpaint_a_mask():
     with pytest.raises(UserError, match="mask"):
         validated(GenerationRequest(task=Task.INPAINT, image=image))
     assert validated(GenerationRequest(task=Task.IMG2IMG, image=image, strength=1)).strength == 1
+
+
+def test_combined_and_alias_sampler_names_become_a1111_19_pairs():
+    request = validated(GenerationRequest(sampler="DPM++ 2M Karras"))
+    assert (request.sampler, request.schedule) == ("DPM++ 2M", "Automatic")  # Karras is its default
+    request = validated(GenerationRequest(sampler="DPM++ 2M SDE Karras"))
+    assert (request.sampler, request.schedule) == ("DPM++ 2M SDE", "Karras")  # its default is Exponential
+    request = validated(GenerationRequest(sampler="PNDM", schedule="sgm_uniform"))
+    assert (request.sampler, request.schedule) == ("PLMS", "SGM Uniform")
+    with pytest.raises(UserError, match="DDIM sampler has no Karras schedule"):
+        validated(GenerationRequest(sampler="DDIM", schedule="Karras"))
+    with pytest.raises(UserError, match="Unknown schedule type"):
+        validated(GenerationRequest(schedule="Polyexponential"))
+
+
+def test_requests_take_keywords_only():
+    with pytest.raises(TypeError):
+        GenerationRequest(Task.TXT2IMG, "a cat")  # type: ignore[misc]
+
+
+def test_size_warnings_say_what_was_rounded_and_what_is_far_from_native():
+    assert size_warnings(GenerationRequest(width=64, height=64), native=64) == []
+    assert size_warnings(GenerationRequest(), native=64) == []  # 0: the native size
+    (rounded,) = size_warnings(GenerationRequest(width=100, height=64), native=64)
+    assert "Width 100 was rounded to 96" in rounded
+    far = size_warnings(GenerationRequest(width=1024, height=64), native=64)
+    assert len(far) == 1 and "1024×64 is far from this model's native 64×64" in far[0] and "16.0×" in far[0]
+    # Image-to-image keeps the input's size by default: nothing to say before the image is read.
+    assert size_warnings(GenerationRequest(task=Task.IMG2IMG), native=512) == []

@@ -100,11 +100,13 @@ def test_all_three_tasks_run_on_it_through_the_app_manager() -> None:
     prompt = "a large blue square in the center on a white background"
     image = generate(manager, GenerationRequest(prompt=prompt, steps=10, seed=1, guidance_scale=5.0)).images[0]
     assert image.size == (64, 64) and measure(np.asarray(image)).background == "white"
-    again = generate(manager, GenerationRequest(Task.IMG2IMG, prompt, steps=10, seed=2, image=image, strength=0.5))
+    again = generate(
+        manager, GenerationRequest(task=Task.IMG2IMG, prompt=prompt, steps=10, seed=2, image=image, strength=0.5)
+    )
     assert again.images[0].size == (64, 64)
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 64))
     inpainted = generate(
-        manager, GenerationRequest(Task.INPAINT, prompt, steps=10, image=image, mask=mask, mask_blur=0)
+        manager, GenerationRequest(task=Task.INPAINT, prompt=prompt, steps=10, image=image, mask=mask, mask_blur=0)
     )
     assert np.array_equal(np.asarray(inpainted.images[0])[:, 32:], np.asarray(image)[:, 32:])

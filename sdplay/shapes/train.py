@@ -11,6 +11,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import ast
 import copy
+import json
 import math
 import pathlib
 import sys
@@ -29,8 +30,9 @@ from diffusers import (
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from sdplay.catalog import SETTINGS_FILE
 from sdplay.shapes.evaluate import measure
-from sdplay.shapes.world import POSITIONS, VOCABULARY, render, sample_scene
+from sdplay.shapes.world import POSITIONS, RECOMMENDED_SETTINGS, VOCABULARY, render, sample_scene
 from sdplay.tokenizer import build_clip_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -329,6 +331,7 @@ def save_pipeline(folder: str | pathlib.Path) -> None:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
+    (pathlib.Path(folder) / SETTINGS_FILE).write_text(json.dumps(RECOMMENDED_SETTINGS, indent=2) + "\n")
 
 
 maps: list[torch.Tensor] = []

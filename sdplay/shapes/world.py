@@ -47,6 +47,23 @@ VOCABULARY = tuple(
     )
 )
 
+# What the model folder's sdplay.json says (see sdplay/catalog.py): the app applies and shows these when it loads.
+RECOMMENDED_SETTINGS = {
+    "sampler": "DPM++ 2M",
+    "schedule": "Uniform",  # the saved scheduler's own trailing spacing, as the evaluation ran it
+    "steps": 20,
+    "guidance_scale": 4.0,  # the middle of the model card's 3-5: more guidance makes squares pincushion
+    "examples": [
+        "a large red circle on the left on a gray background",
+        "a small blue triangle at the top on a yellow background",
+        "a large white square in the center on a black background",
+        "a small orange circle at the bottom on a purple background",
+    ],
+    "vocabulary": list(VOCABULARY),
+    "note": "Our own tiny model of coloured shapes: one shape, one of its words for each of size, colour, shape, "
+    "position and background. Use CFG 3-5.",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Scene:

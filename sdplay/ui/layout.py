@@ -4,29 +4,35 @@
 """
 
 import gradio as gr
+from PIL import Image
 
 from sdplay.errors import UserError
-from sdplay.metadata import parse_infotext, settings_from_infotext
-from sdplay.models import ModelManager
+from sdplay.metadata import parse_infotext, read_infotext, settings_from_infotext
+from sdplay.models import LoadedModel, ModelManager
 from sdplay.requests import Limits
-from sdplay.samplers import DEFAULT_SAMPLER, sampler_names
 from sdplay.ui import explain, img2img, inpaint, pnginfo, txt2img
-from sdplay.ui.common import GPU, Controls, Results, user_errors
+from sdplay.ui.common import GPU, Controls, Results
 
-EXAMPLES = [
-    "a large red circle on the left on a gray background",
-    "a small blue triangle at the top on a yellow background",
-    "a large white square in the center on a black background",
-    "a watercolor painting of a lighthouse at dawn, soft light",
-]
-CONTROL_FIELDS = ["prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "seed", "width", "height"]
+# The controls an infotext restores, by their `Controls` field names.
+CONTROL_FIELDS = [
+    "prompt", "negative_prompt", "sampler", "schedule", "steps", "guidance_scale", "seed", "width", "height",
+]  # fmt: skip
 
 
-def model_bar(
-    manager: ModelManager, models: dict[str, str], tabs: list[Controls], native_sized: list[Controls]
-) -> None:
-    """Pick and load a model; loading refreshes the status line, the samplers offered in `tabs` and the size of
-    the `native_sized` tabs (those whose default size is the model's, not an input image's).
+def model_notes(model: LoadedModel) -> str:
+    """What the UI says about the loaded model: its recommended settings, and the words it knows if it is closed."""
+    settings = model.settings
+    lines = [f"**Recommended for {model.name}** (applied on load): {settings.summary(model.native_size)}"]
+    if settings.note:
+        lines.append(settings.note)
+    if settings.vocabulary:
+        lines.append(f"It knows only these {len(settings.vocabulary)} words: *{', '.join(settings.vocabulary)}*.")
+    return "  \n".join(lines)
+
+
+def model_bar(manager: ModelManager, models: dict[str, str], tabs: list[Controls]) -> None:
+    """Pick and load a model; loading refreshes the status line and applies the model's recommended settings and
+    examples to every tab. A failed load changes nothing on the page and says why.
 
     `models` maps the names shown to their sources, so that local paths on the server are never shown.
     """
@@ -37,19 +43,24 @@ def model_bar(
         )  # fmt: skip
         load = gr.Button("Load", scale=1)
     status = gr.Markdown(manager.status(), elem_classes="status")
+    notes = gr.Markdown(model_notes(manager.model), elem_classes="model-notes")
 
-    def load_model(source: str, progress=gr.Progress(track_tqdm=True)):
-        with user_errors():
+    def load_model(source: str, progress=gr.Progress(track_tqdm=True)) -> dict:
+        try:
             if not source:
                 raise UserError("Choose a model first.")
             model = manager.load(models.get(source, source), allow_local=source in models)
+        except UserError as error:
+            gr.Warning(str(error), title="The model was not loaded")
+            return {choice: gr.Dropdown(value=manager.model.name), status: manager.status()}
         gr.Info(f"Loaded {model.name}.")
-        samplers = [gr.Dropdown(choices=sampler_names(model.allows_lcm), value=DEFAULT_SAMPLER) for _ in tabs]
-        return manager.status(), *samplers, *[gr.Slider(value=model.native_size)] * 2 * len(native_sized)
+        updates = {choice: gr.Dropdown(value=model.name), status: manager.status(), notes: model_notes(model)}
+        for controls in tabs:
+            updates |= controls.recommended(model)
+        return updates
 
-    sizes = [slider for c in native_sized for slider in (c.width, c.height)]
-    outputs = [status, *(c.sampler for c in tabs), *sizes]
-    load.click(load_model, choice, outputs, api_visibility="private", **GPU)
+    outputs = [choice, status, notes, *(component for c in tabs for component in c.recommended(manager.model))]
+    load.click(load_model, choice, outputs, api_visibility="private", show_progress_on=[status], **GPU)
 
 
 def build_demo(manager: ModelManager, limits: Limits, models: dict[str, str]) -> gr.Blocks:
@@ -58,30 +69,44 @@ def build_demo(manager: ModelManager, limits: Limits, models: dict[str, str]) ->
         model_slot = gr.Column()
         with gr.Tabs() as tabs:
             with gr.Tab("Text-to-Image", id="txt2img"):
-                t2i = txt2img.build(manager, limits, EXAMPLES)
+                t2i = txt2img.build(manager, limits)
             with gr.Tab("Image-to-Image", id="img2img"):
-                i2i_image, i2i, i2i_results = img2img.build(manager, limits, EXAMPLES)
+                i2i_image, i2i, i2i_results = img2img.build(manager, limits)
             with gr.Tab("Inpaint", id="inpaint"):
-                inp_image, inp, inp_results = inpaint.build(manager, limits, EXAMPLES)
+                inp_image, inp, inp_results = inpaint.build(manager, limits)
             with gr.Tab("Explain", id="explain"):
-                explained = explain.build(manager, limits, EXAMPLES)
+                explained = explain.build(manager, limits)
             with gr.Tab("PNG Info", id="pnginfo"):
                 info_image, info_text, send = pnginfo.build()
         with model_slot:
-            model_bar(manager, models, [t2i[0], i2i, inp, explained], [t2i[0], explained])
+            model_bar(manager, models, [t2i[0], i2i, inp, explained])
 
+        targets = {"txt2img": (t2i[0], None), "img2img": (i2i, i2i_image), "inpaint": (inp, inp_image)}
         for results in (t2i[1], i2i_results, inp_results):
-            _wire_send(results, tabs, i2i_image, inp_image)
-        targets = {"txt2img": t2i[0], "img2img": i2i, "inpaint": inp}
-        images = {"img2img": i2i_image, "inpaint": inp_image}
+            _wire_send(results, tabs, targets)
         for tab, button in send.items():
-            _wire_restore(button, tab, targets[tab], images.get(tab), info_image, info_text, tabs)
+            _wire_restore(button, tab, *targets[tab], info_image, info_text, tabs)
     demo.queue(api_open=False, max_size=32)
     return demo
 
 
-def _wire_send(results: Results, tabs: gr.Tabs, i2i_image: gr.Image, inp_image: gr.ImageMask) -> None:
-    """ "Send to" buttons copy the selected result (the first if none is selected) into another tab."""
+def _settings_updates(text: str) -> list:
+    """Values for `CONTROL_FIELDS` from an infotext, `gr.skip()` for what it does not record."""
+    info = parse_infotext(text or "")
+    settings = settings_from_infotext(info)
+    if "Sampler" in info.params and "sampler" not in settings:
+        gr.Warning(f"sdplay has no sampler {info.params['Sampler']!r}: the tab keeps its own.")
+    return [settings.get(name, gr.skip()) for name in CONTROL_FIELDS]
+
+
+def _image_value(tab: str, path: str) -> str | dict:
+    """An image file as the value of `tab`'s image input (the inpaint editor takes layers)."""
+    return path if tab == "img2img" else {"background": path, "layers": [], "composite": path}
+
+
+def _wire_send(results: Results, tabs: gr.Tabs, targets: dict[str, tuple[Controls, gr.components.Component]]) -> None:
+    """ "Send to" buttons copy the selected result (the first if none is selected) into another tab, with the
+    settings that made it (read back from the image's own infotext, so each image of a batch keeps its seed)."""
     selected = gr.State(0)
 
     def remember(event: gr.SelectData) -> int:
@@ -94,16 +119,17 @@ def _wire_send(results: Results, tabs: gr.Tabs, i2i_image: gr.Image, inp_image: 
             raise gr.Error("Generate an image first.")
         return gallery[min(index, len(gallery) - 1)][0]
 
-    def to_img2img(gallery, index):
-        return pick(gallery, index), gr.Tabs(selected="img2img")
+    for tab, button in (("img2img", results.to_img2img), ("inpaint", results.to_inpaint)):
+        controls, image = targets[tab]
 
-    def to_inpaint(gallery, index):
-        path = pick(gallery, index)
-        return {"background": path, "layers": [], "composite": path}, gr.Tabs(selected="inpaint")
+        def send(gallery: list | None, index: int, tab: str = tab):
+            path = pick(gallery, index)
+            with Image.open(path) as picture:
+                text = read_infotext(picture) or ""
+            return *_settings_updates(text), _image_value(tab, path), gr.Tabs(selected=tab)
 
-    inputs = [results.gallery, selected]
-    results.to_img2img.click(to_img2img, inputs, [i2i_image, tabs], api_visibility="private")
-    results.to_inpaint.click(to_inpaint, inputs, [inp_image, tabs], api_visibility="private")
+        outputs = [*(getattr(controls, name) for name in CONTROL_FIELDS), image, tabs]
+        button.click(send, [results.gallery, selected], outputs, api_visibility="private")
 
 
 def _wire_restore(button, tab: str, controls: Controls, image, info_image, info_text, tabs: gr.Tabs) -> None:
@@ -111,12 +137,10 @@ def _wire_restore(button, tab: str, controls: Controls, image, info_image, info_
     fields = [getattr(controls, name) for name in CONTROL_FIELDS]
 
     def restore(text: str, path: str | None):
-        settings = settings_from_infotext(parse_infotext(text or ""))
-        updates = [settings.get(name, gr.skip()) for name in CONTROL_FIELDS]
+        updates = _settings_updates(text)
         if image is None:
             return *updates, gr.Tabs(selected=tab)
-        picture = path if tab == "img2img" else {"background": path, "layers": [], "composite": path}
-        return *updates, picture if path else gr.skip(), gr.Tabs(selected=tab)
+        return *updates, _image_value(tab, path) if path else gr.skip(), gr.Tabs(selected=tab)
 
     outputs = [*fields, *([image] if image is not None else []), tabs]
     button.click(restore, [info_text, info_image], outputs, api_visibility="private")

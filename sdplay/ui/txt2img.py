@@ -4,13 +4,14 @@ import gradio as gr
 
 from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits, Task
+from sdplay.samplers import AUTOMATIC
 from sdplay.ui.common import GPU, Controls, Results, controls, results, run, wire_stop
 
 
-def build(manager: ModelManager, limits: Limits, examples: list[str]) -> tuple[Controls, Results]:
+def build(manager: ModelManager, limits: Limits) -> tuple[Controls, Results]:
     with gr.Row():
         with gr.Column():
-            c = controls(manager, limits, examples)
+            c = controls(manager, limits)
         with gr.Column():
             r = results()
 
@@ -24,16 +25,18 @@ def build(manager: ModelManager, limits: Limits, examples: list[str]) -> tuple[C
         width: int,
         height: int,
         batch_size: int = 1,
+        schedule: str = AUTOMATIC,
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
         """Generate images from a text prompt; returns the PNGs (with A1111 `parameters`), infotext and seed."""
         job = GenerationRequest(
-            Task.TXT2IMG, prompt, negative_prompt, sampler, steps, guidance_scale, seed, width, height, batch_size
-        )
+            task=Task.TXT2IMG, prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, schedule=schedule,
+            steps=steps, guidance_scale=guidance_scale, seed=seed, width=width, height=height, batch_size=batch_size,
+        )  # fmt: skip
         yield from run(manager, job, limits, request, progress)
 
-    inputs = [*c.inputs(), c.width, c.height, c.batch_size]
+    inputs = [*c.inputs(), c.width, c.height, c.batch_size, c.schedule]
     event = r.generate.click(txt2img, inputs, r.outputs(), api_name="txt2img", **GPU)
-    wire_stop(manager, r, event)
+    wire_stop(manager, r.stop, event)
     return c, r

@@ -1,0 +1,86 @@
+"""Per-model recommended settings: from the model folder's sdplay.json, the Hub catalog, or the scheduler config."""
+
+import json
+from pathlib import Path
+
+import pytest
+from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler
+
+from sdplay.catalog import (
+    CATALOG,
+    SETTINGS_FILE,
+    model_settings,
+    read_settings_file,
+    settings_from_scheduler,
+    unknown_words,
+)
+from sdplay.errors import UserError
+from sdplay.random_models import SD15_SCHEDULER
+from sdplay.samplers import resolve
+from sdplay.shapes.world import RECOMMENDED_SETTINGS, VOCABULARY
+
+SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
+SD15 = {k: v for k, v in SD15_SCHEDULER.items() if k not in ("skip_prk_steps", "set_alpha_to_one")}
+
+
+def test_the_bundled_model_ships_the_settings_its_training_script_writes():
+    assert json.loads((SHAPES / SETTINGS_FILE).read_text()) == RECOMMENDED_SETTINGS
+    settings = read_settings_file(SHAPES)
+    assert (settings.sampler, settings.schedule, settings.steps, settings.guidance_scale) == (
+        "DPM++ 2M",
+        "Uniform",
+        20,
+        4,
+    )
+    assert settings.vocabulary == VOCABULARY
+    for example in settings.examples:  # every example is inside the model's grammar
+        assert unknown_words(example, settings.vocabulary) == []
+
+
+def test_catalog_models_have_valid_settings_and_sd_turbo_runs_one_step_without_guidance():
+    for settings in CATALOG.values():
+        assert resolve(settings.sampler, settings.schedule) == (settings.sampler, settings.schedule)
+        assert settings.examples and not settings.vocabulary
+    turbo = CATALOG["stabilityai/sd-turbo"]
+    assert (turbo.steps, turbo.guidance_scale) == (1, 0.0)
+    assert model_settings("stabilityai/sd-turbo", None, EulerDiscreteScheduler()) is turbo
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "expected"),
+    [
+        (DPMSolverMultistepScheduler(**SD15, use_karras_sigmas=True), ("DPM++ 2M", "Automatic", 20, 7.0)),
+        (DPMSolverMultistepScheduler(**SD15), ("DPM++ 2M", "Uniform", 20, 7.0)),
+        (DPMSolverMultistepScheduler(**SD15, algorithm_type="sde-dpmsolver++"), ("DPM++ 2M SDE", "Uniform", 20, 7.0)),
+        (EulerDiscreteScheduler(**SD15, timestep_spacing="trailing"), ("Euler", "Automatic", 20, 7.0)),
+        (LCMScheduler(**SD15), ("LCM", "Automatic", 6, 1.5)),
+    ],
+)
+def test_models_outside_the_catalog_get_their_own_schedulers_settings(scheduler, expected):
+    settings = settings_from_scheduler(scheduler)
+    assert (settings.sampler, settings.schedule, settings.steps, settings.guidance_scale) == expected
+
+
+def test_a_folders_settings_file_wins_and_a_bad_one_is_a_clear_error(tmp_path):
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps({"sampler": "Euler", "steps": 30, "examples": ["a dog"]}))
+    settings = model_settings("stabilityai/sd-turbo", tmp_path, EulerDiscreteScheduler())
+    assert (settings.sampler, settings.steps, settings.examples) == ("Euler", 30, ("a dog",))
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps({"sampler": "Euler", "colour": "red"}))
+    with pytest.raises(UserError, match="sdplay.json is not valid") as error:
+        read_settings_file(tmp_path)
+    assert str(tmp_path) not in str(error.value)
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps({"sampler": "DDIM", "schedule": "Karras"}))
+    with pytest.raises(UserError, match="DDIM sampler has no Karras"):
+        read_settings_file(tmp_path)
+
+
+def test_unknown_words_of_a_closed_vocabulary():
+    prompt = "a watercolor painting of a lighthouse, Red circle"
+    assert unknown_words(prompt, VOCABULARY) == ["watercolor", "painting", "of", "lighthouse"]
+    assert unknown_words(prompt, ()) == []  # an open vocabulary (CLIP's) knows every word
+
+
+def test_the_manager_attaches_the_settings_to_the_loaded_model(manager):
+    settings = manager.model.settings  # the tiny model: SD 1.5's PNDM config, outside the catalog
+    assert (settings.sampler, settings.schedule) == ("PLMS", "Automatic")
+    assert "PLMS" in settings.summary(manager.model.native_size)
