@@ -1,15 +1,18 @@
-"""Running one generation request: validate, seed, preview each step, paste inpainting back, write metadata.
+"""Running one generation request: validate, seed, report each step (with a preview now and then), paste
+inpainting back, write metadata.
 
 `generate()` is plain and synchronous (CPU objects in and out: the function a ZeroGPU `@spaces.GPU` would wrap);
 `stream()` runs it in a worker thread so that a UI can show previews and stop it between steps.
 """
 
+import math
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 import torch
@@ -30,8 +33,12 @@ from sdplay.models import LoadedModel, ModelManager
 from sdplay.predictions import Prediction, watch_predictions
 from sdplay.previews import latents_to_rgb
 from sdplay.requests import MAX_SEED, GenerationRequest, Limits, Task, validated
+from sdplay.samplers import AUTOMATIC
 
 R = TypeVar("R")
+# Seconds between two previews after the first. A preview is cheap to compute but is encoded, sent and drawn by the
+# browser: on a fast GPU a step takes tens of milliseconds, and a preview per step would cost more than the steps.
+PREVIEW_EVERY = 0.25
 
 
 class Recorder(Protocol):
@@ -45,17 +52,39 @@ class Recorder(Protocol):
     def step_ended(self, step: int, tensors: dict[str, torch.Tensor]) -> None: ...
 
 
-class Cancelled(Exception):
-    """The job was stopped between two denoising steps."""
-
-
 @dataclass(frozen=True)
 class StepUpdate:
-    """Progress after a denoising step, with a cheap preview of x̂₀ for each image of the batch."""
+    """Progress after a denoising step; when a preview was due, a cheap one of x̂₀ for each image of the batch."""
 
     step: int
     total: int
-    previews: list[Image.Image]
+    seconds_per_step: float  # this run's mean so far (the first step also encodes the prompt)
+    previews: list[Image.Image]  # latent-sized (a browser scales them up); empty when no preview was due
+    stopped: bool = False  # the job was stopped here: the last update it makes
+
+    @property
+    def seconds_left(self) -> float:
+        return (self.total - self.step) * self.seconds_per_step
+
+    def describe(self) -> str:
+        """The progress line a UI shows: "Step 7/20 · about 3 s left"."""
+        return f"Step {self.step}/{self.total} · {about(self.seconds_left)} left"
+
+
+def about(seconds: float) -> str:
+    """A rounded-up duration for people: "about 3 s", "about 2 min 5 s"."""
+    seconds = math.ceil(seconds)
+    minutes, rest = divmod(seconds, 60)
+    return f"about {minutes} min {rest} s" if minutes else f"about {rest} s"
+
+
+class Cancelled(Exception):
+    """The job was stopped between two denoising steps; `update` says where, with a preview if one was watched."""
+
+    def __init__(self, update: StepUpdate | None = None) -> None:
+        where = f" at step {update.step} of {update.total}" if update else " before the first step"
+        super().__init__(f"Stopped{where}.")
+        self.update = update
 
 
 @dataclass(frozen=True)
@@ -84,32 +113,50 @@ def generate(
     cancel: threading.Event | None = None,
     on_step: Callable[[StepUpdate], None] | None = None,
     recorder: Recorder | None = None,
+    preview_every: float = PREVIEW_EVERY,
 ) -> GenerationResult:
-    """Run `request` on the loaded model, one job at a time; `UserError` for bad input, `Cancelled` if stopped."""
+    """Run `request` on the loaded model, one job at a time; `UserError` for bad input, `Cancelled` if stopped.
+
+    `on_step` hears every step; its previews come at the first step, then once every `preview_every` seconds, and
+    never at the last (the final image follows at once).
+    """
     request = validated(request, limits)
     with manager.job(owner, cancel) as job:
         model = manager.model
         if model.is_inpainting and request.task != Task.INPAINT:
             raise UserError(f"{model.name} is an inpainting checkpoint: use the Inpaint tab with it.")
-        pipe = manager.pipeline(request.task, request.sampler)
+        pipe = manager.pipeline(request.task, request.sampler, request.schedule)
         warnings = _prompt_warnings(pipe.tokenizer, request)
         plan = _plan(request, model, limits)
         first_seed = random.randint(0, MAX_SEED) if request.seed == -1 else request.seed
         seeds = [(first_seed + i) % (MAX_SEED + 1) for i in range(request.batch_size)]
         latest: dict[str, Prediction] = {}
+        last_preview = -math.inf  # when the last preview was made
 
         def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+            nonlocal last_preview
             if recorder is not None:
                 recorder.step_ended(step, tensors)
-            if job.cancel.is_set():
-                raise Cancelled()
-            if on_step is not None and latest:
+            stopping = job.cancel.is_set()
+            if on_step is None and not stopping:
+                return {}
+            now = time.perf_counter()
+            done, total = step + 1, pipe.num_timesteps
+            # On Stop, the preview of this step is the one the UI keeps.
+            due = stopping or (done < total and now - last_preview >= preview_every)
+            previews = []
+            if due and latest:
                 previews = [latents_to_rgb(x0, model.latent_rgb) for x0 in latest["prediction"].x0]
-                on_step(StepUpdate(step + 1, pipe.num_timesteps, previews))
+                last_preview = now
+            update = StepUpdate(done, total, (now - started) / done, previews)
+            if stopping:
+                raise Cancelled(replace(update, stopped=True))
+            on_step(update)
             return {}
 
         if job.cancel.is_set():
             raise Cancelled()
+        started = time.perf_counter()
         watch = watch_predictions(pipe, lambda p: latest.update(prediction=p)) if on_step else nullcontext()
         with watch, recorder.attached(pipe) if recorder else nullcontext():
             output = pipe(
@@ -187,6 +234,8 @@ def _infotext(request: GenerationRequest, model: LoadedModel, size: tuple[int, i
     params: dict[str, object] = {
         "Steps": request.steps,
         "Sampler": request.sampler,
+        # A1111 1.9+ reads a missing schedule type as the sampler's default ("Automatic"), as we write it.
+        "Schedule type": None if request.schedule == AUTOMATIC else request.schedule,
         "CFG scale": request.guidance_scale,
         "Seed": seed,
         "Size": f"{size[0]}x{size[1]}",

@@ -28,10 +28,13 @@ def fit_latent_rgb(vae: AutoencoderKL, size: int = 128, seed: int = 0) -> torch.
     return torch.linalg.lstsq(x, y).solution
 
 
-def latents_to_rgb(latents: torch.Tensor, latent_rgb: torch.Tensor, scale: int = 8) -> Image.Image:
-    """A preview of one latent [C, h, w] as an RGB image, upscaled `scale` times (smoothly, like a decode)."""
+def latents_to_rgb(latents: torch.Tensor, latent_rgb: torch.Tensor) -> Image.Image:
+    """A preview of one latent [C, h, w] as an h×w RGB image.
+
+    It stays at latent size: scaled up 8 times it took longer to encode as PNG than a GPU takes for a step, and a
+    browser scales an image up for free.
+    """
     # Weights and bias apart: a concatenated bias row made torch split this tiny einsum over threads (slow when busy).
     rgb = torch.einsum("chw,cr->hwr", latents.float().cpu(), latent_rgb[:-1]) + latent_rgb[-1]
     pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-    image = Image.fromarray(np.ascontiguousarray(pixels))
-    return image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)
+    return Image.fromarray(np.ascontiguousarray(pixels))

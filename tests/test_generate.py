@@ -4,6 +4,7 @@ import threading
 import time
 from functools import partial
 
+import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,9 +12,10 @@ from PIL import Image
 from sdplay.errors import UserError
 from sdplay.generate import Cancelled, StepUpdate, generate, stream
 from sdplay.images import blur_mask
-from sdplay.metadata import parse_infotext
-from sdplay.requests import GenerationRequest, Task
+from sdplay.metadata import parse_infotext, save_png, settings_from_infotext
+from sdplay.requests import GenerationRequest, Limits, Task
 from sdplay.samplers import SAMPLERS
+from sdplay.ui.common import run
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -54,10 +56,14 @@ def test_a_batch_uses_consecutive_seeds(manager):
 
 
 def test_img2img_keeps_the_input_size_rounded_to_multiples_of_8(manager):
-    result = generate(manager, GenerationRequest(Task.IMG2IMG, "cat", steps=4, seed=1, image=photo((100, 60))))
+    result = generate(
+        manager, GenerationRequest(task=Task.IMG2IMG, prompt="cat", steps=4, seed=1, image=photo((100, 60)))
+    )
     assert result.images[0].size == (104, 64)
     assert parse_infotext(result.infotexts[0]).params["Denoising strength"] == "0.75"
-    sized = generate(manager, GenerationRequest(Task.IMG2IMG, "cat", steps=4, image=photo(), width=64, height=128))
+    sized = generate(
+        manager, GenerationRequest(task=Task.IMG2IMG, prompt="cat", steps=4, image=photo(), width=64, height=128)
+    )
     assert sized.images[0].size == (64, 128)
 
 
@@ -67,7 +73,7 @@ def test_inpaint_leaves_every_pixel_outside_the_blurred_mask_unchanged(manager, 
     mask = Image.new("L", image.size, 0)
     mask.paste(255, (40, 30, 80, 60))
     request = GenerationRequest(
-        Task.INPAINT, "dog", steps=4, seed=3, image=image, mask=mask, mask_blur=4, only_masked=only_masked
+        task=Task.INPAINT, prompt="dog", steps=4, seed=3, image=image, mask=mask, mask_blur=4, only_masked=only_masked
     )
     result = generate(manager, request).images[0]
     assert result.size == image.size
@@ -84,7 +90,9 @@ def test_inpainting_checkpoints_inpaint_and_refuse_other_tasks(tiny_inpaint_mode
     manager.load(str(tiny_inpaint_model))
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
-    result = generate(manager, GenerationRequest(Task.INPAINT, "cat", steps=3, image=photo((64, 64)), mask=mask))
+    result = generate(
+        manager, GenerationRequest(task=Task.INPAINT, prompt="cat", steps=3, image=photo((64, 64)), mask=mask)
+    )
     assert result.images[0].size == (64, 64)
     with pytest.raises(UserError, match="inpainting checkpoint"):
         generate(manager, GenerationRequest(prompt="cat", steps=2))
@@ -100,7 +108,7 @@ def test_inpainting_checkpoints_inpaint_and_refuse_other_tasks(tiny_inpaint_mode
 )
 def test_bad_uploads_are_user_errors(manager, image, mask, message):
     with pytest.raises(UserError, match=message):
-        generate(manager, GenerationRequest(Task.INPAINT, "cat", steps=2, image=image, mask=mask))
+        generate(manager, GenerationRequest(task=Task.INPAINT, prompt="cat", steps=2, image=image, mask=mask))
 
 
 def test_long_prompts_are_truncated_with_a_warning(manager):
@@ -109,12 +117,43 @@ def test_long_prompts_are_truncated_with_a_warning(manager):
     assert "100 tokens" in result.warnings[0] and "first 75" in result.warnings[0]
 
 
-def test_previews_stream_once_per_step(manager):
+def test_every_step_is_reported_with_a_preview_when_due_and_never_for_the_last(manager):
     updates: list[StepUpdate] = []
-    generate(manager, GenerationRequest(prompt="cat", steps=5, batch_size=2), on_step=updates.append)
+    request = GenerationRequest(prompt="cat", steps=5, batch_size=2)
+    generate(manager, request, on_step=updates.append, preview_every=0)
     assert [u.step for u in updates] == [1, 2, 3, 4, 5] and {u.total for u in updates} == {5}
-    assert len(updates[-1].previews) == 2 and updates[-1].previews[0].size == (64, 64)
+    assert [len(u.previews) for u in updates] == [2, 2, 2, 2, 0]  # the final image follows the last step at once
+    assert updates[0].previews[0].size == (8, 8)  # latent size: the browser scales it up
     assert pixels(updates[0].previews[0]).std() > 0  # a picture, not a blank
+    assert all(u.seconds_per_step > 0 and not u.stopped for u in updates)
+
+
+def test_previews_are_throttled_by_wall_time_and_the_first_step_has_one(manager):
+    updates: list[StepUpdate] = []
+    generate(manager, GenerationRequest(prompt="cat", steps=6), on_step=updates.append, preview_every=3600)
+    assert [len(u.previews) for u in updates] == [1, 0, 0, 0, 0, 0]
+
+
+def test_progress_says_the_step_and_the_time_left():
+    update = StepUpdate(step=7, total=20, seconds_per_step=0.25, previews=[])
+    assert update.describe() == "Step 7/20 · about 4 s left"  # 13 steps × 0.25 s, rounded up
+    assert StepUpdate(1, 100, 1.5, []).describe() == "Step 1/100 · about 2 min 29 s left"
+
+
+def test_stop_reports_the_step_it_ended_with_its_preview(manager):
+    cancel = threading.Event()
+
+    def stop_after_two(update: StepUpdate) -> None:
+        if update.step == 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled) as stopped:
+        generate(manager, GenerationRequest(prompt="cat", steps=20, batch_size=2), cancel=cancel,
+                 on_step=stop_after_two, preview_every=3600)  # fmt: skip
+    update = stopped.value.update
+    assert (update.step, update.total, update.stopped) == (3, 20, True)
+    assert str(stopped.value) == "Stopped at step 3 of 20."
+    assert len(update.previews) == 2 and pixels(update.previews[0]).std() > 0  # this step's, though none was due
 
 
 def test_closing_the_stream_stops_within_a_step_and_frees_the_lock(manager):
@@ -146,3 +185,86 @@ def test_interrupt_stops_the_owners_job(manager):
     assert manager.interrupt("alice")
     worker.join(10)
     assert not worker.is_alive() and isinstance(errors[0], Cancelled)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule"), [("DPM++ 2M", "Uniform"), ("DPM++ 2M SDE", "Karras"), ("Euler", "Automatic")]
+)
+def test_infotext_round_trips_the_sampler_and_schedule_to_the_same_pixels(manager, sampler, schedule):
+    """The PNG's infotext, read back as A1111 1.9+ reads it, makes the same image again."""
+    first = generate(
+        manager, GenerationRequest(prompt="a red cat", sampler=sampler, schedule=schedule, steps=3, seed=5)
+    )
+    params = parse_infotext(first.infotexts[0]).params
+    assert params["Sampler"] == sampler and params.get("Schedule type", "Automatic") == schedule
+    settings = settings_from_infotext(parse_infotext(first.infotexts[0]))
+    fields = ("prompt", "negative_prompt", "sampler", "schedule", "steps", "guidance_scale", "seed", "width", "height")
+    again = generate(manager, GenerationRequest(**{name: settings[name] for name in fields}))
+    assert np.array_equal(np.asarray(first.images[0]), np.asarray(again.images[0]))
+
+
+def test_a_third_party_reader_finds_the_sampler_and_schedule_in_our_png(manager, tmp_path):
+    """sd-parsers (PyPI) reads A1111 PNGs; it must find in ours what A1111 1.9+ would."""
+    from sd_parsers import ParserManager
+
+    result = generate(manager, GenerationRequest(prompt="a red cat", negative_prompt="blur", sampler="DPM++ 2M SDE",
+                                                 schedule="Karras", steps=2, seed=9))  # fmt: skip
+    path = tmp_path / "out.png"
+    save_png(result.images[0], path, result.infotexts[0])
+    with Image.open(path) as image:
+        parsed = ParserManager().parse(image)
+    (sampler,) = parsed.samplers
+    assert sampler.name == "DPM++ 2M SDE" and sampler.parameters["scheduler"] == "Karras"
+    assert (sampler.parameters["seed"], sampler.parameters["steps"]) == ("9", "2")
+    assert sampler.prompts[0].value == "a red cat" and sampler.negative_prompts[0].value == "blur"
+
+
+class Progress:
+    """Stands in for `gr.Progress`: records what `run()` reports."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, str | None]] = []
+
+    def __call__(self, value, desc: str | None = None) -> None:
+        self.calls.append((value, desc))
+
+
+def test_run_moves_the_progress_bar_every_step_and_sends_only_due_previews(manager):
+    request = GenerationRequest(prompt="cat", steps=4, seed=1, width=72, height=72)  # a size no other test runs
+    progress = Progress()
+    outputs = list(run(manager, request, Limits(), None, progress))
+    assert [value for value, _ in progress.calls] == [0, (1, 4), (2, 4), (3, 4), (4, 4)]
+    assert progress.calls[0][1] == "Starting"  # no run of this model at this size yet: no time to promise
+    assert progress.calls[2][1].startswith("Step 2/4 · about ") and progress.calls[2][1].endswith(" s left")
+    *previews, (gallery, infotext, seed) = outputs
+    assert 1 <= len(previews) <= 3  # step 1's, then one every 0.25 s at most, never the last step's
+    assert previews[0][0][0][0].size == (9, 9) and previews[0][0][0][1] is None
+    assert gallery[0][1] == "Seed 1" and seed == 1 and infotext.startswith("cat\n")
+
+    again = Progress()
+    list(run(manager, request, Limits(), None, again))
+    assert again.calls[0][1].startswith("Starting · about ")  # the ETA of the previous run, before a step ends
+
+
+def test_run_keeps_the_preview_of_the_step_where_stop_ended_it(manager):
+    outputs = run(
+        manager, GenerationRequest(prompt="cat", steps=150, width=512, height=512), Limits(), None, Progress()
+    )
+    next(outputs)  # the first step's preview
+    assert manager.interrupt()
+    *_, (gallery, infotext, seed) = list(outputs)
+    [(preview, caption)] = gallery
+    step = int(caption.removeprefix("Stopped at step ").removesuffix(" of 150"))
+    assert 1 < step < 150 and preview.size == (64, 64) and pixels(preview).std() > 0
+    assert generate(manager, GenerationRequest(prompt="cat", steps=2)).images  # the model is free again
+
+
+def test_run_turns_an_unexpected_error_into_one_line_without_server_paths(manager, caplog):
+    def broken(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "/srv/models/secret/unet.safetensors")
+
+    with pytest.raises(gr.Error) as shown:
+        list(run(manager, GenerationRequest(prompt="cat"), Limits(), None, Progress(), job=broken))
+    assert "FileNotFoundError: [Errno 2] No such file or directory: 'unet.safetensors'" in shown.value.message
+    assert "/srv" not in shown.value.message and "\n" not in shown.value.message
+    assert any(record.exc_info for record in caplog.records)  # the traceback is in the server's log

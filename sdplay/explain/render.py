@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from sdplay.errors import UserError
+from sdplay.explain.captions import ModelFacts
 from sdplay.explain.capture import ExplainRun
 from sdplay.explain.export import load_run
 from sdplay.previews import latents_to_rgb
@@ -25,7 +26,6 @@ from sdplay.tokenizer import END_OF_WORD, byte_to_unicode
 # Panels are drawn at the final image's size, brought into this range: tiny models make 64 px images, which a
 # browser would blur when stretching them; big ones would make every redraw slow.
 DISPLAY_MIN, DISPLAY_MAX = 256, 512
-PROMPT_TOKENS = 75  # CLIP reads 77 positions: the start token, 75 of the prompt's tokens, the end token
 # Anchor colours, evenly spaced from 0 to 1 (viridis and inferno after matplotlib's, jet after MATLAB's).
 COLORMAP_ANCHORS = {
     "viridis": "#440154 #482878 #3e4989 #31688e #26828e #1f9e89 #35b779 #6ece58 #b5de2b #fde725".split(),
@@ -43,6 +43,26 @@ def colormap(anchors: list[str]) -> np.ndarray:
 
 
 COLORMAPS = {name: colormap(anchors) for name, anchors in COLORMAP_ANCHORS.items()}
+# The timeline charts are read on projectors: big type, the chosen word in one strong colour, every other word grey.
+CHART_SIZE = (720, 400)
+CHART_FONT = 20  # pixels
+CHOSEN_COLOUR = (230, 85, 13)
+OTHER_COLOUR = (175, 175, 175)
+LABEL_COLOUR = (120, 120, 120)  # grey words, a shade darker than their lines to stay legible
+AXIS_COLOUR = (60, 60, 60)
+GRID_COLOUR = (232, 232, 232)
+TIMELINE_TITLES = {
+    "mass": "Attention mass (share of all attention)",
+    "concentration": "Concentration (0 = even, 1 = one spot)",
+}
+# Function words (prepositions, conjunctions, articles, pronouns, auxiliaries): they never head a noun phrase, and
+# after one's content words they start the next phrase. For picking the first word to show.
+FUNCTION_WORDS = frozenset(
+    "of on in at by for from to with without under over near behind above below beside between into onto through "
+    "across against along around among inside outside beneath beyond during like as and or but nor while than "
+    "a an the this that these those some any each every no my your his her its our their it they he she we i you "
+    "is are was were be been being am has have had do does very so too just".split()
+)
 
 
 @dataclass(frozen=True)
@@ -98,6 +118,23 @@ def dropped_text(prompt: str, words: list[Word]) -> str:
     return ""
 
 
+def content_word(words: list[Word]) -> int:
+    """The word to show first: the head of the prompt's first noun phrase, whose map falls on a thing (the map of
+    "a" is a ring around it). Without a parser, the head is the last of the first run of content words, which a
+    function word, a punctuation mark or the prompt's end closes ("a watercolor painting of ..." -> painting);
+    failing that, the first real word."""
+    phrase: list[int] = []
+    for index, word in enumerate(words):
+        text = word.text.lower()
+        if word.special or text in FUNCTION_WORDS or not any(c.isalnum() for c in text):
+            if phrase:
+                return phrase[-1]
+        else:
+            phrase.append(index)
+    real = [i for i, w in enumerate(words) if not w.special]
+    return real[0] if real else 0
+
+
 def block_label(block: str, height: int, width: int) -> str:
     """'down_blocks.1' at 16×16 -> 'down 16×16'; 'mid_block' -> 'mid ...'."""
     return f"{block.split('_')[0]} {height}×{width}"
@@ -107,6 +144,25 @@ def block_order(block: str) -> tuple[int, int]:
     """Down blocks (by index), then the middle, then up blocks: the order data flows through the UNet."""
     kind, _, index = block.partition(".")
     return {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}[kind], int(index or 0)
+
+
+def guidance_brightness(gain: float) -> str:
+    """How the guidance term is drawn next to the ε panels, `gain` being its colour scale over theirs. At high CFG
+    the term outgrows ε, and a gain below 1 means dimmer, not "×0.2 brighter"."""
+    if round(max(gain, 1 / gain), 1) == 1.0:  # what the note would print as ×1.0
+        return "drawn at true scale (the ε panels' scale)"
+    if gain > 1:
+        return f"drawn ×{gain:.1f} brighter than the ε panels"
+    return f"drawn ×{1 / gain:.1f} dimmer than the ε panels"
+
+
+def run_facts(run: ExplainRun) -> ModelFacts:
+    """The model's numbers for the captions: recorded with the run, or, in runs saved before they were, the VAE's
+    from the run's own shapes."""
+    recorded = run.recipe.get("model_facts")
+    if recorded is not None:
+        return ModelFacts(**{name: int(value) for name, value in recorded.items()})
+    return ModelFacts(vae_factor=run.image.shape[0] // run.latents.shape[-2], latent_channels=run.latents.shape[1])
 
 
 def display_size(width: int, height: int) -> tuple[int, int]:
@@ -151,6 +207,7 @@ class ExplainView:
 
     def __init__(self, run: ExplainRun) -> None:
         self.run = run
+        self.facts = run_facts(run)
         self.words = words_of(run.tokens)
         self.negative_words = words_of(run.negative_tokens)
         height, width = run.image.shape[:2]
@@ -164,7 +221,7 @@ class ExplainView:
         # Redraws use numpy and PIL only: on a busy CPU every multi-threaded torch call can wait a scheduler
         # slice for its second thread, so torch work (previews, layer averages) is done here once.
         self._previews = {
-            name: [latents_to_rgb(latents, run.latent_rgb, scale=1) for latents in tensor]
+            name: [latents_to_rgb(latents, run.latent_rgb) for latents in tensor]
             for name, tensor in (("x_t", run.latents), ("x0", run.x0), ("blended", run.blended))
             if tensor is not None
         }
@@ -249,7 +306,7 @@ class ExplainView:
         else:
             rms = float(np.sqrt(np.mean(run.guidance[step].numpy() ** 2)))
             note += (
-                f" · the guidance term is drawn ×{eps_scale / guidance_scale:.1f} brighter · CFG scale "
+                f" · the guidance term is {guidance_brightness(eps_scale / guidance_scale)} · CFG scale "
                 f"{run.recipe['guidance_scale']} · guidance rms {rms:.3f} (latent units)"
             )
         return (
@@ -391,6 +448,11 @@ class ExplainView:
         ]
         return pd.DataFrame(rows, columns=["step", "word", "mass", "concentration"])
 
+    def timeline_chart(self, metric: str, word: int) -> Image.Image:
+        """The timeline's "mass" or "concentration" per step, one line per word, `word` highlighted."""
+        series = {label: rows[metric].to_numpy() for label, rows in self.timeline.groupby("word", sort=False)}
+        return line_chart(series, self.word_labels[word], TIMELINE_TITLES[metric])
+
     @cached_property
     def budget(self) -> pd.DataFrame:
         """Per step, the share of attention on the start token, the real words, and the end + padding tokens."""
@@ -418,11 +480,11 @@ class ExplainView:
         return [(label, i) for i, label in enumerate(self.word_labels)]
 
     def token_summary(self) -> str:
-        """How many of the 75 prompt tokens the prompt used, and what was cut off at the limit."""
-        used = len(self.run.tokens) - 2
-        line = f"{used} of {PROMPT_TOKENS} prompt tokens used, framed by the start and end tokens"
-        line += f" and padded to {PROMPT_TOKENS + 2} positions."
-        if used >= PROMPT_TOKENS:
+        """How many of the tokens the text encoder reads (75 in CLIP) the prompt used, and what the limit cut off."""
+        used, limit = len(self.run.tokens) - 2, self.facts.prompt_tokens
+        line = f"{used} of {limit} prompt tokens used, framed by the start and end tokens"
+        line += f" and padded to {self.facts.text_positions} positions."
+        if used >= limit:
             dropped = dropped_text(str(self.run.recipe.get("prompt", "")), self.words)
             line += " **The prompt reached the limit: the text encoder never saw the rest**"
             line += f": “{dropped}”." if dropped else "."
@@ -448,6 +510,108 @@ class ExplainView:
         return line
 
 
+@dataclass(frozen=True)
+class ChartArea:
+    """The plotting rectangle of a line chart, and where a step and a value land in it."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+    steps: int
+    high: float  # the value at the top edge; the bottom edge is 0
+
+    def x(self, step: int) -> int:
+        """The column of a 0-based step."""
+        return round(self.left + (self.right - self.left) * step / max(self.steps - 1, 1))
+
+    def y(self, value: float) -> int:
+        return round(self.bottom - (self.bottom - self.top) * value / self.high)
+
+
+def chart_area(steps: int, largest: float) -> ChartArea:
+    """Room for the value ticks on the left, the line labels on the right, the title and the step ticks."""
+    width, height = CHART_SIZE
+    return ChartArea(100, 60, width - 170, height - 64, steps, axis_top(largest))
+
+
+def axis_top(value: float) -> float:
+    """`value` rounded up to 1, 2 or 5 times a power of ten, so that the ticks are round numbers."""
+    if value <= 0:
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(value))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= value * (1 - 1e-9))
+
+
+def line_chart(series: dict[str, np.ndarray], chosen: str, title: str) -> Image.Image:
+    """Lines over the steps, drawn to be read on a projector: the `chosen` one thick and in colour, the others thin
+    and grey; each line is named at its end where there is room, the chosen one always."""
+    steps = max((len(values) for values in series.values()), default=1)
+    area = chart_area(steps, max((float(values.max()) for values in series.values()), default=0.0))
+    image = Image.new("RGB", CHART_SIZE, "white")
+    draw = ImageDraw.Draw(image)
+    font, title_font = ImageFont.load_default(CHART_FONT), ImageFont.load_default(CHART_FONT + 4)
+    draw.text((CHART_SIZE[0] // 2, 14), title, fill=AXIS_COLOUR, font=title_font, anchor="mt")
+    for value in (0, area.high / 2, area.high):
+        y = area.y(value)
+        draw.line([(area.left, y), (area.right, y)], fill=GRID_COLOUR, width=1)
+        draw.text((area.left - 10, y), f"{value:.3g}", fill=AXIS_COLOUR, font=font, anchor="rm")
+    every = next(n for n in (1, 2, 5, 10, 20, 50, 100) if steps / n <= 10)
+    for step in ([1] if every > 2 else []) + list(range(every, steps + 1, every)):  # step 1 too, unless "1 2" crowd
+        draw.text((area.x(step - 1), area.bottom + 8), str(step), fill=AXIS_COLOUR, font=font, anchor="mt")
+    draw.text(((area.left + area.right) // 2, CHART_SIZE[1] - 4), "step", fill=AXIS_COLOUR, font=font, anchor="mb")
+    draw.line([(area.left, area.top), (area.left, area.bottom), (area.right, area.bottom)], fill=AXIS_COLOUR, width=2)
+
+    # The chosen line last, on top of the others; its label first, so that it always has room.
+    for label in sorted(series, key=lambda name: name == chosen):
+        colour, width = (CHOSEN_COLOUR, 6) if label == chosen else (OTHER_COLOUR, 2)
+        points = [(area.x(step), area.y(value)) for step, value in enumerate(series[label])]
+        if len(points) == 1:
+            (x, y), r = points[0], width
+            draw.ellipse([(x - r, y - r), (x + r, y + r)], fill=colour)
+        else:
+            draw.line(points, fill=colour, width=width, joint="curve")
+
+    ends = {label: area.y(values[-1]) for label, values in series.items()}
+    rows = label_rows(ends, chosen, CHART_FONT + 2, (area.top - 20, CHART_SIZE[1] - 30))
+    text_x, room = area.right + 26, CHART_SIZE[0] - area.right - 30
+    for label, y in rows.items():
+        colour = CHOSEN_COLOUR if label == chosen else LABEL_COLOUR
+        draw.line([(area.right + 4, ends[label]), (text_x - 4, y)], fill=colour, width=1)  # a leader to its line
+        draw.text((text_x, y), fitted(label, font, room), fill=colour, font=font, anchor="lm")
+    return image
+
+
+def label_rows(ends: dict[str, int], chosen: str, gap: int, span: tuple[int, int]) -> dict[str, int]:
+    """Where to write each line's label: as near its line's end as `gap` pixels between labels allow, within
+    `span`. When they cannot all fit, the chosen line's label and those that fit at their lines' ends."""
+    top, bottom = span
+    order = sorted(ends, key=ends.get)
+    if len(order) * gap > bottom - top:
+        kept: dict[str, int] = {}
+        for label in sorted(ends, key=lambda name: name != chosen):
+            if all(abs(ends[label] - y) >= gap for y in kept.values()):
+                kept[label] = ends[label]
+        return kept
+    rows: dict[str, int] = {}
+    lowest = top - gap
+    for label in order:  # push each label down below the one above it ...
+        lowest = rows[label] = max(ends[label], lowest + gap)
+    highest = bottom + gap
+    for label in reversed(order):  # ... then up above the one below it, where that overflowed the bottom
+        highest = rows[label] = min(rows[label], highest - gap)
+    return rows
+
+
+def fitted(text: str, font: ImageFont.FreeTypeFont, width: float) -> str:
+    """`text`, cut short with an ellipsis if it is wider than `width` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
 def replay_view(path: str | Path) -> ExplainView:
     """A saved run, ready to draw. Uploads are untrusted: whatever `load_run` lets through that still cannot be
     drawn (a recipe without its fields, a colour map that does not fit the latents) is a `UserError` too."""
@@ -456,7 +620,7 @@ def replay_view(path: str | Path) -> ExplainView:
         view = ExplainView(run)
         view.summary()
         view.draw(run.steps - 1, HeatmapSettings(word=0))
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as error:
         raise UserError(f"Could not replay this Explain file: {error.__class__.__name__}: {error}") from error
     return view
 

@@ -3,30 +3,42 @@
 Each tab module builds its own layout from these pieces and wires its own events.
 """
 
+import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import PurePath
 from typing import TypeVar
 
 import gradio as gr
-from PIL import Image
 
+from sdplay.catalog import unknown_words
 from sdplay.errors import UserError
-from sdplay.generate import Cancelled, GenerationResult, StepUpdate, generate, stream
-from sdplay.images import TOO_LARGE_MESSAGE
-from sdplay.models import ModelManager
-from sdplay.requests import GenerationRequest, Limits
-from sdplay.samplers import DEFAULT_SAMPLER, sampler_names
+from sdplay.generate import Cancelled, GenerationResult, StepUpdate, about, generate, stream
+from sdplay.images import brush_radius, decode_errors, open_image
+from sdplay.models import LoadedModel, ModelManager
+from sdplay.requests import GenerationRequest, Limits, size_warnings
+from sdplay.samplers import AUTOMATIC, sampler_names, schedule_names
 
 # Every event that runs the model shares one queue slot: one job on the GPU at a time, across all tabs.
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
-DECODE_ERRORS = (OSError, SyntaxError, ValueError)
+# Checks that run as an image is uploaded. No progress overlay: on gr.ImageMask it disarms the brush.
+UPLOAD_CHECK = {"show_progress": "hidden", "api_visibility": "private"}
+# The mask brush: half-transparent, so the picture shows through; magenta, a colour that images rarely have.
+MASK_COLOUR = ("#ff00ff", 0.5)
 R = TypeVar("R")
+# An absolute path (POSIX, home or Windows), not the path part of a URL.
+PATH = re.compile(r"(?<![\w:/.~-])(?:~?/|[A-Za-z]:\\)[^\s'\"`,;()\[\]{}<>]*")
+# Seconds per step of the last run with each model, size and batch: the ETA shown before a run's first step ends.
+_seconds_per_step: dict[tuple[str, int, int, int], float] = {}
+log = logging.getLogger(__name__)
 
 
 def clear_upload_errors(component: gr.Image | gr.ImageEditor) -> gr.Image | gr.ImageEditor:
-    """Make an image input report undecodable uploads as a clear `gr.Error` instead of a bare "Error".
+    """Make an image input report undecodable uploads as a clear `gr.Error` instead of a bare "Error" (or one
+    with Pillow's message, which names the upload's path on the server).
 
     Gradio opens uploads in the component's `preprocess`, before our code runs. We wrap that method on this one
     instance: a subclass would do it too, but Gradio writes a `.pyi` stub next to the module of every subclass.
@@ -34,35 +46,62 @@ def clear_upload_errors(component: gr.Image | gr.ImageEditor) -> gr.Image | gr.I
     preprocess = component.preprocess
 
     def checked(payload):
-        try:
+        with user_errors(), decode_errors():
             return preprocess(payload)
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-            raise gr.Error(TOO_LARGE_MESSAGE) from error
-        except DECODE_ERRORS as error:
-            raise gr.Error(f"Could not read the uploaded image: {error}") from error
 
     component.preprocess = checked
     return component
 
 
+def refuse_bad_uploads(component: gr.Image | gr.ImageEditor, check: Callable) -> None:
+    """Run `check` on each upload; if the upload cannot be read (or `check` raises), show why and clear the input,
+    instead of keeping a broken picture until Generate is pressed. `check`'s return value updates the input."""
+    event = component.upload(check, component, component, **UPLOAD_CHECK)
+    event.failure(lambda: None, None, component, **UPLOAD_CHECK)
+
+
 def image_upload(label: str, height: int) -> gr.Image:
     """An image input that hands our code the uploaded file's path, so that we decode it safely ourselves."""
-    return clear_upload_errors(gr.Image(label=label, type="filepath", sources=["upload", "clipboard"], height=height))
+    image = clear_upload_errors(gr.Image(label=label, type="filepath", sources=["upload", "clipboard"], height=height))
+
+    def check(path: str | None):
+        with user_errors():
+            if path:
+                open_image(path)
+        return gr.skip()
+
+    refuse_bad_uploads(image, check)
+    return image
 
 
-def mask_editor(label: str, height: int, visible: bool = True) -> gr.ImageEditor:
-    """An image upload to paint the inpainting mask on: the painted layer's alpha is the mask (see images.py)."""
+def mask_editor(label: str, height: int, visible: bool = True, image_size: int = 512) -> gr.ImageMask:
+    """An image upload to paint the inpainting mask on: the painted layer's alpha is the mask (see images.py).
+
+    The brush starts sized for `image_size` pixels, a picture sent from another tab, and is resized to each upload.
+    """
     editor = gr.ImageMask(
         label=label,
         type="pil",
         image_mode="RGBA",
         sources=["upload", "clipboard"],
-        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
+        brush=_mask_brush((image_size, image_size)),
         layers=False,
         height=height,
         visible=visible,
     )
-    return clear_upload_errors(editor)
+    clear_upload_errors(editor)
+
+    def fit_brush(value: dict | None):
+        if not value or value["background"] is None:
+            return gr.skip()
+        return gr.ImageMask(brush=_mask_brush(value["background"].size))
+
+    refuse_bad_uploads(editor, fit_brush)
+    return editor
+
+
+def _mask_brush(size: tuple[int, int]) -> gr.Brush:
+    return gr.Brush(colors=[MASK_COLOUR], color_mode="fixed", default_size=brush_radius(size))
 
 
 @dataclass
@@ -72,15 +111,32 @@ class Controls:
     prompt: gr.Textbox
     negative_prompt: gr.Textbox
     sampler: gr.Dropdown
+    schedule: gr.Dropdown
     steps: gr.Slider
     guidance_scale: gr.Slider
     seed: gr.Number
     width: gr.Slider
     height: gr.Slider
     batch_size: gr.Slider
+    examples: gr.Dataset
+    native_sized: bool  # width and height default to the model's size (not an input image's)
 
     def inputs(self) -> list[gr.components.Component]:
         return [self.prompt, self.negative_prompt, self.sampler, self.steps, self.guidance_scale, self.seed]
+
+    def recommended(self, model: LoadedModel) -> dict[gr.components.Component, object]:
+        """Updates that apply `model`'s recommended settings and examples to these controls (on load)."""
+        settings = model.settings
+        updates = {
+            self.sampler: gr.Dropdown(choices=sampler_names(model.allows_lcm), value=settings.sampler),
+            self.schedule: gr.Dropdown(choices=schedule_names(settings.sampler), value=settings.schedule),
+            self.steps: settings.steps,
+            self.guidance_scale: settings.guidance_scale,
+            self.examples: gr.Dataset(samples=[[example] for example in settings.examples]),
+        }
+        if self.native_sized:
+            updates[self.width] = updates[self.height] = settings.size or model.native_size
+        return updates
 
 
 @dataclass
@@ -97,33 +153,52 @@ class Results:
         return [self.gallery, self.infotext, self.seed_used]
 
 
-def prompt_boxes(examples: list[str]) -> tuple[gr.Textbox, gr.Textbox]:
+def prompt_boxes(examples: list[str]) -> tuple[gr.Textbox, gr.Textbox, gr.Dataset]:
     prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Describe the image", elem_classes="prompt")
-    if examples:
-        gr.Examples(examples, prompt, label="Example prompts")
+    samples = gr.Examples(examples, prompt, label="Example prompts for this model").dataset
     negative = gr.Textbox(label="Negative prompt", lines=2, placeholder="What the image should not have")
-    return prompt, negative
+    return prompt, negative, samples
 
 
-def controls(
-    manager: ModelManager, limits: Limits, examples: list[str], size_default: int | None = None, batch: bool = True
-) -> Controls:
-    """Prompt boxes and sampling settings; `size_default` 0 means "the input image's size" (img2img, inpaint);
-    `batch` False hides the batch size (Explain records one image)."""
+def controls(manager: ModelManager, limits: Limits, size_default: int | None = None, batch: bool = True) -> Controls:
+    """Prompt boxes and sampling settings, set to the loaded model's recommended ones; `size_default` 0 means "the
+    input image's size" (img2img, inpaint); `batch` False hides the batch size (Explain records one image)."""
     model = manager.model
-    native = model.native_size if size_default is None else size_default
-    prompt, negative = prompt_boxes(examples)
+    settings = model.settings
+    native = (settings.size or model.native_size) if size_default is None else size_default
+    prompt, negative, examples = prompt_boxes(list(settings.examples))
     with gr.Row():
-        sampler = gr.Dropdown(sampler_names(model.allows_lcm), value=DEFAULT_SAMPLER, label="Sampler")
-        steps = gr.Slider(1, limits.max_steps, value=20, step=1, label="Steps")
+        # Custom values reach our validation, which also reads A1111's older names ("DPM++ 2M Karras", "PNDM").
+        sampler = gr.Dropdown(
+            sampler_names(model.allows_lcm), value=settings.sampler, label="Sampler", allow_custom_value=True
+        )
+        schedule = gr.Dropdown(
+            schedule_names(settings.sampler), value=settings.schedule, label="Schedule type", allow_custom_value=True,
+            info="Which noise levels the sampler visits; Automatic is the sampler's default.",
+        )  # fmt: skip
+        steps = gr.Slider(1, limits.max_steps, value=settings.steps, step=1, label="Steps")
     with gr.Row():
         width = gr.Slider(0 if size_default == 0 else 64, limits.max_size, value=native, step=8, label="Width")
         height = gr.Slider(0 if size_default == 0 else 64, limits.max_size, value=native, step=8, label="Height")
     with gr.Row():
-        guidance = gr.Slider(0, 30, value=7, step=0.5, label="CFG scale")
+        guidance = gr.Slider(0, 30, value=settings.guidance_scale, step=0.5, label="CFG scale")
         batch_size = gr.Slider(1, limits.max_batch, value=1, step=1, label="Batch size", visible=batch)
         seed = gr.Number(-1, label="Seed (-1: random)", precision=0, minimum=-1)
-    return Controls(prompt, negative, sampler, steps, guidance, seed, width, height, batch_size)
+
+    def offer_schedules(chosen_sampler: str, current: str) -> gr.Dropdown:
+        """Only the schedule types diffusers has for this sampler; keep the current one if it is among them."""
+        names = schedule_names(chosen_sampler)
+        return gr.Dropdown(choices=names, value=current if current in names else AUTOMATIC)
+
+    # On the user's choice only: code that sets a sampler (load, restore, send to) sets its schedule's choices too.
+    sampler.input(
+        offer_schedules, [sampler, schedule], schedule, queue=False, show_progress="hidden", api_visibility="private"
+    )
+    return Controls(
+        prompt=prompt, negative_prompt=negative, sampler=sampler, schedule=schedule, steps=steps,
+        guidance_scale=guidance, seed=seed, width=width, height=height, batch_size=batch_size, examples=examples,
+        native_sized=size_default is None,
+    )  # fmt: skip
 
 
 def results() -> Results:
@@ -148,20 +223,47 @@ def results() -> Results:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Show a `UserError` to the user as a `gr.Error` with its message; the server goes on serving."""
+    """Show a `UserError` to the user as a `gr.Error` with its message, and any other exception as one line that
+    names it (its traceback goes to the server's log). The server goes on serving."""
     try:
         yield
     except UserError as error:
         raise gr.Error(str(error)) from error
+    except gr.Error:
+        raise
+    except Exception as error:
+        log.exception("unexpected error in a job")
+        raise gr.Error(f"Something went wrong: {one_line(error)}. The details are in the server's log.") from error
+
+
+def one_line(error: BaseException) -> str:
+    """`ClassName: message` on one line, each absolute path in it cut to its last name: no server path is shown."""
+    text = " ".join(str(error).split())
+    text = PATH.sub(lambda path: PurePath(path.group().replace("\\", "/")).name or "…", text)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _gallery(item: StepUpdate | GenerationResult) -> tuple:
     if isinstance(item, StepUpdate):
-        return item.previews, gr.skip(), gr.skip()
+        captions = [f"Stopped at step {item.step} of {item.total}" if item.stopped else None] * len(item.previews)
+        return list(zip(item.previews, captions, strict=True)), gr.skip(), gr.skip()
     for warning in item.warnings:
         gr.Warning(warning)
     captions = [f"Seed {seed}" for seed in item.seeds]
     return list(zip(item.images, captions, strict=True)), item.infotexts[0], item.seeds[0]
+
+
+def warnings_before(model: LoadedModel, request: GenerationRequest, limits: Limits) -> list[str]:
+    """What a user should hear as a run starts: a size that was rounded or is far from the model's, and words
+    that a model with a closed vocabulary (the bundled one) never saw."""
+    warnings = size_warnings(request, model.settings.size or model.native_size, limits)
+    unknown = unknown_words(f"{request.prompt} {request.negative_prompt}", model.settings.vocabulary)
+    if unknown:
+        warnings.append(
+            f"{model.name} has never seen the words {', '.join(map(repr, unknown))}: they act as noise. "
+            "The words it knows are listed under the model box."
+        )
+    return warnings
 
 
 def run(
@@ -173,24 +275,43 @@ def run(
     job: Callable[..., R] = generate,
     show: Callable[[StepUpdate | R], tuple | dict] = _gallery,
 ) -> Iterator[tuple | dict]:
-    """Stream `job` (`generate` or `explain`) into UI updates: `show` turns each step's update and the job's
-    result into the event's outputs; by default x̂₀ previews while it runs, then the PNGs (gallery, infotext, seed).
+    """Stream `job` (`generate` or `explain`) into UI updates: `show` turns the job's previews and its result into
+    the event's outputs; by default x̂₀ previews while it runs, then the PNGs (gallery, infotext, seed).
+
+    Every step moves the progress bar ("Step 7/20 · about 3 s left"); a Stop keeps the preview of the step it ended.
     """
     owner = session.session_hash if session else None
-    try:
-        with user_errors():
+    with user_errors():
+        for warning in warnings_before(manager.model, request, limits):
+            gr.Warning(warning)
+        speed = (manager.model.name, request.width, request.height, request.batch_size)
+        previous = _seconds_per_step.get(speed)
+        progress(0, desc=f"Starting · {about(request.steps * previous)} left" if previous else "Starting")
+        try:
             for item in stream(partial(job, manager, request, limits, owner=owner)):
                 if isinstance(item, StepUpdate):
-                    progress((item.step, item.total), desc="Denoising")
+                    _seconds_per_step[speed] = item.seconds_per_step
+                    progress((item.step, item.total), desc=item.describe())
+                    if not item.previews:
+                        continue
                 yield show(item)
-    except Cancelled:
-        gr.Info("Stopped.")
+        except Cancelled as stopped:
+            gr.Info(str(stopped))
+            if stopped.update and stopped.update.previews:
+                yield show(stopped.update)
 
 
-def wire_stop(manager: ModelManager, results: Results, event) -> None:
-    """Stop ends the session's own job within a step; it runs outside the GPU queue so it is never stuck behind it."""
+def wire_stop(manager: ModelManager, stop: gr.Button, event) -> None:
+    """Stop ends the session's running job within a step, and the job then shows where it stopped. A job still
+    waiting in the queue is taken out of it by Gradio's cancel instead, which would also drop a running job's last
+    update: so it is triggered (through a counter's change) only when nothing of this session was running.
 
-    def stop(request: gr.Request) -> None:
-        manager.interrupt(request.session_hash)
+    Both run outside the GPU queue, so they are never stuck behind it.
+    """
+    not_running = gr.State(0)
 
-    results.stop.click(stop, None, None, cancels=[event], queue=False, api_visibility="private")
+    def interrupt(presses: int, request: gr.Request) -> int:
+        return gr.skip() if manager.interrupt(request.session_hash) else presses + 1
+
+    stop.click(interrupt, not_running, not_running, queue=False, api_visibility="private")
+    not_running.change(None, None, None, cancels=[event], queue=False, api_visibility="private")

@@ -11,21 +11,29 @@ import gradio as gr
 from PIL import Image
 
 from sdplay.errors import UserError
-from sdplay.explain.captions import CAPTIONS
+from sdplay.explain.captions import PER_MODEL, Caption, ModelFacts, captions
 from sdplay.explain.capture import ExplainRun, explain
 from sdplay.explain.export import save_run
-from sdplay.explain.render import COLORMAPS, ExplainView, HeatmapSettings, export_name, replay_view, vae_decode
+from sdplay.explain.render import (
+    COLORMAPS,
+    ExplainView,
+    HeatmapSettings,
+    content_word,
+    export_name,
+    replay_view,
+    vae_decode,
+)
 from sdplay.generate import StepUpdate
 from sdplay.images import mask_from_editor
 from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits, Task
-from sdplay.ui.common import GPU, Controls, controls, mask_editor, run, user_errors
+from sdplay.samplers import AUTOMATIC
+from sdplay.ui.common import GPU, Controls, controls, mask_editor, run, user_errors, wire_stop
 
 TASKS = [("Text-to-Image", Task.TXT2IMG.value), ("Image-to-Image", Task.IMG2IMG.value), ("Inpaint", Task.INPAINT.value)]
 SHARED, RANGE = "Shared scale", "A range of steps"
 PANEL_HEIGHT = 230
 PLAY_SECONDS = 0.8  # one step per tick: slow enough to read the step label
-PLOT = {"height": 260, "x_axis_format": "d"}  # whole steps on the axis
 BUDGET_COLOURS = {"start token": "#9ca3af", "words": "#f97316", "end + padding": "#60a5fa"}
 # How each step-dependent image is sent. Encoding is on the scrubbing path: on a busy 2-core CPU, PNG (zlib level
 # 6) took 20–120 ms per 256² panel and JPEG under 2 ms. The sharp, flat channel tiles stay PNG (4 ms, no ringing).
@@ -35,12 +43,12 @@ PANEL_FORMATS = {
 }  # fmt: skip
 
 
-def caption(key: str) -> None:
+def panel_caption(text: Caption) -> tuple[gr.Markdown, gr.Markdown]:
     """A panel's short caption, with its longer explanation behind "More"."""
-    text = CAPTIONS[key]
-    gr.Markdown(text.short, elem_classes="caption")
+    short = gr.Markdown(text.short, elem_classes="caption")
     with gr.Accordion("More", open=False):
-        gr.Markdown(text.more)
+        more = gr.Markdown(text.more)
+    return short, more
 
 
 def image(label: str, format: str = "png", **kwargs) -> gr.Image:
@@ -67,17 +75,26 @@ def api_results(folder: str, item: StepUpdate | ExplainRun) -> tuple:
 
 
 def gallery(label: str, format: str) -> gr.Gallery:
-    """Small multiples at a fixed size, whatever their number (one per UNet block: 4 to 8 of them)."""
+    """Small multiples at a fixed size, whatever their number (one per UNet block: 4 to 8 of them). The label goes
+    above the gallery: Gradio floats it over the gallery's top left corner, onto the first tile."""
+    gr.Markdown(f"**{label}**", elem_classes="gallery-label")
     return gr.Gallery(
-        label=label, format=format, columns=8, fit_columns=False, height=210, allow_preview=False, interactive=False
-    )
+        label=label, show_label=False, format=format, columns=8, fit_columns=False, height=210, allow_preview=False,
+        interactive=False,
+    )  # fmt: skip
 
 
-def build(manager: ModelManager, limits: Limits, examples: list[str]) -> Controls:
+def build(manager: ModelManager, limits: Limits) -> Controls:
     view = gr.State(None)  # the ExplainView of the run on screen
-    gr.Markdown(CAPTIONS["overview"].short)
+    texts = captions(ModelFacts.of_pipeline(manager.model.pipe))  # each run then states its own model's numbers
+    shown_captions: dict[str, tuple[gr.Markdown, gr.Markdown]] = {}
+
+    def caption(key: str) -> None:
+        shown_captions[key] = panel_caption(texts[key])
+
+    gr.Markdown(texts["overview"].short)
     with gr.Accordion("How does Stable Diffusion make an image?", open=False):
-        gr.Markdown(CAPTIONS["overview"].more)
+        gr.Markdown(texts["overview"].more)
 
     # Settings on the left, the scrubber, the image and the word maps on the right.
     with gr.Row():
@@ -85,7 +102,7 @@ def build(manager: ModelManager, limits: Limits, examples: list[str]) -> Control
             task = gr.Radio(TASKS, value=Task.TXT2IMG.value, label="Task")
             editor = mask_editor("Image (for Inpaint, paint over what to repaint)", 300, visible=False)
             strength = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength", visible=False)
-            c = controls(manager, limits, examples, batch=False)
+            c = controls(manager, limits, batch=False)
             with gr.Row():
                 start = gr.Button("Explain", variant="primary", elem_classes="explain")
                 stop = gr.Button("Stop", variant="stop")
@@ -153,9 +170,9 @@ def build(manager: ModelManager, limits: Limits, examples: list[str]) -> Control
     gr.Markdown("## Where the words look")
     layers = gallery("The chosen word in each UNet block", PANEL_FORMATS["layers"])
     caption("layers")
-    with gr.Row():
-        mass = gr.LinePlot(x="step", y="mass", color="word", title="Attention mass", **PLOT)
-        concentration = gr.LinePlot(x="step", y="concentration", color="word", title="Concentration", **PLOT)
+    with gr.Row(elem_classes="timeline"):
+        mass = gr.Image(label="Attention mass", show_label=False, format="png", interactive=False)
+        concentration = gr.Image(label="Concentration", show_label=False, format="png", interactive=False)
     caption("timeline")
     budget = gr.BarPlot(
         x="step", y="share", color="part", title="Attention budget", height=260, y_lim=[0, 1], color_map=BUDGET_COLOURS
@@ -179,24 +196,31 @@ def build(manager: ModelManager, limits: Limits, examples: list[str]) -> Control
     }  # fmt: skip
     run_outputs = [view, final, summary, step, first, last, chips, token_info, subwords, mass, concentration]
     run_outputs += [budget, mask, mask_column, blended_column]
+    run_outputs += [part for key in PER_MODEL for part in shown_captions[key]]
 
     def show_run(shown: ExplainView) -> dict:
         """Everything that is fixed for a run; `redraw` then draws its last step."""
         steps = shown.run.steps
-        words = [i for i, w in enumerate(shown.words) if not w.special]
+        word = content_word(shown.words)
         inpaint = shown.run.mask is not None
+        run_texts = captions(shown.facts)  # the run's model, which need not be the one loaded now
+        stated = {}
+        for key in PER_MODEL:
+            short, more = shown_captions[key]
+            stated |= {short: run_texts[key].short, more: run_texts[key].more}
         return {
+            **stated,
             view: shown,
             final: shown.image,
             summary: shown.summary(),
             step: gr.Slider(minimum=1, maximum=steps, value=steps, interactive=True),
             first: gr.Slider(minimum=1, maximum=steps, value=1),
             last: gr.Slider(minimum=1, maximum=steps, value=steps),
-            chips: gr.Radio(choices=shown.chips(), value=words[0] if words else 0),
+            chips: gr.Radio(choices=shown.chips(), value=word),
             token_info: shown.token_summary(),
             subwords: shown.subword_table(),
-            mass: shown.timeline,
-            concentration: shown.timeline,
+            mass: shown.timeline_chart("mass", word),
+            concentration: shown.timeline_chart("concentration", word),
             # Steps as categories: numeric x makes hairline bars.
             budget: gr.BarPlot(shown.budget.astype({"step": str}), sort=[str(s) for s in range(1, steps + 1)]),
             mask: shown.mask(),
@@ -222,6 +246,14 @@ def build(manager: ModelManager, limits: Limits, examples: list[str]) -> Control
     triggers += [step_mode.change, first.release, last.release]
     gr.on(triggers, **redraw_event, api_visibility="private")
 
+    def timelines(shown: ExplainView | None, word: int | None):
+        """The timeline charts with the chosen word highlighted (they do not depend on the step)."""
+        if shown is None or word is None or not 0 <= word < len(shown.words):
+            return gr.skip(), gr.skip()
+        return shown.timeline_chart("mass", word), shown.timeline_chart("concentration", word)
+
+    chips.change(timelines, [view, chips], [mass, concentration], show_progress="hidden", api_visibility="private")
+
     def decode_all(shown: ExplainView | None, at: int, request: gr.Request, progress=gr.Progress()):
         """Decode x̂₀ of every step with the model's VAE; the view keeps them, so scrubbing stays instant."""
         if shown is None:
@@ -240,7 +272,8 @@ def build(manager: ModelManager, limits: Limits, examples: list[str]) -> Control
 
     def show_step(folder: str, item: StepUpdate | ExplainRun) -> dict:
         if isinstance(item, StepUpdate):
-            return {x0: item.previews[0], step_label: f"Recording… step {item.step} of {item.total}"}
+            doing = "Stopped at" if item.stopped else "Recording…"
+            return {x0: item.previews[0], step_label: f"{doing} step {item.step} of {item.total}"}
         return {**show_run(ExplainView(item)), export: exported(folder, item)}
 
     def record(
@@ -255,6 +288,7 @@ def build(manager: ModelManager, limits: Limits, examples: list[str]) -> Control
         task: str,
         image: dict | None,
         strength: float,
+        schedule: str,
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
@@ -262,21 +296,18 @@ def build(manager: ModelManager, limits: Limits, examples: list[str]) -> Control
             background = image.get("background") if image else None
             painted = mask_from_editor(image) if task == Task.INPAINT and background is not None else None
         job = GenerationRequest(
-            Task(task), prompt, negative_prompt, sampler, steps, guidance_scale, seed, width, height,
+            task=Task(task), prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, schedule=schedule,
+            steps=steps, guidance_scale=guidance_scale, seed=seed, width=width, height=height,
             image=background, strength=strength, mask=painted,
         )  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="sdplay-explain-") as folder:
             yield from run(manager, job, limits, request, progress, job=explain, show=partial(show_step, folder))
 
-    inputs = [*c.inputs(), c.width, c.height, task, editor, strength]
+    inputs = [*c.inputs(), c.width, c.height, task, editor, strength, c.schedule]
     recorded = start.click(record, inputs, [*run_outputs, x0, step_label, export], api_visibility="private", **GPU)
     recorded.then(**redraw_event, api_visibility="private")
 
-    def halt(request: gr.Request) -> None:
-        """Stop ends the session's own job within a step; outside the GPU queue, so never stuck behind it."""
-        manager.interrupt(request.session_hash)
-
-    stop.click(halt, None, None, cancels=[recorded], queue=False, api_visibility="private")
+    wire_stop(manager, stop, recorded)
 
     def replay(path: str | None):
         if path is None:
@@ -314,15 +345,17 @@ def build(manager: ModelManager, limits: Limits, examples: list[str]) -> Control
         seed: int,
         width: int,
         height: int,
+        schedule: str = AUTOMATIC,
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
         """Explain a text-to-image run: returns the final image and the whole run as a .safetensors file."""
         job = GenerationRequest(
-            Task.TXT2IMG, prompt, negative_prompt, sampler, steps, guidance_scale, seed, width, height
-        )
+            task=Task.TXT2IMG, prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, schedule=schedule,
+            steps=steps, guidance_scale=guidance_scale, seed=seed, width=width, height=height,
+        )  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="sdplay-explain-") as folder:
             yield from run(manager, job, limits, request, progress, job=explain, show=partial(api_results, folder))
 
-    gr.on([], explain_api, [*c.inputs(), c.width, c.height], [final, export], api_name="explain", **GPU)
+    gr.on([], explain_api, [*c.inputs(), c.width, c.height, c.schedule], [final, export], api_name="explain", **GPU)
     return c

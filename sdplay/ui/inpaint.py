@@ -6,6 +6,7 @@ from sdplay.errors import UserError
 from sdplay.images import EMPTY_MASK_MESSAGE, mask_from_editor, mask_from_upload
 from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits, Task
+from sdplay.samplers import AUTOMATIC
 from sdplay.ui.common import (
     GPU,
     Controls,
@@ -20,10 +21,10 @@ from sdplay.ui.common import (
 )
 
 
-def build(manager: ModelManager, limits: Limits, examples: list[str]) -> tuple[gr.ImageEditor, Controls, Results]:
+def build(manager: ModelManager, limits: Limits) -> tuple[gr.ImageEditor, Controls, Results]:
     with gr.Row():
         with gr.Column():
-            image = mask_editor("Image: paint over what to repaint", 420)
+            image = mask_editor("Image: paint over what to repaint", 420, image_size=manager.model.native_size)
             with gr.Accordion("Or upload a mask (white = repaint)", open=False):
                 mask = image_upload("Mask", 200)
             strength = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength")
@@ -32,7 +33,7 @@ def build(manager: ModelManager, limits: Limits, examples: list[str]) -> tuple[g
                 only_masked = gr.Checkbox(label="Only masked (crop, generate, paste back)")
                 padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels")
             gr.Markdown("Width and height 0 keep the image's size; with *Only masked*, the model's native size.")
-            c = controls(manager, limits, examples, size_default=0)
+            c = controls(manager, limits, size_default=0)
         with gr.Column():
             r = results()
 
@@ -52,6 +53,7 @@ def build(manager: ModelManager, limits: Limits, examples: list[str]) -> tuple[g
         mask_blur: int = 4,
         only_masked: bool = False,
         padding: int = 32,
+        schedule: str = AUTOMATIC,
         request: gr.Request = None,
         progress=gr.Progress(),
     ):
@@ -63,13 +65,15 @@ def build(manager: ModelManager, limits: Limits, examples: list[str]) -> tuple[g
             if painted is None:
                 raise UserError(EMPTY_MASK_MESSAGE)
         job = GenerationRequest(
-            Task.INPAINT, prompt, negative_prompt, sampler, steps, guidance_scale, seed, width, height, batch_size,
+            task=Task.INPAINT, prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, schedule=schedule,
+            steps=steps, guidance_scale=guidance_scale, seed=seed, width=width, height=height, batch_size=batch_size,
             image=image["background"], strength=strength, mask=painted, mask_blur=mask_blur,
             only_masked=only_masked, padding=padding,
         )  # fmt: skip
         yield from run(manager, job, limits, request, progress)
 
     inputs = [*c.inputs(), image, mask, strength, c.width, c.height, c.batch_size, mask_blur, only_masked, padding]
+    inputs += [c.schedule]
     event = r.generate.click(inpaint, inputs, r.outputs(), api_name="inpaint", **GPU)
-    wire_stop(manager, r, event)
+    wire_stop(manager, r.stop, event)
     return image, c, r
