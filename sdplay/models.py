@@ -7,6 +7,7 @@ import gc
 import json
 import re
 import struct
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,17 +18,17 @@ from typing import Any
 import psutil
 import torch
 from diffusers import (
-    AutoPipelineForImage2Image,
-    AutoPipelineForInpainting,
-    AutoPipelineForText2Image,
     DiffusionPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
 )
 
+from sdplay.catalog import ModelSettings, model_settings
 from sdplay.errors import UserError
 from sdplay.previews import fit_latent_rgb
 from sdplay.requests import Task
-from sdplay.samplers import build_scheduler
+from sdplay.samplers import AUTOMATIC, build_scheduler
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 PICKLE_SUFFIXES = {".bin", ".ckpt", ".pt", ".pth", ".pkl"}
@@ -38,11 +39,13 @@ DTYPES = {
     "bf16": torch.bfloat16,
 }
 DTYPES |= {"float32": torch.float32, "fp32": torch.float32}
-VIEWS = {
-    Task.TXT2IMG: AutoPipelineForText2Image,
-    Task.IMG2IMG: AutoPipelineForImage2Image,
+# The pipeline class of each task view. Named here, not looked up by diffusers' AutoPipelineFor*: importing those
+# imports every pipeline diffusers has, about a second of every start-up, to map a class to its task variant.
+VIEWS: dict[Task, type[DiffusionPipeline]] = {
+    Task.TXT2IMG: StableDiffusionPipeline,
+    Task.IMG2IMG: StableDiffusionImg2ImgPipeline,
+    Task.INPAINT: StableDiffusionInpaintPipeline,
 }
-VIEWS |= {Task.INPAINT: AutoPipelineForInpainting}
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -116,6 +119,7 @@ class LoadedModel:
     pipe: StableDiffusionPipeline
     scheduler_config: dict[str, Any]
     latent_rgb: torch.Tensor  # the fitted latent -> RGB preview map (see previews.py)
+    settings: ModelSettings  # what the model works best with (see catalog.py)
 
     @property
     def native_size(self) -> int:
@@ -130,7 +134,7 @@ class LoadedModel:
     def allows_lcm(self) -> bool:
         """LCM-distilled models carry a guidance embedding (time_cond_proj_dim) or ship an LCM scheduler."""
         distilled = self.pipe.unet.config.get("time_cond_proj_dim") is not None
-        return distilled or self.scheduler_config.get("_class_name") == "LCMScheduler"
+        return distilled or type(self.pipe.scheduler).__name__ == "LCMScheduler"
 
     @property
     def parameter_bytes(self) -> int:
@@ -237,9 +241,12 @@ class ModelManager:
                     **common,
                 )
             except (OSError, ValueError) as error:
+                # The library's own message is long and can name cache folders on the server: log it, show ours.
+                print(f"sdplay: loading {source} failed: {error!r}", file=sys.stderr, flush=True)
+                where = "this machine's cache (offline)" if self.offline else "the Hugging Face Hub"
                 raise UserError(
-                    f"Could not load {source!r} from the Hugging Face Hub ({error.__class__.__name__}: {error}). "
-                    "Without internet, start with --model PATH (a local diffusers folder or a .safetensors file)."
+                    f"Could not load {source!r} from {where}: check the model id and the internet connection. "
+                    "Without internet, start sdplay with --model PATH (a local diffusers folder or .safetensors file)."
                 ) from error
 
         return from_hub
@@ -254,7 +261,8 @@ class ModelManager:
             pipe.vae.enable_tiling()
         if self.memory.attention_slicing:
             pipe.enable_attention_slicing()
-        name = Path(source).name if Path(source).exists() else source
+        folder = Path(source).expanduser()
+        name = folder.name if folder.exists() else source
         return LoadedModel(
             name,
             source,
@@ -262,6 +270,7 @@ class ModelManager:
             pipe,
             dict(pipe.scheduler.config),
             fit_latent_rgb(pipe.vae),
+            model_settings(source, folder if folder.is_dir() else config and Path(config), pipe.scheduler),
         )
 
     def _release(self) -> None:
@@ -271,11 +280,14 @@ class ModelManager:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def pipeline(self, task: Task, sampler: str) -> DiffusionPipeline:
+    def pipeline(self, task: Task, sampler: str, schedule: str = AUTOMATIC) -> DiffusionPipeline:
         """A view of the loaded model for `task`, with its own fresh scheduler; it shares every weight tensor."""
         model = self.model
-        scheduler = build_scheduler(sampler, model.scheduler_config)
-        view = VIEWS[task].from_pipe(model.pipe, scheduler=scheduler)
+        scheduler = build_scheduler(sampler, model.scheduler_config, schedule)
+        # The base pipeline's own modules, as loaded (no safety checker). Not `VIEWS[task].from_pipe`: it casts the
+        # shared modules to float32 unless given a dtype, and given one it warns and takes ~30 ms instead of ~1.
+        components = model.pipe.components | {"scheduler": scheduler}
+        view = VIEWS[task](**components, requires_safety_checker=False)
         view.set_progress_bar_config(disable=True)
         return view
 

@@ -29,6 +29,15 @@ def test_task_views_share_every_weight_tensor(manager):
     assert type(views[Task.INPAINT]).__name__ == "StableDiffusionInpaintPipeline"
 
 
+def test_task_views_keep_the_models_dtype(tiny_model):
+    """The views share the base modules, so a view that cast them (as `from_pipe` does by default) casts them all."""
+    manager = ModelManager(device="cpu", dtype="bfloat16")
+    manager.load(str(tiny_model))
+    views = [manager.pipeline(task, "Euler") for task in Task]
+    modules = [module for pipe in (*views, manager.model.pipe) for module in (pipe.unet, pipe.vae, pipe.text_encoder)]
+    assert {module.dtype for module in modules} == {torch.bfloat16}
+
+
 def test_each_request_gets_its_own_scheduler(manager):
     base = manager.model.pipe.scheduler
     first, second = manager.pipeline(Task.TXT2IMG, "DDIM"), manager.pipeline(Task.TXT2IMG, "DDIM")
