@@ -1,9 +1,51 @@
 """Plain-language captions for the Explain view's panels, for someone who has never seen a diffusion model.
 
-Each panel has a one-line `short` text under it and a `more` text behind a "More" toggle; both are Markdown.
+Each panel has a one-line `short` text under it and a `more` text behind a "More" toggle; both are Markdown. Texts
+that state the model's numbers (the VAE's patch size, the text encoder's positions, ...) are templates, filled in
+per model by `captions()`: the bundled model, for one, does not have Stable Diffusion's 8×8 patches.
 """
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """The numbers of a model that captions state, from the loaded pipeline or from the run being shown."""
+
+    vae_factor: int  # pixels per latent position along each side (8 in Stable Diffusion)
+    latent_channels: int  # numbers per latent position (4 in Stable Diffusion)
+    text_positions: int = 77  # the text encoder's positions: start token, prompt tokens, end token, padding
+    embedding_size: int | None = None  # numbers per token embedding (768 in SD 1.x); None: not recorded
+    vocabulary: int | None = None  # tokens the tokenizer knows (49,408 in CLIP's); None: not recorded
+
+    @classmethod
+    def of_pipeline(cls, pipe) -> "ModelFacts":
+        """The facts of a loaded Stable Diffusion pipeline."""
+        return cls(
+            vae_factor=pipe.vae_scale_factor,
+            latent_channels=pipe.vae.config.latent_channels,
+            text_positions=pipe.tokenizer.model_max_length,
+            embedding_size=pipe.text_encoder.config.hidden_size,
+            vocabulary=len(pipe.tokenizer),
+        )
+
+    @property
+    def prompt_tokens(self) -> int:
+        """How many of the prompt's tokens are read: the start and end tokens take two positions."""
+        return self.text_positions - 2
+
+    def fields(self) -> dict[str, object]:
+        """The values the caption templates name. Runs saved before these facts were recorded lack the text
+        encoder's sizes: those texts then give Stable Diffusion's, and say so."""
+        embedding = self.embedding_size
+        return {
+            "vae_factor": self.vae_factor,
+            "latent_channels": self.latent_channels,
+            "text_positions": self.text_positions,
+            "prompt_tokens": self.prompt_tokens,
+            "vocabulary": f"{self.vocabulary:,}" if self.vocabulary else "about 49,000 (CLIP's)",
+            "embedding": f"{embedding} numbers in this model" if embedding else "768 numbers for SD 1.x",
+        }
 
 
 @dataclass(frozen=True)
@@ -11,7 +53,11 @@ class Caption:
     short: str
     more: str
 
+    def filled(self, facts: ModelFacts) -> "Caption":
+        return Caption(self.short.format(**facts.fields()), self.more.format(**facts.fields()))
 
+
+# Templates: `captions()` fills in the model's numbers.
 CAPTIONS: dict[str, Caption] = {
     "overview": Caption(
         "Explain makes one image and records what happens inside the model at every step. "
@@ -37,11 +83,13 @@ CAPTIONS: dict[str, Caption] = {
     ),
     "x_t": Caption(
         "x_t: the noisy latent the model is cleaning at this step, seen through a rough colour preview.",
-        "Stable Diffusion does not work on pixels. A **VAE** (variational autoencoder) compresses each 8×8 patch "
-        "of pixels into 4 numbers (its *latent*), and all the denoising happens on that small grid; the VAE's "
+        "Stable Diffusion does not work on pixels. A **VAE** (variational autoencoder) compresses each "
+        "{vae_factor}×{vae_factor} patch of pixels into {latent_channels} numbers (its *latent*), and all the "
+        "denoising happens on that small grid; the VAE's "
         "decoder turns the final latent into the image. x_t mixes a clean latent x₀ with noise ε: "
         "x_t = √ᾱ·x₀ + √(1 − ᾱ)·ε. Text-to-Image starts from pure noise; Image-to-Image starts from your image's "
-        "latent with noise added. The preview is a fixed linear map from the 4 latent channels to RGB, fitted to "
+        "latent with noise added. The preview is a fixed linear map from the {latent_channels} latent channels to "
+        "RGB, fitted to "
         "this model's VAE: cheap, blurry, and only roughly the right colours.",
     ),
     "x0": Caption(
@@ -67,18 +115,20 @@ CAPTIONS: dict[str, Caption] = {
         "panels share one colour scale, so you can compare them directly.",
     ),
     "guidance": Caption(
-        "The guidance term w·(ε_cond − ε_uncond): how the prompt steers this step, drawn brighter to be visible.",
+        "The guidance term w·(ε_cond − ε_uncond): how the prompt steers this step, on its own colour scale.",
         "Classifier-free guidance (CFG) combines the two predictions as ε̂ = ε_uncond + w·(ε_cond − ε_uncond), "
         "where w is the CFG scale. With w = 1 that is just ε_cond; a larger w pushes the image further in the "
         "direction your prompt adds and away from the negative prompt, at the cost of variety (and, when too "
-        "large, of burnt-looking colours). With w ≤ 1 the second branch is skipped and this panel stays grey.",
+        "large, of burnt-looking colours). With w ≤ 1 the second branch is skipped and this panel stays grey. "
+        "The term gets its own colour scale, so that a small one still shows: the note under the panels says how "
+        "much brighter or dimmer than the ε panels it is drawn.",
     ),
     "channels": Caption(
         "The latent's channels one by one, in grey (mid-grey = 0). Top row: x_t; bottom row: x̂₀.",
         "A latent is not an image: its channels loosely encode brightness, colour contrasts and texture, and "
         "the VAE's decoder needs all of them together to make pixels. Each square is one latent position, "
-        "covering a patch of pixels. Each row keeps one grey scale for the whole run, so steps compare: watch "
-        "structure appear in x̂₀ long before the noise leaves x_t.",
+        "covering a {vae_factor}×{vae_factor} patch of pixels. Each row keeps one grey scale for the whole run, "
+        "so steps compare: watch structure appear in x̂₀ long before the noise leaves x_t.",
     ),
     "mask": Caption(
         "The inpainting mask at latent resolution: white is repainted, black is kept.",
@@ -94,23 +144,23 @@ CAPTIONS: dict[str, Caption] = {
     ),
     "tokens": Caption(
         "Your prompt as the text encoder reads it, as words. Pick one to see where in the image it is looking.",
-        "A **tokenizer** cuts the text into tokens from a fixed vocabulary of about 49,000: common words are one "
+        "A **tokenizer** cuts the text into tokens from a fixed vocabulary of {vocabulary}: common words are one "
         "token, rarer ones are split into pieces (see *Subwords*). The prompt is framed by a start and an end "
-        "token and padded to 77 positions, so at most 75 tokens of your text are read; the rest is dropped. "
-        "The **text encoder** (CLIP's, a transformer) then turns each position into a vector of numbers, its "
-        "*token embedding* (768 numbers for SD 1.x), which also carries context from the words before it. "
+        "token and padded to {text_positions} positions, so at most {prompt_tokens} tokens of your text are read; "
+        "the rest is dropped. The **text encoder** (CLIP's, a transformer) then turns each position into a vector "
+        "of numbers, its *token embedding* ({embedding}), which also carries context from the words before it. "
         "CLIP reads left to right, so the start token's embedding is the same for every prompt.",
     ),
     "heatmap": Caption(
         "Where the chosen word gets attention: bright regions are the parts of the image that looked at it most.",
         "Inside the UNet, **cross-attention** layers let every position of the latent grid ask the prompt what "
         "matters to it: the position's *query* is compared with each token's *key*, and a softmax turns the "
-        "scores into shares that add up to 1 over the 77 positions. The position then takes in a mix of the "
-        "tokens' *values* with those shares. This map is the chosen word's share (its pieces added up), averaged "
-        "over attention heads and over every cross-attention layer, and smoothly (bicubically) enlarged to the "
-        "image. **Per word** stretches each map to its own minimum and maximum, to show *where*; **shared scale** "
-        "uses one scale for all words, to show *which word dominates*. **A range of steps** adds the maps of "
-        "those steps up, as the DAAM method does.",
+        "scores into shares that add up to 1 over the {text_positions} positions. The position then takes in a mix "
+        "of the tokens' *values* with those shares. This map is the chosen word's share (its pieces added up), "
+        "averaged over attention heads and over every cross-attention layer, and smoothly (bicubically) enlarged "
+        "to the image. **Per word** stretches each map to its own minimum and maximum, to show *where*; **shared "
+        "scale** uses one scale for all words, to show *which word dominates*. **A range of steps** adds the maps "
+        "of those steps up, as the DAAM method does.",
     ),
     "layers": Caption(
         "The chosen word in each part of the UNet, at that part's own resolution (each square is one position).",
@@ -151,3 +201,11 @@ CAPTIONS: dict[str, Caption] = {
         "sdplay, or open it in a notebook with `safetensors.torch.load_file`.",
     ),
 }
+
+# The captions that state the model's numbers: the Explain tab redraws these for each run.
+PER_MODEL = tuple(key for key, caption in CAPTIONS.items() if "{" in caption.short + caption.more)
+
+
+def captions(facts: ModelFacts) -> dict[str, Caption]:
+    """Every caption, with `facts`' numbers filled in."""
+    return {key: caption.filled(facts) for key, caption in CAPTIONS.items()}

@@ -7,12 +7,13 @@ latents, x̂₀ and the guidance split come from the UNet's own inputs and outpu
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
+from sdplay.explain.captions import ModelFacts
 from sdplay.generate import StepUpdate, generate
 from sdplay.models import ModelManager
 from sdplay.predictions import Prediction, watch_predictions
@@ -265,12 +266,14 @@ def explain(
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt,
         "sampler": request.sampler,
+        "schedule": request.schedule,
         "steps": request.steps,
         "guidance_scale": request.guidance_scale,
         "seed": result.seeds[0],
         "width": result.images[0].width,
         "height": result.images[0].height,
         "model": manager.model.name,
+        "model_facts": asdict(ModelFacts.of_pipeline(manager.model.pipe)),  # for the captions, in replays too
     }
     if request.task != Task.TXT2IMG:
         recipe["strength"] = request.strength
