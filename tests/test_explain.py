@@ -120,11 +120,13 @@ def test_without_guidance_there_is_no_negative_branch(manager):
 
 def test_img2img_and_inpaint_show_where_the_schedule_starts_and_the_mask(manager):
     image = Image.new("RGB", (64, 64), "gray")
-    run = explain(manager, GenerationRequest(Task.IMG2IMG, "cat", steps=10, strength=0.5, image=image))
+    run = explain(manager, GenerationRequest(task=Task.IMG2IMG, prompt="cat", steps=10, strength=0.5, image=image))
     assert (run.steps, run.first_step, run.recipe["strength"]) == (5, 5, 0.5)
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 64))
-    run = explain(manager, GenerationRequest(Task.INPAINT, "cat", steps=4, image=image, mask=mask, mask_blur=0))
+    run = explain(
+        manager, GenerationRequest(task=Task.INPAINT, prompt="cat", steps=4, image=image, mask=mask, mask_blur=0)
+    )
     assert run.mask.shape == run.latents.shape[-2:] and run.blended.shape == run.latents.shape
     assert run.mask[:, :3].min() == 1 and run.mask[:, 5:].max() == 0  # left half repaints, at latent scale
 

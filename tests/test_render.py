@@ -1,23 +1,39 @@
 """The Explain view's panels, drawn from real captured runs on the tiny model: sizes, word maps, scales, replay."""
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from sdplay.errors import UserError
+from sdplay.explain.captions import ModelFacts, captions
 from sdplay.explain.capture import explain
 from sdplay.explain.export import save_run
 from sdplay.explain.render import (
+    CHART_SIZE,
+    CHOSEN_COLOUR,
     COLORMAPS,
+    GRID_COLOUR,
+    LABEL_COLOUR,
+    OTHER_COLOUR,
     ExplainView,
     HeatmapSettings,
     Word,
+    chart_area,
+    content_word,
     dropped_text,
+    guidance_brightness,
+    label_rows,
     replay_view,
     vae_decode,
     words_of,
 )
+from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Task
+
+SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 
 STEPS = 4
 # The tiny tokenizer knows "red" and "cat" as words; "sitting" falls apart into letters.
@@ -188,7 +204,9 @@ def test_without_guidance_there_is_no_negative_branch(manager):
 
 def test_img2img_says_where_strength_starts_the_schedule(manager):
     source = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    request = GenerationRequest(Task.IMG2IMG, "a red cat", sampler="Euler", steps=4, seed=1, image=source, strength=0.5)
+    request = GenerationRequest(
+        task=Task.IMG2IMG, prompt="a red cat", sampler="Euler", steps=4, seed=1, image=source, strength=0.5
+    )
     view = ExplainView(explain(manager, request))
     assert view.run.steps == 2 and view.run.first_step == 2
     assert "strength 0.5 starts the 4-step schedule at step 3: this is schedule step 4 of 4" in view.step_label(1)
@@ -199,9 +217,144 @@ def test_inpaint_shows_the_mask_and_the_blend(manager):
     mask = Image.new("L", (64, 64))
     mask.paste(255, (0, 0, 32, 64))
     request = GenerationRequest(
-        Task.INPAINT, "a cat", sampler="Euler", steps=3, seed=1, image=source, mask=mask, mask_blur=0, strength=1
+        task=Task.INPAINT,
+        prompt="a cat",
+        sampler="Euler",
+        steps=3,
+        seed=1,
+        image=source,
+        mask=mask,
+        mask_blur=0,
+        strength=1,
     )
     view = ExplainView(explain(manager, request))
     shown = pixels(view.mask())
     assert view.mask().size == view.size and shown[:, :100].min() == 255 and shown[:, 160:].max() == 0
     assert view.draw(0, HeatmapSettings()).blended.size == view.size
+
+
+def test_the_guidance_note_says_brighter_dimmer_or_true_scale():
+    assert guidance_brightness(5.0) == "drawn ×5.0 brighter than the ε panels"
+    assert guidance_brightness(0.2) == "drawn ×5.0 dimmer than the ε panels"  # not "×0.2 brighter"
+    for gain in (1.0, 1.04, 0.96):  # would print as ×1.0
+        assert guidance_brightness(gain) == "drawn at true scale (the ε panels' scale)"
+    assert guidance_brightness(1.06) == "drawn ×1.1 brighter than the ε panels"
+
+
+def test_the_eps_note_uses_the_guidance_wording(view):
+    notes = [view.noise(step)[3] for step in range(STEPS)]
+    assert all(any(w in note for w in ("brighter than", "dimmer than", "at true scale")) for note in notes), notes
+
+
+def words(prompt: str) -> list[Word]:
+    """A prompt split at spaces, with commas as words of their own, framed by the start and end tokens."""
+    texts = prompt.replace(",", " , ").split()
+    return [Word("start", (0,), True), *(Word(t, (i + 1,)) for i, t in enumerate(texts)), Word("end", (99,), True)]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "first"),
+    [
+        ("a large red circle on the left on a gray background", "circle"),
+        ("a watercolor painting of a lighthouse", "painting"),
+        ("a red cat", "cat"),
+        ("a small blue square", "square"),
+        ("photo of an astronaut riding a horse", "photo"),
+        ("portrait, oil painting", "portrait"),
+        ("in a garden a cat sits", "garden"),
+        ("a very large dog", "dog"),
+        ("a cat is sleeping", "cat"),
+        ("the the", "the"),  # no content word: the first real word
+    ],
+)
+def test_the_first_word_shown_is_the_head_of_the_first_noun_phrase(prompt, first):
+    listed = words(prompt)
+    assert listed[content_word(listed)].text == first
+
+
+def test_an_empty_prompt_starts_on_the_start_token():
+    assert content_word(words("")) == 0
+
+
+def test_captions_state_the_tiny_models_numbers(view, manager):
+    tokenizer = manager.model.pipe.tokenizer
+    facts = ModelFacts(vae_factor=8, latent_channels=4, text_positions=77, embedding_size=16, vocabulary=len(tokenizer))
+    assert view.facts == facts == ModelFacts.of_pipeline(manager.model.pipe)
+    texts = captions(view.facts)
+    assert "each 8×8 patch of pixels into 4 numbers" in texts["x_t"].more
+    assert "*token embedding* (16 numbers in this model)" in texts["tokens"].more
+    assert f"vocabulary of {len(tokenizer):,}:" in texts["tokens"].more
+    assert "padded to 77 positions, so at most 75 tokens" in texts["tokens"].more
+    assert not any("{" in c.short + c.more for c in texts.values())  # every template filled
+
+
+@pytest.fixture(scope="module")
+def shapes_view() -> ExplainView:
+    manager = ModelManager(device="cpu")
+    manager.load(str(SHAPES))
+    return ExplainView(explain(manager, GenerationRequest(prompt="a red circle", sampler="Euler", steps=2, seed=1)))
+
+
+def test_captions_state_the_bundled_models_numbers(shapes_view, tmp_path):
+    facts = ModelFacts(vae_factor=4, latent_channels=4, text_positions=77, embedding_size=64, vocabulary=604)
+    assert shapes_view.facts == facts
+    texts = captions(replay_view(save_run(shapes_view.run, tmp_path / "run.safetensors")).facts)
+    assert "each 4×4 patch of pixels into 4 numbers" in texts["x_t"].more and "8×8" not in texts["x_t"].more
+    assert "covering a 4×4 patch of pixels" in texts["channels"].more
+    assert "(64 numbers in this model)" in texts["tokens"].more and "vocabulary of 604:" in texts["tokens"].more
+    assert "768" not in texts["tokens"].more and "49,000" not in texts["tokens"].more
+    # A run saved before the facts were recorded: the VAE's come from its shapes, the text encoder's are SD's.
+    recipe = {k: v for k, v in shapes_view.run.recipe.items() if k != "model_facts"}
+    old = ExplainView(replace(shapes_view.run, recipe=recipe)).facts
+    assert old == ModelFacts(vae_factor=4, latent_channels=4)
+    assert "(768 numbers for SD 1.x)" in captions(old)["tokens"].more
+
+
+def test_timeline_chart_highlights_the_chosen_word_and_greys_the_rest(view):
+    cat = word_index(view, "cat")
+    chart = view.timeline_chart("concentration", cat)
+    assert chart.size == CHART_SIZE
+    shown = pixels(chart)
+    values = {w: rows.concentration.to_numpy() for w, rows in view.timeline.groupby("word")}
+    area = chart_area(STEPS, view.timeline.concentration.max())
+
+    def colour(x: int, y: int) -> tuple:
+        return tuple(int(c) for c in shown[y, x])
+
+    for step, value in enumerate(values["cat"]):
+        assert colour(area.x(step), area.y(value)) == CHOSEN_COLOUR
+    apart = [
+        (area.x(step), area.y(value))
+        for word, series in values.items()
+        if word != "cat"
+        for step, value in enumerate(series)
+        if abs(area.y(value) - area.y(values["cat"][step])) > 4  # not under the chosen word's thick line
+    ]
+    assert apart and all(colour(x, y) == OTHER_COLOUR for x, y in apart)
+    # Inside the plot: only the background, the grid, grey lines and the chosen line.
+    inside = shown[area.top : area.bottom - 2, area.left + 3 : area.right - 4].reshape(-1, 3)
+    assert {tuple(int(c) for c in p) for p in np.unique(inside, axis=0)} <= {
+        (255, 255, 255),
+        GRID_COLOUR,
+        OTHER_COLOUR,
+        CHOSEN_COLOUR,
+    }
+    # Labels at the right: the chosen word's in its colour, the others in grey.
+    margin = shown[:, area.right + 26 :].reshape(-1, 3)
+    assert (margin == CHOSEN_COLOUR).all(-1).sum() > 20 and (margin == LABEL_COLOUR).all(-1).sum() > 20
+    # Another word: another chart, with that word's line in colour.
+    red = pixels(view.timeline_chart("concentration", word_index(view, "red")))
+    assert not np.array_equal(red, shown)
+    assert tuple(red[area.y(values["red"][1]), area.x(1)]) == CHOSEN_COLOUR
+
+
+def test_line_labels_keep_apart_and_the_chosen_one_always_shows():
+    ends = {"a": 100, "b": 101, "c": 102, "d": 300}
+    rows = label_rows(ends, "b", gap=20, span=(50, 350))
+    assert set(rows) == set(ends) and rows["d"] == 300  # room for all: every line named, near its end
+    placed = sorted(rows.values())
+    assert all(b - a >= 20 for a, b in zip(placed, placed[1:], strict=False))
+    assert all(50 <= y <= 350 for y in placed)
+    crowded = {f"w{i}": 100 + i for i in range(40)}  # more labels than rows: the chosen one still shows
+    rows = label_rows(crowded, "w17", gap=20, span=(50, 350))
+    assert rows["w17"] == 117 and len(rows) < len(crowded)
