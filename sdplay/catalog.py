@@ -59,12 +59,12 @@ CATALOG: dict[str, ModelSettings] = {
 }
 HUB_MODELS = list(CATALOG)
 
-# diffusers scheduler classes as A1111 sampler names, for models outside the catalog.
+# diffusers scheduler classes as A1111 sampler names, for models outside the catalog. PNDM is absent on purpose:
+# SD 1.x configs name it because it was diffusers' first default, not as a recommendation; they get A1111's default.
 _SAMPLER_OF_CLASS = {
     "EulerDiscreteScheduler": "Euler",
     "EulerAncestralDiscreteScheduler": "Euler a",
     "DDIMScheduler": "DDIM",
-    "PNDMScheduler": "PLMS",
     "LMSDiscreteScheduler": "LMS",
     "HeunDiscreteScheduler": "Heun",
     "UniPCMultistepScheduler": "UniPC",
@@ -83,7 +83,7 @@ def settings_from_scheduler(scheduler: Any) -> ModelSettings:
     if name == "DPMSolverMultistepScheduler":
         sampler = "DPM++ 2M SDE" if config.get("algorithm_type") == "sde-dpmsolver++" else "DPM++ 2M"
     else:
-        sampler = _SAMPLER_OF_CLASS.get(name, DEFAULT_SAMPLER)
+        sampler = _SAMPLER_OF_CLASS.get(name, "DPM++ 2M")
     schedule = next((_SCHEDULE_OF_SWITCH[s] for s in SIGMA_SWITCHES if config.get(s)), "Uniform")
     try:
         sampler, schedule = resolve(sampler, schedule)

@@ -82,5 +82,5 @@ def test_unknown_words_of_a_closed_vocabulary():
 
 def test_the_manager_attaches_the_settings_to_the_loaded_model(manager):
     settings = manager.model.settings  # the tiny model: SD 1.5's PNDM config, outside the catalog
-    assert (settings.sampler, settings.schedule) == ("PLMS", "Automatic")
-    assert "PLMS" in settings.summary(manager.model.native_size)
+    assert (settings.sampler, settings.schedule) == ("DPM++ 2M", "Automatic")  # A1111's default, as Karras
+    assert "DPM++ 2M · 20 steps · CFG 7" in settings.summary(manager.model.native_size)

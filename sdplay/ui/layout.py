@@ -10,6 +10,7 @@ from sdplay.errors import UserError
 from sdplay.metadata import parse_infotext, read_infotext, settings_from_infotext
 from sdplay.models import LoadedModel, ModelManager
 from sdplay.requests import Limits
+from sdplay.samplers import schedule_names
 from sdplay.ui import explain, img2img, inpaint, pnginfo, txt2img
 from sdplay.ui.common import GPU, Controls, Results
 
@@ -96,6 +97,8 @@ def _settings_updates(text: str) -> list:
     settings = settings_from_infotext(info)
     if "Sampler" in info.params and "sampler" not in settings:
         gr.Warning(f"sdplay has no sampler {info.params['Sampler']!r}: the tab keeps its own.")
+    if "sampler" in settings:
+        settings["schedule"] = gr.Dropdown(choices=schedule_names(settings["sampler"]), value=settings["schedule"])
     return [settings.get(name, gr.skip()) for name in CONTROL_FIELDS]
 
 
