@@ -141,6 +141,9 @@ class Controls:
 
 @dataclass
 class Results:
+    """The outputs of a generation tab. Its event shows progress on `infotext` (`show_progress_on`): Gradio's
+    progress overlay on the gallery would hide the previews at every step."""
+
     gallery: gr.Gallery
     infotext: gr.Textbox
     seed_used: gr.Number

@@ -304,7 +304,8 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
             yield from run(manager, job, limits, request, progress, job=explain, show=partial(show_step, folder))
 
     inputs = [*c.inputs(), c.width, c.height, task, editor, strength, c.schedule]
-    recorded = start.click(record, inputs, [*run_outputs, x0, step_label, export], api_visibility="private", **GPU)
+    outputs = [*run_outputs, x0, step_label, export]
+    recorded = start.click(record, inputs, outputs, show_progress_on=step_label, api_visibility="private", **GPU)
     recorded.then(**redraw_event, api_visibility="private")
 
     wire_stop(manager, stop, recorded)

@@ -43,6 +43,6 @@ def build(manager: ModelManager, limits: Limits) -> tuple[gr.Image, Controls, Re
         yield from run(manager, job, limits, request, progress)
 
     inputs = [*c.inputs(), image, strength, c.width, c.height, c.batch_size, c.schedule]
-    event = r.generate.click(img2img, inputs, r.outputs(), api_name="img2img", **GPU)
+    event = r.generate.click(img2img, inputs, r.outputs(), api_name="img2img", show_progress_on=r.infotext, **GPU)
     wire_stop(manager, r.stop, event)
     return image, c, r

@@ -74,6 +74,6 @@ def build(manager: ModelManager, limits: Limits) -> tuple[gr.ImageEditor, Contro
 
     inputs = [*c.inputs(), image, mask, strength, c.width, c.height, c.batch_size, mask_blur, only_masked, padding]
     inputs += [c.schedule]
-    event = r.generate.click(inpaint, inputs, r.outputs(), api_name="inpaint", **GPU)
+    event = r.generate.click(inpaint, inputs, r.outputs(), api_name="inpaint", show_progress_on=r.infotext, **GPU)
     wire_stop(manager, r.stop, event)
     return image, c, r

@@ -37,6 +37,6 @@ def build(manager: ModelManager, limits: Limits) -> tuple[Controls, Results]:
         yield from run(manager, job, limits, request, progress)
 
     inputs = [*c.inputs(), c.width, c.height, c.batch_size, c.schedule]
-    event = r.generate.click(txt2img, inputs, r.outputs(), api_name="txt2img", **GPU)
+    event = r.generate.click(txt2img, inputs, r.outputs(), api_name="txt2img", show_progress_on=r.infotext, **GPU)
     wire_stop(manager, r.stop, event)
     return c, r
