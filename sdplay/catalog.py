@@ -80,11 +80,13 @@ _SCHEDULE_OF_SWITCH = {
 def settings_from_scheduler(scheduler: Any) -> ModelSettings:
     """Defaults for an unknown model: the sampler and schedule its own saved scheduler describes."""
     name, config = type(scheduler).__name__, scheduler.config
+    schedule = next((_SCHEDULE_OF_SWITCH[s] for s in SIGMA_SWITCHES if config.get(s)), "Uniform")
     if name == "DPMSolverMultistepScheduler":
         sampler = "DPM++ 2M SDE" if config.get("algorithm_type") == "sde-dpmsolver++" else "DPM++ 2M"
+    elif name in _SAMPLER_OF_CLASS:
+        sampler = _SAMPLER_OF_CLASS[name]
     else:
-        sampler = _SAMPLER_OF_CLASS.get(name, "DPM++ 2M")
-    schedule = next((_SCHEDULE_OF_SWITCH[s] for s in SIGMA_SWITCHES if config.get(s)), "Uniform")
+        sampler, schedule = "DPM++ 2M", AUTOMATIC
     try:
         sampler, schedule = resolve(sampler, schedule)
     except UserError:

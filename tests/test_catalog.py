@@ -15,9 +15,13 @@ from sdplay.catalog import (
     unknown_words,
 )
 from sdplay.errors import UserError
+from sdplay.models import ModelManager
 from sdplay.random_models import SD15_SCHEDULER
+from sdplay.requests import GenerationRequest, Limits
 from sdplay.samplers import resolve
 from sdplay.shapes.world import RECOMMENDED_SETTINGS, VOCABULARY
+from sdplay.ui.common import warnings_before
+from sdplay.ui.layout import model_notes
 
 SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 SD15 = {k: v for k, v in SD15_SCHEDULER.items() if k not in ("skip_prk_steps", "set_alpha_to_one")}
@@ -84,3 +88,24 @@ def test_the_manager_attaches_the_settings_to_the_loaded_model(manager):
     settings = manager.model.settings  # the tiny model: SD 1.5's PNDM config, outside the catalog
     assert (settings.sampler, settings.schedule) == ("DPM++ 2M", "Automatic")  # A1111's default, as Karras
     assert "DPM++ 2M · 20 steps · CFG 7" in settings.summary(manager.model.native_size)
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    manager = ModelManager(device="cpu")
+    return manager.load(str(SHAPES))
+
+
+def test_the_ui_names_the_bundled_models_settings_and_words(shapes):
+    notes = model_notes(shapes)
+    assert "DPM++ 2M · Uniform · 20 steps · CFG 4 · 64×64" in notes
+    assert f"only these {len(VOCABULARY)} words" in notes and "triangle" in notes
+
+
+def test_warnings_before_a_run_name_unknown_words_and_odd_sizes(shapes):
+    request = GenerationRequest(prompt="a watercolor painting of a lighthouse", width=1024, height=64)
+    (unknown,) = [w for w in warnings_before(shapes, request, Limits()) if "never seen" in w]
+    assert "'watercolor', 'painting', 'of', 'lighthouse'" in unknown
+    assert any("1024×64 is far from this model's native 64×64" in w for w in warnings_before(shapes, request, Limits()))
+    fine = GenerationRequest(prompt="a large red circle on the left on a gray background")
+    assert warnings_before(shapes, fine, Limits()) == []
