@@ -112,6 +112,27 @@ def test_heun_steps_group_two_unet_calls(manager):
     assert torch.all(run.sigmas[:-1] > run.sigmas[1:])  # the noise level falls step by step
 
 
+def test_plms_counts_its_warm_up_call_in_the_first_step(manager):
+    """PLMS lists n + 1 timesteps for n steps: its first step calls the UNet twice, as Heun's steps do."""
+    run = explain(manager, GenerationRequest(prompt="cat", sampler="PLMS", steps=6, seed=1))
+    assert (run.steps, run.first_step, run.unet_calls) == (6, 0, 7)
+    # It visits the noise levels of the 6-step schedule, each once, as DDIM does with the same model config.
+    ddim = explain(manager, GenerationRequest(prompt="cat", sampler="DDIM", steps=6, seed=1))
+    assert torch.equal(run.timesteps, ddim.timesteps) and torch.equal(run.sigmas, ddim.sigmas)
+    assert all(len(getattr(run, name)) == 6 for name in ("latents", "x0", "eps_cond", "guidance"))
+    assert all(len(maps) == 6 for maps in (*run.attention.values(), *run.negative_attention.values()))
+    # The first step starts from the seed's noise: the x_t of the DDIM run with the same seed.
+    assert torch.equal(run.latents[0], ddim.latents[0])
+
+
+def test_plms_img2img_starts_the_schedule_where_strength_says(manager):
+    image = Image.new("RGB", (64, 64), "gray")
+    request = GenerationRequest(task=Task.IMG2IMG, prompt="cat", sampler="PLMS", steps=8, strength=0.5, image=image)
+    run = explain(manager, request)
+    assert (run.steps, run.first_step, run.unet_calls) == (4, 4, 5)
+    assert torch.all(run.sigmas[:-1] > run.sigmas[1:])
+
+
 def test_without_guidance_there_is_no_negative_branch(manager):
     run = explain(manager, GenerationRequest(prompt="cat", steps=3, guidance_scale=1.0, sampler="Euler"))
     assert run.negative_attention == {} and torch.count_nonzero(run.eps_uncond) == 0

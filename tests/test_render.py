@@ -212,6 +212,31 @@ def test_img2img_says_where_strength_starts_the_schedule(manager):
     assert "strength 0.5 starts the 4-step schedule at step 3: this is schedule step 4 of 4" in view.step_label(1)
 
 
+def test_plms_labels_count_the_requested_steps_and_survive_a_replay(manager, tmp_path):
+    """PLMS runs n + 1 UNet calls for n steps; the slider and its label count the n steps."""
+    view = ExplainView(explain(manager, GenerationRequest(prompt="a red cat", sampler="PLMS", steps=5, seed=1)))
+    labels = [view.step_label(step) for step in range(view.run.steps)]
+    assert labels[0].startswith("**Step 1 of 5**") and labels[-1].startswith("**Step 5 of 5**")
+    assert not any("None" in label or "strength" in label for label in labels)  # text-to-image has no strength
+    assert "5 steps" in view.summary() and "6 UNet calls" in view.summary()
+    source = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    request = GenerationRequest(
+        task=Task.IMG2IMG, prompt="a red cat", sampler="PLMS", steps=8, seed=1, image=source, strength=0.5
+    )
+    view = ExplainView(explain(manager, request))
+    assert view.run.steps == 4
+    assert view.step_label(0).startswith("**Step 1 of 4**")
+    assert "strength 0.5 starts the 8-step schedule at step 5: this is schedule step 8 of 8" in view.step_label(3)
+    replayed = replay_view(save_run(view.run, tmp_path / "plms.safetensors"))
+    assert [replayed.step_label(s) for s in range(4)] == [view.step_label(s) for s in range(4)]
+
+
+def test_a_text_to_image_label_never_names_a_strength(run):
+    """Even a run whose steps fall short of its recipe (an old file) says nothing of a strength it did not have."""
+    label = ExplainView(replace(run, first_step=-1)).step_label(0)
+    assert "strength" not in label and "None" not in label
+
+
 def test_inpaint_shows_the_mask_and_the_blend(manager):
     source = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     mask = Image.new("L", (64, 64))

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, PNDMScheduler
 
 from sdplay.explain.captions import ModelFacts
 from sdplay.generate import StepUpdate, generate
@@ -111,6 +111,21 @@ def latent_grid(pixels: int, height: int, width: int) -> tuple[int, int]:
     raise ValueError(f"{pixels} positions match no level of a {height}×{width} latent")
 
 
+def mid_step(scheduler) -> bool:
+    """Whether the sampler's next UNet call still belongs to the step it is in (diffusers loops once per call).
+
+    Heun-type samplers call the UNet twice a step and say so with `state_in_first_order`. PLMS has no history to
+    extrapolate from at its first step, so it takes that step as Heun does: a second UNet call at the next timestep
+    (which is why `set_timesteps(n)` lists that timestep twice, n + 1 in all), then the step again from the same x_t
+    with the mean of both predictions. We count that call in the first step rather than show it as a step of its
+    own: its x_t is a trial that the sampler throws away. So a PLMS run of n steps records n steps (n + 1 UNet calls),
+    one per timestep, and `first_step` counts in the request's n steps as it does for any sampler.
+    """
+    if isinstance(scheduler, PNDMScheduler):
+        return scheduler.counter == 1  # one call made: the first step's second call is next
+    return not getattr(scheduler, "state_in_first_order", True)
+
+
 class ExplainRecorder:
     """Records one run for the Explain view; `generate()` attaches it for that request only."""
 
@@ -172,11 +187,10 @@ class ExplainRecorder:
         self.calls.append((prediction, maps))
 
     def step_ended(self, step: int, tensors: dict[str, torch.Tensor]) -> None:
-        """Close the step. Heun-type samplers call the UNet twice a step (diffusers loops once per call, with
-        the scheduler in its second-order state between them): x_t comes from the first call, the predictions
-        from the last, the attention is the mean of both."""
+        """Close the step unless the sampler is in the middle of it (see `mid_step`). A step of two UNet calls
+        takes x_t from the first call, the predictions from the last, and the mean of both calls' attention."""
         self.tensors = tensors
-        if getattr(self.scheduler, "state_in_first_order", True):
+        if not mid_step(self.scheduler):
             self._close_step()
 
     def _close_step(self) -> None:

@@ -268,8 +268,9 @@ class ExplainView:
         """Markdown: the step, its timestep and noise level, and where strength started the schedule."""
         run = self.run
         label = f"**Step {step + 1} of {run.steps}** · t = {run.timesteps[step]:.0f} · σ = {run.sigmas[step]:.3g}"
-        if run.first_step:
-            total, strength = run.recipe["steps"], run.recipe.get("strength")
+        strength = run.recipe.get("strength")  # only image-to-image and inpaint runs have one
+        if strength is not None and run.first_step:
+            total = run.recipe["steps"]
             label += (
                 f" · strength {strength} starts the {total}-step schedule at step {run.first_step + 1}: "
                 f"this is schedule step {run.first_step + step + 1} of {total}"
