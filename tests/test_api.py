@@ -48,6 +48,20 @@ def test_txt2img_returns_pngs_with_a1111_parameters(client):
     assert stored == parse_infotext(infotext)
 
 
+def test_schedule_type_is_a_parameter_and_old_combined_sampler_names_still_work(client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    for name in [*CONTRACT, "/explain"]:
+        assert "schedule" in [p["parameter_name"] for p in endpoints[name]["parameters"]]
+    _, uniform, _ = txt2img(client, sampler="DPM++ 2M", schedule="Uniform")
+    assert "Sampler: DPM++ 2M, Schedule type: Uniform," in uniform
+    old_gallery, old, _ = txt2img(client, sampler="DPM++ 2M Karras")  # the API before the split
+    new_gallery, new, _ = txt2img(client, sampler="DPM++ 2M", schedule="Karras")
+    assert old == new and "Sampler: DPM++ 2M, CFG scale" in new  # Karras is its default: A1111 writes no type
+    assert np.array_equal(load(old_gallery[0]["image"]), load(new_gallery[0]["image"]))
+    with pytest.raises(AppError, match="DDIM sampler has no Karras schedule"):
+        txt2img(client, sampler="DDIM", schedule="Karras")
+
+
 def test_same_request_same_pixels(client):
     first, second = txt2img(client, seed=9)[0][0]["image"], txt2img(client, seed=9)[0][0]["image"]
     assert np.array_equal(load(first), load(second))
@@ -104,6 +118,19 @@ def test_undecodable_uploads_and_empty_masks_are_clear_errors(client, tmp_path):
         client.predict(**args, image=editor, api_name="/inpaint")
 
 
+def test_non_image_uploads_say_what_is_wrong_and_name_no_server_path(client, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("a prompt, not a picture\n")
+    args = dict(prompt="cat", negative_prompt="", sampler="Euler", steps=2, guidance_scale=7, seed=1)
+    for api_name, kwargs in {"/img2img": args, "/png_info": {}}.items():
+        with pytest.raises(AppError) as caught:
+            client.predict(**kwargs, image=handle_file(notes), api_name=api_name)
+        message = str(caught.value)
+        assert "not an image sdplay can read" in message and "PNG, JPEG or WebP" in message
+        # Pillow's message names the upload's copy in Gradio's temporary folder, /tmp/gradio/<hash>/notes.png.
+        assert "/tmp" not in message and "gradio" not in message.lower() and "notes" not in message
+
+
 def test_plain_http_posts_cannot_skip_the_queue(app_url):
     response = requests.post(f"{app_url}gradio_api/api/txt2img/", json={"data": ["a", "", "Euler", 2, 7, 1, 64, 64]})
     assert response.status_code == 404
@@ -137,3 +164,19 @@ def test_four_concurrent_clients_get_exactly_their_sequential_images(app_url, cl
         results = list(pool.map(concurrent, seeds))
     for expected, got in zip(sequential, results, strict=True):
         assert np.array_equal(expected, got)
+
+
+def test_previews_come_at_latent_size_a_few_times_a_second_then_the_image(client):
+    started = time.monotonic()
+    job = client.submit(
+        prompt="a red cat", negative_prompt="", sampler="Euler", steps=80, guidance_scale=7, seed=3, width=64,
+        height=64, api_name="/txt2img",
+    )  # fmt: skip
+    gallery, _, seed = job.result(timeout=60)
+    seconds = time.monotonic() - started
+    *previews, last = job.outputs()
+    assert last[0] == gallery and seed == 3
+    # The first step's preview, then one every 0.25 s at most (not one per step), and none for the last step.
+    assert 1 <= len(previews) <= 1 + seconds / 0.25
+    assert all(Image.open(preview[0][0]["image"]).size == (8, 8) for preview in previews)
+    assert Image.open(gallery[0]["image"]).size == (64, 64)
