@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     from sdplay.models import MemoryOptions, ModelManager
     from sdplay.requests import Limits
     from sdplay.ui.layout import build_demo
+    from sdplay.ui.style import JS
 
     try:
         memory = MemoryOptions(args.cpu_offload, args.vae_tiling, args.attention_slicing)
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         show_error=False,
         share=False,
         run_history=False,
+        js=JS,
     )
 
 

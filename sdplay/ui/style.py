@@ -1,0 +1,49 @@
+"""How the page shows images, beyond Gradio's own styles: small images are enlarged by a whole factor, sharply.
+
+app.py passes `JS` to `demo.launch(js=...)`, which runs it once when the page loads.
+"""
+
+# A 64×64 result or an Explain panel of a small run fills a box several times its size. Smoothing blurs it, and a
+# fractional factor draws some pixels a screen pixel wider than others. So each image at least twice smaller than
+# its box is drawn at the largest whole factor that fits, with square pixels (image-rendering: pixelated), centred
+# by padding: its box, and so the page's layout, stays as it was. Larger images keep Gradio's smooth scaling.
+# The selectors are the image inputs and outputs (.image-frame), and a gallery's grid and preview.
+JS = """
+() => {
+    const IMAGES = ".image-frame img, .thumbnail-item img, .media-button img";
+
+    function fit(img) {
+        const box = img.getBoundingClientRect();
+        // A gallery scrolls when its grid is taller than the gallery: fit the part of the box that shows.
+        const gallery = img.closest(".grid-wrap");
+        const shown = (gallery ? Math.min(box.bottom, gallery.getBoundingClientRect().bottom) : box.bottom) - box.top;
+        const zoom = Math.floor(Math.min(box.width / img.naturalWidth, shown / img.naturalHeight));
+        if (!(img.naturalWidth > 0 && zoom >= 2)) {
+            img.style.removeProperty("padding");
+            img.style.removeProperty("object-fit");
+            img.style.removeProperty("image-rendering");
+            return;
+        }
+        const width = zoom * img.naturalWidth, height = zoom * img.naturalHeight;
+        const left = Math.floor((box.width - width) / 2), top = Math.floor((shown - height) / 2);
+        img.style.boxSizing = "border-box";
+        img.style.padding = `${top}px ${box.width - left - width}px ${box.height - top - height}px ${left}px`;
+        img.style.objectFit = "contain";
+        img.style.imageRendering = "pixelated";
+    }
+
+    // Boxes change size with the window, and when a tab that was hidden (a 0×0 box) is shown. Observing an image
+    // also fits it once.
+    const resized = new ResizeObserver((entries) => entries.forEach((entry) => fit(entry.target)));
+    const watch = (img) => resized.observe(img, { box: "border-box" });
+    // Each new picture: load events do not bubble, but they can be caught on their way down to the image.
+    document.addEventListener("load", (event) => {
+        if (event.target instanceof HTMLImageElement && event.target.matches(IMAGES)) {
+            watch(event.target);
+            fit(event.target);
+        }
+    }, true);
+    // And those that loaded before this ran.
+    document.querySelectorAll(IMAGES).forEach(watch);
+}
+"""
