@@ -84,7 +84,7 @@ def mask_editor(label: str, height: int, visible: bool = True, image_size: int =
         type="pil",
         image_mode="RGBA",
         sources=["upload", "clipboard"],
-        brush=_mask_brush((image_size, image_size)),
+        brush=mask_brush((image_size, image_size)),
         layers=False,
         height=height,
         visible=visible,
@@ -94,13 +94,14 @@ def mask_editor(label: str, height: int, visible: bool = True, image_size: int =
     def fit_brush(value: dict | None):
         if not value or value["background"] is None:
             return gr.skip()
-        return gr.ImageMask(brush=_mask_brush(value["background"].size))
+        return gr.ImageMask(brush=mask_brush(value["background"].size))
 
     refuse_bad_uploads(editor, fit_brush)
     return editor
 
 
-def _mask_brush(size: tuple[int, int]) -> gr.Brush:
+def mask_brush(size: tuple[int, int]) -> gr.Brush:
+    """The mask brush for a picture of `size` pixels."""
     return gr.Brush(colors=[MASK_COLOUR], color_mode="fixed", default_size=brush_radius(size))
 
 

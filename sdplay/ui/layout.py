@@ -12,7 +12,7 @@ from sdplay.models import LoadedModel, ModelManager
 from sdplay.requests import Limits
 from sdplay.samplers import schedule_names
 from sdplay.ui import explain, img2img, inpaint, pnginfo, txt2img
-from sdplay.ui.common import GPU, Controls, Results
+from sdplay.ui.common import GPU, Controls, Results, mask_brush
 
 # The controls an infotext restores, by their `Controls` field names.
 CONTROL_FIELDS = [
@@ -102,9 +102,13 @@ def _settings_updates(text: str) -> list:
     return [settings.get(name, gr.skip()) for name in CONTROL_FIELDS]
 
 
-def _image_value(tab: str, path: str) -> str | dict:
-    """An image file as the value of `tab`'s image input (the inpaint editor takes layers)."""
-    return path if tab == "img2img" else {"background": path, "layers": [], "composite": path}
+def _image_value(tab: str, path: str) -> str | gr.ImageMask:
+    """An image file as the value of `tab`'s image input: the inpaint editor takes layers, and a brush sized to it."""
+    if tab == "img2img":
+        return path
+    with Image.open(path) as picture:
+        size = picture.size
+    return gr.ImageMask({"background": path, "layers": [], "composite": path}, brush=mask_brush(size))
 
 
 def _wire_send(results: Results, tabs: gr.Tabs, targets: dict[str, tuple[Controls, gr.components.Component]]) -> None:
