@@ -125,6 +125,11 @@ class Controls:
     def inputs(self) -> list[gr.components.Component]:
         return [self.prompt, self.negative_prompt, self.sampler, self.steps, self.guidance_scale, self.seed]
 
+    def model_dependent(self) -> list[gr.components.Component]:
+        """The controls that `recommended` updates."""
+        sizes = [self.width, self.height] if self.native_sized else []
+        return [self.sampler, self.schedule, self.steps, self.guidance_scale, self.examples, *sizes]
+
     def recommended(self, model: LoadedModel) -> dict[gr.components.Component, object]:
         """Updates that apply `model`'s recommended settings and examples to these controls (on load)."""
         settings = model.settings
@@ -283,8 +288,11 @@ def run(
     the event's outputs; by default x̂₀ previews while it runs, then the PNGs (gallery, infotext, seed).
 
     Every step moves the progress bar ("Step 7/20 · about 3 s left"); a Stop keeps the preview of the step it ended.
+    Previews go only to a page that shows them (Gradio's frontend says so in a header): an API client would
+    download every one before its result.
     """
     owner = session.session_hash if session else None
+    watched = session is None or session.headers.get("x-gradio-user") == "app"
     with user_errors():
         for warning in warnings_before(manager.model, request, limits):
             gr.Warning(warning)
@@ -296,12 +304,12 @@ def run(
                 if isinstance(item, StepUpdate):
                     _seconds_per_step[speed] = item.seconds_per_step
                     progress((item.step, item.total), desc=item.describe())
-                    if not item.previews:
+                    if not (item.previews and watched):
                         continue
                 yield show(item)
         except Cancelled as stopped:
             gr.Info(str(stopped))
-            if stopped.update and stopped.update.previews:
+            if watched and stopped.update and stopped.update.previews:
                 yield show(stopped.update)
 
 
