@@ -235,3 +235,41 @@ def test_progress_shows_the_step_and_stop_keeps_the_last_preview(page: Page, pag
     caption = stopped.get_attribute("alt")
     expect(page.get_by_text(f"{caption}.", exact=True)).to_be_visible()  # and a message says so
     assert page_errors == []
+
+
+def test_loading_a_model_applies_and_shows_its_recommended_settings(page: Page, page_errors: list[str]) -> None:
+    """The app runs the tiny model and also lists the bundled one: loading it applies its settings everywhere."""
+    model_box = page.get_by_label("Model", exact=True)
+    tiny = model_box.input_value()
+    load = page.get_by_role("button", name="Load", exact=True)
+    notes = page.get_by_test_id("markdown").and_(page.locator(".model-notes"))
+    try:
+        model_box.fill("shapes")
+        load.click()
+        expect(notes).to_contain_text("DPM++ 2M · Uniform · 20 steps · CFG 4 · 64×64", timeout=GENERATE_TIMEOUT_MS)
+        expect(notes).to_contain_text("triangle")  # the words it knows
+        for tab in ("Text-to-Image", "Explain"):
+            panel = open_tab(page, tab)
+            expect(panel.get_by_label("Sampler", exact=True)).to_have_value("DPM++ 2M")
+            expect(panel.get_by_label("Schedule type", exact=True)).to_have_value("Uniform")
+            expect(panel.get_by_label("number input for CFG scale")).to_have_value("4")
+            expect(panel.get_by_text("a small blue triangle at the top on a yellow background")).to_be_visible()
+            expect(panel.get_by_text("a watercolor painting of a lighthouse")).to_have_count(0)
+        # The model bar holds only its own controls (a component built in a handler would show up on the page).
+        expect(page.get_by_label("Dropdown", exact=True)).to_have_count(0)
+        assert page_errors == []
+    finally:
+        model_box.fill(tiny)
+        load.click()
+        expect(notes).to_contain_text(f"Recommended for {tiny}", timeout=GENERATE_TIMEOUT_MS)
+
+
+def test_a_size_typed_out_of_range_or_far_from_native_is_named(page: Page) -> None:
+    panel = open_tab(page, "Text-to-Image")
+    width = panel.get_by_label("number input for Width")
+    width.fill("100000")
+    width.press("Tab")  # the number box puts the value back in range when it loses focus
+    expect(width).to_have_value("1024")
+    expect(panel.get_by_role("status")).to_have_text("Width 100000 is out of range (64–1024): 1024 is used.")
+    panel.get_by_role("button", name="Generate").click()  # 1024×64 on a 64×64 model: a warning before the run
+    expect(page.get_by_text("1024×64 is far from this model's native 64×64")).to_be_visible(timeout=GENERATE_TIMEOUT_MS)

@@ -60,7 +60,7 @@ def model_bar(manager: ModelManager, models: dict[str, str], tabs: list[Controls
             updates |= controls.recommended(model)
         return updates
 
-    outputs = [choice, status, notes, *(component for c in tabs for component in c.recommended(manager.model))]
+    outputs = [choice, status, notes, *(component for c in tabs for component in c.model_dependent())]
     load.click(load_model, choice, outputs, api_visibility="private", show_progress_on=[status], **GPU)
 
 

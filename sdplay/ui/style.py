@@ -1,4 +1,5 @@
-"""How the page shows images, beyond Gradio's own styles: small images are enlarged by a whole factor, sharply.
+"""What the page does beyond Gradio's own code: small images are enlarged by a whole factor, sharply, and a slider
+value typed out of range is named when it is put back in range.
 
 app.py passes `JS` to `demo.launch(js=...)`, which runs it once when the page loads.
 """
@@ -45,5 +46,28 @@ JS = """
     }, true);
     // And those that loaded before this ran.
     document.querySelectorAll(IMAGES).forEach(watch);
+
+    // A slider's number box puts a typed value back into its range when it loses focus, silently: say so under it.
+    // "change" comes before "blur", and a listener on the way down sees the value before Gradio's own does.
+    document.addEventListener("change", (event) => {
+        const input = event.target;
+        if (!(input instanceof HTMLInputElement) || input.type !== "number" || input.max === "") return;
+        const value = Number(input.value), low = Number(input.min), high = Number(input.max);
+        if (!(value > high || value < low)) return;
+        const used = value > high ? high : low;
+        const name = (input.getAttribute("aria-label") || "").replace(/^number input for /, "") || "The value";
+        const block = input.closest(".block") || input.parentElement;
+        let note = block.querySelector(".sdplay-clamped");
+        if (!note) {
+            note = document.createElement("div");
+            note.className = "sdplay-clamped";
+            note.setAttribute("role", "status");
+            note.style.cssText = "color: var(--error-text-color, #b91c1c); font-size: var(--text-sm); margin-top: 4px;";
+            block.append(note);
+        }
+        note.textContent = `${name} ${value} is out of range (${low}–${high}): ${used} is used.`;
+        clearTimeout(note.timer);
+        note.timer = setTimeout(() => note.remove(), 10000);
+    }, true);
 }
 """
