@@ -9,15 +9,13 @@ import os
 import sys
 from pathlib import Path
 
-HUB_MODELS = [
-    "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "stabilityai/stable-diffusion-2-1-base",
-    "stabilityai/sd-turbo",
-    "stable-diffusion-v1-5/stable-diffusion-inpainting",
-]
 # Our own small model (sdplay/shapes), trained in this repo: it runs offline on any CPU in seconds.
 BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "shapes"
-DEFAULT_MODEL = str(BUNDLED_MODEL) if (BUNDLED_MODEL / "model_index.json").is_file() else HUB_MODELS[0]
+DEFAULT_MODEL = (
+    str(BUNDLED_MODEL)
+    if (BUNDLED_MODEL / "model_index.json").is_file()
+    else "stable-diffusion-v1-5/stable-diffusion-v1-5"  # a checkout without assets/
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,6 +90,7 @@ def _is_loopback(host: str) -> bool:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # Imported after parsing so that --help is instant and flags can still set import-time environment.
+    from sdplay.catalog import HUB_MODELS
     from sdplay.errors import UserError
     from sdplay.models import MemoryOptions, ModelManager
     from sdplay.requests import Limits
