@@ -1,8 +1,11 @@
 """Startup: seconds from launching `python app.py` on a local tiny model to its page answering HTTP 200.
 
-Run `python bench/startup.py`; "imports" is the time until the app prints that it is loading the model.
+Run `python bench/startup.py`; "imports" is the time until the app prints that it is loading the model. One more
+launch under `python -X importtime` says which packages those imports spend their time in.
 """
 
+import collections
+import re
 import socket
 import statistics
 import subprocess
@@ -10,8 +13,10 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -20,10 +25,12 @@ import results  # noqa: E402
 from sdplay.random_models import tiny_pipeline  # noqa: E402
 
 # Configuration
-RUNS = 3
+RUNS = 5
 TIMEOUT = 300.0  # seconds before a launch counts as failed
 POLL = 0.05  # seconds between HTTP attempts
 LOADING_LINE = "sdplay: loading"  # app.py prints it once its imports are done
+PACKAGES_SHOWN = 8  # the breakdown names the packages with the most import time; the rest are "other"
+IMPORT_TIME = re.compile(r"import time:\s+(\d+) \|\s+\d+ \|\s+(\S+)")  # self µs, module (-X importtime)
 
 
 def free_port() -> int:
@@ -32,10 +39,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_once(model: Path) -> tuple[float, float]:
-    """Seconds until the loading line and until the first HTTP 200, for one fresh `python app.py`."""
+@dataclass
+class Launch:
+    imports: float  # seconds until the loading line
+    served: float  # seconds until the first HTTP 200
+    cpu: float  # CPU seconds the app had used by then: less disturbed than wall time by other work on the machine
+    log: list[str]  # what it printed, stdout and stderr
+
+
+def launch_once(model: Path, python_flags: tuple[str, ...] = ()) -> Launch:
+    """Time one fresh `python app.py` until it prints the loading line and until its page answers HTTP 200."""
     port = free_port()
-    command = [sys.executable, "app.py", "--model", str(model), "--port", str(port), "--offline"]
+    command = [sys.executable, *python_flags, "app.py", "--model", str(model), "--port", str(port), "--offline"]
     start = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=results.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
@@ -55,7 +70,9 @@ def launch_once(model: Path) -> tuple[float, float]:
         while True:
             try:
                 if requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200:
-                    return loading[0] if loading else float("nan"), time.perf_counter() - start
+                    served = time.perf_counter() - start
+                    cpu = psutil.Process(process.pid).cpu_times()
+                    return Launch(loading[0] if loading else float("nan"), served, cpu.user + cpu.system, log)
             except requests.ConnectionError:
                 pass
             if process.poll() is not None or time.perf_counter() - start > TIMEOUT:
@@ -67,6 +84,35 @@ def launch_once(model: Path) -> tuple[float, float]:
         reader.join(timeout=5)
 
 
+def import_seconds(log: list[str]) -> dict[str, float]:
+    """Seconds of import per top-level package, from `-X importtime` lines printed before the loading line."""
+    seconds: collections.Counter[str] = collections.Counter()
+    for line in log:
+        if line.startswith(LOADING_LINE):
+            break
+        if found := IMPORT_TIME.match(line):
+            seconds[found.group(2).split(".")[0]] += int(found.group(1)) / 1e6
+    return seconds
+
+
+def breakdown_rows(seconds: dict[str, float]) -> list[str]:
+    """The packages with the most import time, ours (sdplay) always among them, and the rest as "other"."""
+    ranked = sorted(seconds, key=seconds.get, reverse=True)
+    shown = ranked[:PACKAGES_SHOWN] + (["sdplay"] if "sdplay" not in ranked[:PACKAGES_SHOWN] else [])
+    total = sum(seconds.values())
+    other = total - sum(seconds.get(name, 0.0) for name in shown)
+    rows = ["| package | import s | share |", "|---|---|---|"]
+    for name, value in [(name, seconds.get(name, 0.0)) for name in shown] + [("other", other), ("total", total)]:
+        label = f"{name} (ours)" if name == "sdplay" else name
+        rows.append(f"| {label} | {value:.2f} | {value / total:.0%} |")
+    return rows
+
+
+def runs_row(label: str, values: list[float], bold: bool = False) -> str:
+    median = f"{statistics.median(values):.2f} s"
+    return f"| {label} | {f'**{median}**' if bold else median} | {', '.join(f'{x:.2f}' for x in values)} |"
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sdplay-bench-") as tmp:
         model = tiny_pipeline(Path(tmp) / "tiny")
@@ -74,18 +120,29 @@ def main() -> None:
         runs = []
         for run in range(RUNS):
             runs.append(launch_once(model))
-            print(f"  run {run + 1}/{RUNS}: imports {runs[-1][0]:.2f} s, page served {runs[-1][1]:.2f} s", flush=True)
-    imports, served = zip(*runs, strict=True)
+            print(
+                f"  run {run + 1}/{RUNS}: imports {runs[-1].imports:.2f} s, page served {runs[-1].served:.2f} s, "
+                f"CPU {runs[-1].cpu:.2f} s",
+                flush=True,
+            )
+        seconds = import_seconds(launch_once(model, ("-X", "importtime")).log)
     rows = [
         "| | median | runs |",
         "|---|---|---|",
-        f"| imports done (loading line printed) | {statistics.median(imports):.2f} s "
-        f"| {', '.join(f'{x:.2f}' for x in imports)} |",
-        f"| page answers HTTP 200 | **{statistics.median(served):.2f} s** | {', '.join(f'{x:.2f}' for x in served)} |",
+        runs_row("imports done (loading line printed)", [run.imports for run in runs]),
+        runs_row("page answers HTTP 200", [run.served for run in runs], bold=True),
+        runs_row("CPU time the app used until then", [run.cpu for run in runs]),
         "",
         f"`python app.py --model <tiny diffusers folder> --port <free> --offline`, {RUNS} fresh launches, "
-        "timed from `Popen` to the first 200 on `/`.",
+        "timed from `Popen` to the first 200 on `/`; medians of the runs. On a busy machine wall time varies with the "
+        "other work; the app's CPU time varies less.",
         f"- CPU load: {load}",
+        "",
+        "Import time by package, from one more launch under `python -X importtime` (slower than a plain launch): each "
+        "module's own time, summed over its top-level package. A lazy module's work on first attribute access "
+        "(`from diffusers import X`) counts for the package that asked.",
+        "",
+        *breakdown_rows(seconds),
     ]
     report = "\n".join(rows)
     print(report)
