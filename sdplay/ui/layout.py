@@ -88,6 +88,9 @@ def build_demo(manager: ModelManager, limits: Limits, models: dict[str, str]) ->
         for tab, button in send.items():
             _wire_restore(button, tab, *targets[tab], info_image, info_text, tabs)
     demo.queue(api_open=False, max_size=32)
+    # Gradio's queue looks for new events every millisecond, also while a job runs: a thread of the job's process
+    # waking 1000 times a second slowed generation on a CPU by ~6%. Every 10 ms is still instant to people.
+    demo._queue.sleep_when_free = 0.01
     return demo
 
 
