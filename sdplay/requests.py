@@ -4,6 +4,7 @@ The UI, the API and the tests build a `GenerationRequest` and call `validated()`
 """
 
 import math
+import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -16,6 +17,7 @@ from sdplay.samplers import AUTOMATIC, DEFAULT_SAMPLER, resolve
 MAX_SEED = 2**32 - 1
 # Tokenising is cheap, but a megabyte of text per request is abuse, not a prompt.
 MAX_PROMPT_CHARS = 10_000
+SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class Task(StrEnum):
@@ -95,6 +97,13 @@ def validated(request: GenerationRequest, limits: Limits = Limits()) -> Generati
             raise UserError(f"{name} must be text.")
         if len(text) > MAX_PROMPT_CHARS:
             raise UserError(f"{name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}.")
+        # A lone surrogate (half of a UTF-16 pair, as a broken JSON escape "\ud800" gives) is no character: the
+        # tokenizer fails on it.
+        if broken := SURROGATE.search(text):
+            raise UserError(
+                f"{name} has an invalid character at position {broken.start() + 1} (U+{ord(broken.group()):04X}, "
+                "half of a UTF-16 pair): remove it or paste the text again."
+            )
     sampler, schedule = resolve(request.sampler, request.schedule)
     guidance = _number("guidance_scale", request.guidance_scale)
     if not 0 <= guidance <= 30:

@@ -33,6 +33,8 @@ def test_valid_request_is_rounded_to_what_the_pipeline_accepts():
         ("sampler", "Euler z", "Unknown sampler"),
         ("prompt", "x" * 10_001, "characters"),
         ("prompt", None, "text"),
+        ("prompt", "a \ud800 b", "invalid character at position 3 \\(U\\+D800"),
+        ("negative_prompt", "\udfff", "negative_prompt has an invalid character"),
     ],
 )
 def test_bad_values_are_refused_with_a_message_naming_them(field, value, message):
