@@ -1,6 +1,11 @@
-"""Wrapper overhead: sdplay's `generate()` (txt2img) against plain diffusers on the same weights, job and seed.
+"""Overhead against plain diffusers on the same weights, job and seed, in two parts.
 
-Run `python bench/overhead.py` (CPU, 256×256, 4 steps) or `--device cuda --dtype float16 --size 512 --steps 20`.
+- `wrapper`: sdplay's `generate()` (txt2img) on SD 1.5's architecture (CPU, 256×256, 4 steps by default, or
+  `--device cuda --dtype float16 --size 512 --steps 20`);
+- `app`: end to end on the bundled model as `python app.py` serves it: `/txt2img` and `/explain` through
+  `gradio_client`, and Generate in headless Chromium (time to the first preview and to the image).
+
+Run `python bench/overhead.py` for both, or name one: `python bench/overhead.py app`.
 """
 
 import argparse
@@ -8,6 +13,7 @@ import functools
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -16,15 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import requests
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+from gradio_client import Client
+from gradio_client.client import Endpoint
 from PIL import Image
+from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
+from startup import free_port  # noqa: E402
 
 from sdplay.generate import generate  # noqa: E402
-from sdplay.models import DTYPES, ModelManager  # noqa: E402
+from sdplay.models import DTYPES, ModelManager, pick_device, pick_dtype  # noqa: E402
 from sdplay.random_models import sd15_pipeline  # noqa: E402
 from sdplay.requests import GenerationRequest  # noqa: E402
 
@@ -37,6 +48,27 @@ SEED = 1234
 GUIDANCE = 7.0
 BAR = 1.03  # median of per-pair ratios, ours / plain
 CACHE = Path(os.environ.get("SDPLAY_BENCH_CACHE", Path.home() / ".cache" / "sdplay" / "bench"))
+
+# End to end: the bundled model with its recommended settings; DPM++ 2M with the Uniform schedule is its saved
+# scheduler, which plain diffusers runs as loaded.
+BUNDLED = results.ROOT / "assets" / "shapes"
+APP_JOB = {
+    "prompt": "a large red circle on the left on a gray background",
+    "negative_prompt": "",
+    "sampler": "DPM++ 2M",
+    "schedule": "Uniform",
+    "steps": 20,
+    "guidance_scale": 4.0,
+    "seed": SEED,
+    "width": 64,
+    "height": 64,
+}
+ROUNDS = 12  # measured rounds of plain, /txt2img and /explain after one warm-up, each round in a rotated order
+BROWSER_RUNS = 8  # Generate clicks measured after one warm-up
+API_BAR = 1.15  # median of per-round ratios, /txt2img end to end / plain diffusers
+EXPLAIN_BAR = 1.25  # the same for /explain
+PREVIEW_BAR = 0.5  # seconds from the click on Generate to the first image in the gallery, median
+START_TIMEOUT = 300.0  # seconds for the app to answer
 
 
 @dataclass(frozen=True)
@@ -145,28 +177,29 @@ def run_plain(plain: StableDiffusionPipeline, settings: Settings) -> Image.Image
 
 
 @contextmanager
-def pipeline_calls() -> Iterator[list[float]]:
-    """Record the wall seconds of every `StableDiffusionPipeline.__call__` (ours and plain alike) while open."""
+def timed_calls(owner: type, name: str) -> Iterator[list[float]]:
+    """Record the wall seconds of every call of the method `owner.name` (on any instance) while open."""
     spent: list[float] = []
-    original = StableDiffusionPipeline.__call__
+    original = getattr(owner, name)
 
     @functools.wraps(original)
-    def timed_call(self: StableDiffusionPipeline, *args, **kwargs):
+    def timed_call(self, *args, **kwargs):
         start = time.perf_counter()
         try:
             return original(self, *args, **kwargs)
         finally:
             spent.append(time.perf_counter() - start)
 
-    StableDiffusionPipeline.__call__ = timed_call
+    setattr(owner, name, timed_call)
     try:
         yield spent
     finally:
-        StableDiffusionPipeline.__call__ = original
+        setattr(owner, name, original)
 
 
 def timed(run: Callable[[], Image.Image], device: str) -> tuple[Run, np.ndarray]:
-    with pipeline_calls() as inside:
+    # Every diffusers call, ours and plain alike.
+    with timed_calls(StableDiffusionPipeline, "__call__") as inside:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         start, cpu = time.perf_counter(), time.process_time()
@@ -238,6 +271,217 @@ def table(m: Measurement) -> str:
     return "\n".join(rows)
 
 
+@dataclass(frozen=True)
+class EndToEnd:
+    """Wall seconds per image, round i of each list run back to back; the browser's are per click."""
+
+    device: str
+    plain: list[float]
+    api: list[float]
+    explain: list[float]
+    downloads: dict[str, list[float]]  # "api", "explain": seconds gradio_client spent downloading the call's files
+    identical: bool  # every image, ours (both endpoints) and plain, warm-ups included, has the same pixels
+    first_preview: list[float]  # click on Generate -> the gallery's first new image, loaded
+    image: list[float]  # click on Generate -> the final image, loaded
+
+    def ratios(self, side: str) -> list[float]:
+        return [a / b for a, b in zip(getattr(self, side), self.plain, strict=True)]
+
+
+@contextmanager
+def served_app() -> Iterator[str]:
+    """`python app.py` as a user starts it (the bundled model, the machine's default device) on a free port."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port), "--offline"],
+        cwd=results.ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + START_TIMEOUT
+    try:
+        while True:
+            try:
+                if requests.get(url, timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"python app.py did not start (exit code {process.poll()})")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def load_plain_bundled() -> StableDiffusionPipeline:
+    """The bundled model in plain diffusers, with its saved scheduler, on the device and dtype the app picks."""
+    device = pick_device(None)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        BUNDLED, dtype=pick_dtype(None, device), use_safetensors=True, local_files_only=True, safety_checker=None,
+        requires_safety_checker=False,
+    ).to(device)  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def plain_bundled(pipe: StableDiffusionPipeline) -> np.ndarray:
+    image = pipe(
+        prompt=APP_JOB["prompt"],
+        num_inference_steps=APP_JOB["steps"],
+        guidance_scale=APP_JOB["guidance_scale"],
+        width=APP_JOB["width"],
+        height=APP_JOB["height"],
+        generator=torch.Generator().manual_seed(SEED),
+    ).images[0]
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize()
+    return np.asarray(image)
+
+
+def api_txt2img(client: Client) -> np.ndarray:
+    gallery, _, _ = client.predict(**APP_JOB, api_name="/txt2img")
+    return np.asarray(Image.open(gallery[0]["image"]).convert("RGB"))
+
+
+def api_explain(client: Client) -> np.ndarray:
+    image, _ = client.predict(**APP_JOB, api_name="/explain")
+    return np.asarray(Image.open(image).convert("RGB"))
+
+
+def measure_api(
+    client: Client, pipe: StableDiffusionPipeline, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]], bool]:
+    """One warm-up of each, then `rounds` rounds whose order rotates, so that a drifting load hits all alike.
+
+    Returns the wall seconds of each run, the part of them gradio_client spent downloading files (a new HTTP client
+    each time: the result comes in the last streamed message and again in the final one, and it downloads both), and
+    whether every image has the same pixels.
+    """
+    runs = {
+        "plain": lambda: plain_bundled(pipe),
+        "api": lambda: api_txt2img(client),
+        "explain": lambda: api_explain(client),
+    }
+    names = list(runs)
+    images = [runs[name]() for name in names]
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    downloads: dict[str, list[float]] = {name: [] for name in names}
+    with timed_calls(Endpoint, "_download_file") as fetched:
+        for i in range(rounds):
+            for name in names[i % 3 :] + names[: i % 3]:
+                fetched.clear()
+                start = time.perf_counter()
+                images.append(runs[name]())
+                seconds[name].append(time.perf_counter() - start)
+                downloads[name].append(sum(fetched))
+            print(f"  round {i + 1}/{rounds}: " + ", ".join(f"{n} {seconds[n][-1]:.3f} s" for n in names), flush=True)
+    return seconds, downloads, all(np.array_equal(images[0], image) for image in images[1:])
+
+
+# Clicks Generate and resolves, once the final image has loaded, with the milliseconds from the click to the first
+# new image loaded in the gallery (a preview, or the image itself) and to the final image.
+CLICK_AND_WATCH = """async ([gallery, button]) => {
+    const old = new Set([...gallery.querySelectorAll("img")].map((img) => img.src));
+    return await new Promise((resolve) => {
+        const t = {};
+        const check = () => {
+            for (const img of gallery.querySelectorAll("img")) {
+                if (old.has(img.src) || !img.complete || img.naturalWidth === 0) continue;
+                const now = performance.now() - t.click;
+                t.preview ??= now;
+                if (img.alt.startsWith("Seed ")) {
+                    t.image = now;
+                    observer.disconnect();
+                    clearInterval(timer);
+                    resolve(t);
+                }
+            }
+        };
+        const observer = new MutationObserver(check);
+        observer.observe(gallery, {subtree: true, childList: true, attributes: true});
+        gallery.addEventListener("load", check, true);
+        const timer = setInterval(check, 5);
+        t.click = performance.now();
+        button.click();
+    });
+}"""
+
+
+def measure_browser(url: str, runs: int) -> tuple[list[float], list[float]]:
+    """Seconds from a click on Generate to the first image in the gallery and to the final image, in Chromium."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url, timeout=120_000)
+        panel = page.get_by_role("tabpanel").filter(visible=True)
+        panel.get_by_label("Prompt", exact=True).fill(APP_JOB["prompt"])
+        elements = [
+            panel.locator(".results").element_handle(),
+            panel.get_by_role("button", name="Generate").element_handle(),
+        ]
+        first, final = [], []
+        for run in range(runs + 1):
+            times = page.evaluate(CLICK_AND_WATCH, elements)
+            if run:  # the first is the warm-up
+                first.append(times["preview"] / 1000)
+                final.append(times["image"] / 1000)
+            page.wait_for_timeout(300)  # let the event finish before the next click
+        browser.close()
+    return first, final
+
+
+def measure_end_to_end(rounds: int = ROUNDS, browser_runs: int = BROWSER_RUNS) -> EndToEnd:
+    pipe = load_plain_bundled()
+    with served_app() as url:
+        seconds, downloads, identical = measure_api(Client(url, verbose=False), pipe, rounds)
+        first, final = measure_browser(url, browser_runs)
+    device = f"{pipe.device.type} {str(pipe.dtype).removeprefix('torch.')}"
+    return EndToEnd(device, seconds["plain"], seconds["api"], seconds["explain"], downloads, identical, first, final)
+
+
+def spread(values: list[float]) -> str:
+    """Median, min and max seconds as three table cells."""
+    return f"{statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f}"
+
+
+def end_to_end_table(m: EndToEnd) -> str:
+    """A markdown table of the medians, the per-round ratios, the browser's latencies and the verdicts."""
+    api, explain = statistics.median(m.ratios("api")), statistics.median(m.ratios("explain"))
+    preview = statistics.median(m.first_preview)
+    fetched = {side: f"{statistics.median(m.downloads[side]) * 1e3:.0f} ms" for side in ("api", "explain")}
+    rows = [
+        "| | wall s per image, median | min | max | of which gradio_client downloads files, median |",
+        "|---|---|---|---|---|",
+        f"| plain diffusers (in the benchmark's process) | {spread(m.plain)} | |",
+        f"| `/txt2img` via `gradio_client` | {spread(m.api)} | {fetched['api']} |",
+        f"| `/explain` via `gradio_client` (image + the run's export) | {spread(m.explain)} | {fetched['explain']} |",
+        f"| Chromium: click on Generate → first image in the gallery | {spread(m.first_preview)} | |",
+        f"| Chromium: click on Generate → the final image | {spread(m.image)} | |",
+        "",
+        f"Job: the bundled model (`python app.py`), {m.device}, txt2img {APP_JOB['width']}×{APP_JOB['height']}, "
+        f"{APP_JOB['steps']} steps, {APP_JOB['sampler']} ({APP_JOB['schedule']}: the model's saved scheduler), CFG "
+        f"{APP_JOB['guidance_scale']}, seed {SEED}, prompt “{APP_JOB['prompt']}”; {len(m.plain)} rounds of the three "
+        "after one warm-up each, in rotated order. End to end is `client.predict()` until it returns: the queue, "
+        "progress messages, and the result's files downloaded (gradio_client downloads each twice, from the last "
+        "streamed message and from the final one, with a new HTTP client each time). The browser rows are "
+        f"{len(m.image)} clicks after one warm-up (random seeds), from the click to the image loaded in the page.",
+        "",
+        f"- Ratio `/txt2img` / plain, median of rounds: **{api:.3f}** (bar ≤ {API_BAR}: "
+        f"{'met' if api <= API_BAR else 'MISSED'}); per round: {', '.join(f'{r:.3f}' for r in m.ratios('api'))}",
+        f"- Ratio `/explain` / plain, median of rounds: **{explain:.3f}** (bar ≤ {EXPLAIN_BAR}: "
+        f"{'met' if explain <= EXPLAIN_BAR else 'MISSED'}); per round: "
+        f"{', '.join(f'{r:.3f}' for r in m.ratios('explain'))}",
+        f"- First preview in the browser, median: **{preview:.3f} s** (bar ≤ {PREVIEW_BAR} s: "
+        f"{'met' if preview <= PREVIEW_BAR else 'MISSED'})",
+        f"- Pixel-identical images (`/txt2img`, `/explain` and plain, every run): **{'yes' if m.identical else 'NO'}**",
+    ]
+    return "\n".join(rows)
+
+
 def parse_settings(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -250,17 +494,33 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     return Settings(args.device, args.dtype, args.size, args.steps, args.pairs, args.threads)
 
 
+def parse_parts(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The parts named first on the command line (both when none is) and the wrapper part's own flags."""
+    parts = [arg for arg in argv if arg in ("wrapper", "app")]
+    return parts or ["wrapper", "app"], [arg for arg in argv if arg not in parts]
+
+
 def main() -> None:
-    settings = parse_settings()
-    manager, plain = load(sd15_folder(), settings)
-    load_before = results.cpu_load()
-    measurement = measure(manager, plain, settings)
-    load_after = results.cpu_load()
-    report = table(measurement)
-    print(report)
-    body = f"{report}\n- CPU load before: {load_before}\n- CPU load after: {load_after}"
-    threads = f", torch threads: {torch.get_num_threads()}" if settings.device == "cpu" else ""
-    results.write_section(f"Wrapper overhead ({settings.device}{threads})", body)
+    parts, flags = parse_parts(sys.argv[1:])
+    if "wrapper" in parts:
+        settings = parse_settings(flags)
+        manager, plain = load(sd15_folder(), settings)
+        load_before = results.cpu_load()
+        measurement = measure(manager, plain, settings)
+        load_after = results.cpu_load()
+        report = table(measurement)
+        print(report)
+        body = f"{report}\n- CPU load before: {load_before}\n- CPU load after: {load_after}"
+        threads = f", torch threads: {torch.get_num_threads()}" if settings.device == "cpu" else ""
+        results.write_section(f"Wrapper overhead ({settings.device}{threads})", body)
+    if "app" in parts:
+        load_before = results.cpu_load()
+        end_to_end = measure_end_to_end()
+        load_after = results.cpu_load()
+        report = end_to_end_table(end_to_end)
+        print(report)
+        body = f"{report}\n- CPU load before: {load_before}\n- CPU load after: {load_after}"
+        results.write_section(f"End to end: app and browser against plain diffusers ({end_to_end.device})", body)
 
 
 if __name__ == "__main__":

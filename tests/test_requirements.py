@@ -8,7 +8,7 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCAL = {"sdplay", "app", "tests", "results", "overhead"}  # our own modules (bench scripts import each other)
+LOCAL = {"sdplay", "app", "tests", "results", "overhead", "startup"}  # our own modules (bench scripts too)
 
 
 def imported_modules(files: list[Path]) -> dict[str, Path]:
