@@ -29,8 +29,8 @@ UPLOAD_CHECK = {"show_progress": "hidden", "api_visibility": "private"}
 # The mask brush: half-transparent, so the picture shows through; magenta, a colour that images rarely have.
 MASK_COLOUR = ("#ff00ff", 0.5)
 R = TypeVar("R")
-# An absolute path (POSIX, home or Windows), not the path part of a URL.
-PATH = re.compile(r"(?<![\w:/.~-])(?:~?/|[A-Za-z]:\\)[^\s'\"`,;()\[\]{}<>]*")
+# An absolute path (POSIX, home, Windows or UNC), not the path part of a URL.
+PATH = re.compile(r"(?<![\w:/.~\\-])(?:~?/|[A-Za-z]:[\\/]|\\\\)[^\s'\"`,;()\[\]{}<>]+")
 # Seconds per step of the last run with each model, size and batch: the ETA shown before a run's first step ends.
 _seconds_per_step: dict[tuple[str, int, int, int], float] = {}
 log = logging.getLogger(__name__)
@@ -233,22 +233,30 @@ def results() -> Results:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Show a `UserError` to the user as a `gr.Error` with its message, and any other exception as one line that
-    names it (its traceback goes to the server's log). The server goes on serving."""
+    names it (its traceback goes to the server's log). The server goes on serving.
+
+    Every message is scrubbed of server paths on its way out, whoever wrote it: the last line of defence.
+    """
     try:
         yield
     except UserError as error:
-        raise gr.Error(str(error)) from error
-    except gr.Error:
+        raise gr.Error(without_paths(str(error))) from error
+    except gr.Error as error:
+        error.message = without_paths(error.message)
         raise
     except Exception as error:
         log.exception("unexpected error in a job")
         raise gr.Error(f"Something went wrong: {one_line(error)}. The details are in the server's log.") from error
 
 
+def without_paths(text: str) -> str:
+    """`text` with each absolute path in it (POSIX, home, Windows or UNC) cut to its last name."""
+    return PATH.sub(lambda path: PurePath(path.group().replace("\\", "/")).name or "…", text)
+
+
 def one_line(error: BaseException) -> str:
-    """`ClassName: message` on one line, each absolute path in it cut to its last name: no server path is shown."""
-    text = " ".join(str(error).split())
-    text = PATH.sub(lambda path: PurePath(path.group().replace("\\", "/")).name or "…", text)
+    """`ClassName: message` on one line, without server paths."""
+    text = without_paths(" ".join(str(error).split()))
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
