@@ -12,7 +12,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path, PurePath
 from typing import Any
 
 import psutil
@@ -31,6 +33,8 @@ from sdplay.requests import Task
 from sdplay.samplers import AUTOMATIC, build_scheduler
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+MAX_HUB_NAME = 96  # the Hub's limit on a user, organisation or repository name
+MAX_PATH_CHARS = 1024  # far more than a model's path needs; Linux refuses over 255 bytes a folder, 4096 in all
 PICKLE_SUFFIXES = {".bin", ".ckpt", ".pt", ".pth", ".pkl"}
 DTYPES = {
     "float16": torch.float16,
@@ -92,6 +96,23 @@ def check_safetensors(path: Path) -> None:
         )
 
 
+def check_source_name(source: str, allow_local: bool) -> None:
+    """Refuse a model name that is neither a Hub id nor (if `allow_local`) a plausible path, before it reaches the
+    filesystem or the Hub: a 5000-character name made the filesystem raise "File name too long"."""
+    if HUB_ID.fullmatch(source) and all(len(part) <= MAX_HUB_NAME for part in source.split("/")):
+        return
+    fits = len(source) <= MAX_PATH_CHARS and all(len(part.encode()) <= 255 for part in PurePath(source).parts)
+    if fits and "\0" not in source:
+        if allow_local:
+            return
+        if len(source) <= 2 * MAX_HUB_NAME + 1:
+            raise UserError("Local paths can only be given on the command line (--model); here, use a Hub id.")
+    raise UserError(
+        f"That is not a model name ({len(source)} characters): give a Hub id, org/name, each part at most "
+        f"{MAX_HUB_NAME} letters, digits, '-', '_' or '.'" + (", or a path to a model." if allow_local else ".")
+    )
+
+
 def check_diffusers_folder(folder: Path) -> None:
     """A diffusers folder must have a model_index.json and safetensors weights only."""
     if not (folder / "model_index.json").is_file():
@@ -120,6 +141,8 @@ class LoadedModel:
     scheduler_config: dict[str, Any]
     latent_rgb: torch.Tensor  # the fitted latent -> RGB preview map (see previews.py)
     settings: ModelSettings  # what the model works best with (see catalog.py)
+    loaded_by: str | None = None  # who switched to it from the web UI; None: the command line
+    loaded_at: datetime = field(default_factory=lambda: datetime.now().astimezone())
 
     @property
     def native_size(self) -> int:
@@ -159,6 +182,48 @@ class MemoryOptions:
     attention_slicing: bool = False
 
 
+class SwitchPolicy(StrEnum):
+    """Which models the web UI may switch to (`--models`): switching changes the model for everyone."""
+
+    ANY = "any"  # the listed models and any Hub id (downloaded on first use)
+    CATALOG = "catalog"  # only the listed models: the catalog's and the command line's
+    LOCKED = "locked"  # none: the model given at start-up serves until the server stops
+
+
+@dataclass(frozen=True)
+class ModelSwitch:
+    """The web UI's rules for switching models: the models it lists, which it accepts, and who may switch.
+
+    `models` maps the names shown to their sources, so that server paths are never shown; `admin`, if set, is the
+    only logged-in user who may switch.
+    """
+
+    models: dict[str, str]
+    policy: SwitchPolicy = SwitchPolicy.ANY
+    admin: str | None = None
+
+    @property
+    def open(self) -> bool:
+        """Whether anyone at all may switch here (the Load button is shown)."""
+        return self.policy != SwitchPolicy.LOCKED
+
+    def source(self, name: str, user: str | None) -> tuple[str, bool]:
+        """What `user` (None: not logged in) choosing `name` loads: its source and whether it may be a local path.
+        A `UserError` says why not."""
+        name = name.strip()
+        if not self.open:
+            raise UserError("This server serves one model only: switching models is turned off.")
+        if self.admin is not None and user != self.admin:
+            raise UserError("Only the server's admin may switch models here (everyone shares the model).")
+        if not name:
+            raise UserError("Choose a model first.")
+        if name in self.models:
+            return self.models[name], True
+        if self.policy == SwitchPolicy.CATALOG:
+            raise UserError(f"This server loads only the models in the list: {', '.join(self.models)}.")
+        return name, False
+
+
 class ModelManager:
     """Loads a model once, hands out task views that share its weights, and serialises jobs with a lock."""
 
@@ -185,28 +250,28 @@ class ModelManager:
             raise UserError("No model is loaded. Pick one in the Model box and press Load.")
         return self._model
 
-    def load(self, source: str, config: str | None = None, allow_local: bool = True) -> LoadedModel:
-        """Load `source` (Hub id, diffusers folder or .safetensors file with a local `config` folder).
+    def load(
+        self, source: str, config: str | None = None, allow_local: bool = True, by: str | None = None
+    ) -> LoadedModel:
+        """Load `source` (Hub id, diffusers folder or .safetensors file with a local `config` folder); `by` names
+        who asked, for the status line (None: the command line). `allow_local=False` (the web UI) refuses paths on
+        this disk.
 
-        The source is checked first; then the old model is released, so memory never holds two. If the new one
-        still fails to load, the old one is loaded back and the error is raised. `allow_local=False` (the web UI)
-        refuses paths on this disk.
+        The new model is checked, downloaded, built and moved to the device before the old one is released, so a
+        load that fails leaves the serving model untouched. The price: memory holds both models for a moment (SD
+        1.5 in fp16 is ~2 GB); a machine too small for that fails the load and keeps serving the old model.
         """
         source = source.strip()
         load = self._loader(source, config, allow_local)
         with self._lock:
-            previous = (self._model.source, self._model.config) if self._model else None
+            model = self._prepare(source, config, load(), by)
             self._release()
-            try:
-                self._model = self._prepare(source, config, load())
-            except Exception:
-                if previous is not None:
-                    self._model = self._prepare(*previous, self._loader(*previous, allow_local=True)())
-                raise
-            return self._model
+            self._model = model
+            return model
 
     def _loader(self, source: str, config: str | None, allow_local: bool):
-        """Check the source before anything is released, and return the function that loads it."""
+        """Check the source before anything is loaded, and return the function that loads it."""
+        check_source_name(source, allow_local)
         common = dict(dtype=self.dtype, safety_checker=None, requires_safety_checker=False)
         path = Path(source).expanduser()
         looks_local = path.suffix in PICKLE_SUFFIXES | {".safetensors"} or source.startswith(("/", ".", "~"))
@@ -251,7 +316,7 @@ class ModelManager:
 
         return from_hub
 
-    def _prepare(self, source: str, config: str | None, pipe: StableDiffusionPipeline) -> LoadedModel:
+    def _prepare(self, source: str, config: str | None, pipe: StableDiffusionPipeline, by: str | None) -> LoadedModel:
         pipe.set_progress_bar_config(disable=True)
         if self.memory.cpu_offload:
             pipe.enable_model_cpu_offload(device=self.device)
@@ -271,6 +336,7 @@ class ModelManager:
             dict(pipe.scheduler.config),
             fit_latent_rgb(pipe.vae),
             model_settings(source, folder if folder.is_dir() else config and Path(config), pipe.scheduler),
+            by,
         )
 
     def _release(self) -> None:
@@ -303,10 +369,11 @@ class ModelManager:
             finally:
                 self._job = None
 
-    def interrupt(self, owner: str | None = None) -> bool:
-        """Ask the running job to stop at the next step; only its owner may (None matches any job)."""
+    def interrupt(self, owner: str | None) -> bool:
+        """Ask the running job to stop at the next step; only its owner may. No owner (a request without a session)
+        stops nothing, and a job without an owner can only be stopped through its own cancel flag."""
         job = self._job
-        if job is None or (owner is not None and job.owner != owner):
+        if job is None or owner is None or job.owner != owner:
             return False
         job.cancel.set()
         return True
@@ -321,6 +388,8 @@ class ModelManager:
         line += f" · weights {model.parameter_bytes / 2**20:.1f} MB · RAM {rss:.0f} MB"
         if self.device.type == "cuda":
             line += f" · VRAM {torch.cuda.memory_allocated(self.device) / 2**20:.0f} MB"
+        if model.loaded_by is not None:  # switched from the web UI: everyone sharing the server should know
+            line += f" · Loaded by {model.loaded_by} at {model.loaded_at:%H:%M %Z}"
         return line
 
 

@@ -3,6 +3,7 @@
 import threading
 import time
 from functools import partial
+from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
@@ -259,11 +260,12 @@ def test_run_moves_the_progress_bar_every_step_and_sends_only_due_previews(manag
 
 
 def test_run_keeps_the_preview_of_the_step_where_stop_ended_it(manager):
+    page = SimpleNamespace(session_hash="ann", headers={"x-gradio-user": "app"})  # a web page's request
     outputs = run(
-        manager, GenerationRequest(prompt="cat", steps=150, width=512, height=512), Limits(), None, Progress()
+        manager, GenerationRequest(prompt="cat", steps=150, width=512, height=512), Limits(), page, Progress()
     )
     next(outputs)  # the first step's preview
-    assert manager.interrupt()
+    assert manager.interrupt("ann")
     *_, (gallery, infotext, seed) = list(outputs)
     [(preview, caption)] = gallery
     step = int(caption.removeprefix("Stopped at step ").removesuffix(" of 150"))

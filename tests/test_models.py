@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from sdplay.errors import UserError
-from sdplay.models import MemoryOptions, ModelManager, pick_device, pick_dtype, shared_weight_ratio
+from sdplay.models import (
+    MemoryOptions,
+    ModelManager,
+    ModelSwitch,
+    SwitchPolicy,
+    pick_device,
+    pick_dtype,
+    shared_weight_ratio,
+)
 from sdplay.requests import Task
 
 
@@ -92,10 +100,52 @@ def test_a_failed_load_leaves_the_previous_model_working(tiny_model, tmp_path):
         manager.load(str(tmp_path / "missing"))  # refused before anything is released
     broken = shutil.copytree(tiny_model, tmp_path / "broken")
     (broken / "unet" / "config.json").unlink()  # passes the checks, fails inside diffusers
-    with pytest.raises(Exception):  # noqa: B017 - whatever diffusers raises, the old model must come back
+    serving = manager.model
+    with pytest.raises(Exception):  # noqa: B017 - whatever diffusers raises, the old model must stay
         manager.load(str(broken))
-    assert manager.model.source == str(tiny_model)
-    assert manager.pipeline(Task.TXT2IMG, "Euler").unet is manager.model.pipe.unet
+    assert manager.model is serving  # never released (and loaded again): the same model kept serving
+    assert manager.pipeline(Task.TXT2IMG, "Euler").unet is serving.pipe.unet
+    assert manager.model.loaded_by is None and "Loaded by" not in manager.status()
+
+
+def test_overlong_and_odd_model_names_are_refused_before_touching_the_disk():
+    manager = ModelManager(device="cpu", offline=True)
+    for name, allow_local in [("a" * 5000, True), ("a" * 5000, False), ("org/" + "x" * 300, False)]:
+        with pytest.raises(UserError, match=r"not a model name \(\d+ characters\): give a Hub id, org/name"):
+            manager.load(name, allow_local=allow_local)
+    with pytest.raises(UserError, match="not a model name"):
+        manager.load("models/a\0b")
+    with pytest.raises(UserError, match="command line"):
+        manager.load("../../etc", allow_local=False)
+
+
+def test_the_status_line_says_who_switched_and_when(tiny_model):
+    manager = ModelManager(device="cpu")
+    manager.load(str(tiny_model), by="ann")
+    at = manager.model.loaded_at
+    assert f"Loaded by ann at {at:%H:%M}" in manager.status()
+
+
+def test_switch_policies_decide_which_models_load_and_who_may_switch():
+    listed = {"shapes": "/srv/models/shapes", "stabilityai/sd-turbo": "stabilityai/sd-turbo"}
+    anyone = ModelSwitch(listed)
+    assert anyone.source("shapes", None) == ("/srv/models/shapes", True)  # listed: may be a local path
+    assert anyone.source("org/other", None) == ("org/other", False)  # any Hub id, never a path
+    catalog = ModelSwitch(listed, SwitchPolicy.CATALOG)
+    assert catalog.source(" stabilityai/sd-turbo ", None) == ("stabilityai/sd-turbo", True)
+    with pytest.raises(UserError, match="only the models in the list: shapes, stabilityai/sd-turbo"):
+        catalog.source("org/other", None)
+    locked = ModelSwitch(listed, SwitchPolicy.LOCKED, admin="teacher")
+    assert not locked.open and catalog.open
+    with pytest.raises(UserError, match="turned off"):
+        locked.source("shapes", "teacher")  # nobody, not even the admin
+    admin = ModelSwitch(listed, SwitchPolicy.CATALOG, admin="teacher")
+    assert admin.source("shapes", "teacher") == ("/srv/models/shapes", True)
+    for user in (None, "student", "Teacher"):
+        with pytest.raises(UserError, match="Only the server's admin"):
+            admin.source("shapes", user)
+    with pytest.raises(UserError, match="Choose a model"):
+        anyone.source("", None)
 
 
 def test_device_and_dtype_are_picked_and_checked():
@@ -113,6 +163,7 @@ def test_one_job_at_a_time_and_interrupt_reaches_only_its_owner(manager):
     entered = threading.Event()
     with manager.job(owner="alice") as job:
         assert not manager.interrupt("bob")
+        assert not manager.interrupt(None) and not job.cancel.is_set()  # a request without a session stops nothing
         assert manager.interrupt("alice") and job.cancel.is_set()
 
         def second_job():

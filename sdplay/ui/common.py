@@ -316,8 +316,10 @@ def run(
                         continue
                 yield show(item)
         except Cancelled as stopped:
+            if not watched:  # an API caller: a stopped job has no result, and must not come back looking like one
+                raise gr.Error(str(stopped)) from None
             gr.Info(str(stopped))
-            if watched and stopped.update and stopped.update.previews:
+            if stopped.update and stopped.update.previews:
                 yield show(stopped.update)
 
 
@@ -326,12 +328,15 @@ def wire_stop(manager: ModelManager, stop: gr.Button, event) -> None:
     waiting in the queue is taken out of it by Gradio's cancel instead, which would also drop a running job's last
     update: so it is triggered (through a counter's change) only when nothing of this session was running.
 
-    Both run outside the GPU queue, so they are never stuck behind it.
+    Both run outside the GPU queue, so they are never stuck behind it. A request without a session (a raw HTTP
+    call) owns no job, so it stops nothing.
     """
     not_running = gr.State(0)
 
     def interrupt(presses: int, request: gr.Request) -> int:
-        return gr.skip() if manager.interrupt(request.session_hash) else presses + 1
+        if not request.session_hash or manager.interrupt(request.session_hash):
+            return gr.skip()
+        return presses + 1
 
     stop.click(interrupt, not_running, not_running, queue=False, api_visibility="private")
     not_running.change(None, None, None, cancels=[event], queue=False, api_visibility="private")
