@@ -3,6 +3,10 @@
 import json
 import math
 import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,10 +17,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sdplay.errors import UserError
-from sdplay.explain.capture import explain
+from sdplay.explain import export
+from sdplay.explain.capture import ExplainRun, explain
 from sdplay.explain.export import load_run, save_run
 from sdplay.generate import Cancelled, generate
-from sdplay.requests import GenerationRequest, Task
+from sdplay.requests import GenerationRequest, Limits, Task
 
 REQUEST = GenerationRequest(prompt="a red cat", negative_prompt="dog", sampler="Euler", steps=5, seed=3)
 
@@ -177,3 +182,136 @@ def test_foreign_files_are_refused_clearly(tmp_path):
     for name in ("model.safetensors", "junk.safetensors"):
         with pytest.raises(UserError, match="Explain file"):
             load_run(tmp_path / name)
+
+
+# Hostile replay files: refused from the header alone, quickly, with a message on what is wrong and no path. -------
+
+
+def synthetic_run(steps: int = 1, tokens: int = 3, latent: tuple[int, int, int] = (4, 2, 2)) -> ExplainRun:
+    """A small run built in memory, in the export's contract, with `tokens` tokens from start to end token."""
+    channels, h, w = latent
+    names = ["<|startoftext|>", *[f"w{i}</w>" for i in range(tokens - 2)], "<|endoftext|>"]
+    shape = (steps, channels, h, w)
+    recipe = {
+        "task": "txt2img", "prompt": "w", "negative_prompt": "", "sampler": "Euler", "schedule": "Automatic",
+        "steps": steps, "guidance_scale": 7.0, "seed": 1, "width": 8 * w, "height": 8 * h, "model": "tiny",
+        "model_facts": {"vae_factor": 8, "latent_channels": channels},
+    }  # fmt: skip
+    return ExplainRun(
+        image=np.zeros((8 * h, 8 * w, 3), dtype=np.uint8), tokens=names, negative_tokens=names[:1] + names[-1:],
+        recipe=recipe, timesteps=torch.arange(steps, 0, -1).float(), sigmas=torch.ones(steps),
+        latents=torch.zeros(shape), x0=torch.zeros(shape), eps_cond=torch.zeros(shape), eps_uncond=torch.zeros(shape),
+        guidance=torch.zeros(shape),
+        attention={"mid_block": torch.full((steps, tokens + 1, 1, 1), 1 / (tokens + 1)).half()},
+        negative_attention={}, layers={"mid_block": 1}, latent_rgb=torch.ones(channels + 1, 3), unet_calls=steps,
+        first_step=0,
+    )  # fmt: skip
+
+
+def write_safetensors(path, header: dict, data: bytes = b"") -> str:
+    """A safetensors file written by hand: 8 bytes of header length, the JSON header, the data."""
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    return str(path)
+
+
+def edited(path, **metadata: str) -> str:
+    """The file at `path` with some metadata entries replaced, its tensors unchanged."""
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+        old = f.metadata()
+    save_file(tensors, str(path), metadata=old | metadata)
+    return str(path)
+
+
+@pytest.fixture
+def no_tensor_is_built(monkeypatch):
+    """Fail if the file gets past its header: no tensor may be built from a file that breaks the contract."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor was loaded")
+
+    monkeypatch.setattr(export, "safe_open", refuse)
+    monkeypatch.setattr(export, "load_file", refuse, raising=False)
+
+
+def refused(path, match: str, limits: Limits = Limits()) -> str:
+    """Assert that loading `path` is a `UserError` matching `match` within a second; its message."""
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=match) as error:
+        load_run(path, limits)
+    assert time.perf_counter() - start < 1
+    assert str(Path(path).parent) not in str(error.value)  # no server path
+    return str(error.value)
+
+
+def test_a_header_of_many_tensors_is_refused_before_any_is_built(tmp_path, no_tensor_is_built):
+    metadata = export.read_header(export.save_run(synthetic_run(), tmp_path / "run.safetensors"))["__metadata__"]
+    empty = {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
+    many = {"__metadata__": metadata, **{f"t{i}": empty for i in range(15_000)}}
+    # Within the header cap (~800 KB): the count is refused before any name is looked at.
+    assert "15,000 tensors" in refused(write_safetensors(tmp_path / "many.safetensors", many), "at most \\d+")
+    huge = {"__metadata__": metadata, **{f"t{i}": empty for i in range(120_000)}}  # ~6 MB of header
+    refused(write_safetensors(tmp_path / "huge.safetensors", huge), "header is [\\d,]+ bytes")
+
+
+def test_ten_thousand_words_are_refused(tmp_path, no_tensor_is_built):
+    path = tmp_path / "words.safetensors"
+    export.save_run(synthetic_run(tokens=10_002), path)
+    assert path.stat().st_size < 300_000  # a small upload
+    refused(path, "tokens must list 2 to 77 tokens")
+
+
+def test_latents_larger_than_any_model_makes_are_refused(tmp_path, no_tensor_is_built):
+    path = export.save_run(synthetic_run(latent=(1, 260, 260)), tmp_path / "large.safetensors")
+    refused(path, "up to 256×256")  # 1024 px at the smallest VAE factor, 4
+    path = export.save_run(synthetic_run(latent=(1, 80, 80)), tmp_path / "smaller.safetensors")
+    refused(path, "up to 64×64", Limits(max_size=256))
+
+
+def test_too_many_steps_and_wrong_shapes_or_dtypes_are_refused(tmp_path, no_tensor_is_built):
+    refused(export.save_run(synthetic_run(steps=151), tmp_path / "steps.safetensors"), "151 steps")
+    run = synthetic_run()
+    run.x0 = torch.zeros(1, 4, 2, 3)
+    refused(export.save_run(run, tmp_path / "shape.safetensors"), "'x0' is F32 \\[1, 4, 2, 3\\]")
+    run = synthetic_run()
+    run.latents = run.latents.double()
+    refused(export.save_run(run, tmp_path / "dtype.safetensors"), "'latents' is F64")
+
+
+@pytest.mark.parametrize(
+    "metadata, match",
+    [
+        ({"tokens": "5"}, "'tokens' is not a JSON list"),
+        ({"tokens": "[1, 2, 3]"}, "tokens must list 2 to 77 tokens"),
+        ({"recipe": "[]"}, "'recipe' is not a JSON dict"),
+        ({"recipe": json.dumps({"task": "txt2img", "steps": "5"})}, "recipe's 'prompt' is missing or of the wrong"),
+        ({"layers": '{"mid_block": "1"}'}, "layers must name"),
+        ({"layers": '{"../../etc": 1}'}, "layers must name"),
+        ({"unet_calls": '"3"'}, "'unet_calls' is not a JSON int"),
+        ({"first_step": "{"}, "'first_step' is not valid JSON"),
+    ],
+)
+def test_metadata_of_the_wrong_type_is_refused_by_name(tmp_path, no_tensor_is_built, metadata, match):
+    path = export.save_run(synthetic_run(), tmp_path / "run.safetensors")
+    refused(edited(path, **metadata), match)
+
+
+def test_a_recipe_field_of_the_wrong_type_is_refused(tmp_path, no_tensor_is_built):
+    run = synthetic_run()
+    run.recipe["steps"] = "5"
+    refused(export.save_run(run, tmp_path / "run.safetensors"), "recipe's 'steps' is missing or of the wrong type")
+
+
+def test_a_run_in_the_contract_loads_only_the_tensors_the_view_needs(tmp_path, monkeypatch):
+    """The reference for the tests above: an unedited file loads, without building the averaged maps."""
+    loaded, real = [], export.safe_open
+
+    @contextmanager
+    def spy(*args, **kwargs):
+        with real(*args, **kwargs) as f:
+            yield SimpleNamespace(get_tensor=lambda name: loaded.append(name) or f.get_tensor(name))
+
+    monkeypatch.setattr(export, "safe_open", spy)
+    run = load_run(export.save_run(synthetic_run(steps=2), tmp_path / "ok.safetensors"))
+    assert run.steps == 2 and "latents" in loaded and "attention" not in loaded

@@ -1,5 +1,7 @@
 """The Explain view's panels, drawn from real captured runs on the tiny model: sizes, word maps, scales, replay."""
 
+import threading
+import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,12 +19,14 @@ from sdplay.explain.render import (
     COLORMAPS,
     GRID_COLOUR,
     LABEL_COLOUR,
+    MAX_DECODED,
     OTHER_COLOUR,
     ExplainView,
     HeatmapSettings,
     Word,
     chart_area,
     content_word,
+    decode_order,
     dropped_text,
     guidance_brightness,
     label_rows,
@@ -32,6 +36,8 @@ from sdplay.explain.render import (
 )
 from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Task
+from sdplay.ui.explain import step_sliders
+from tests.test_explain import synthetic_run
 
 SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 
@@ -383,3 +389,62 @@ def test_line_labels_keep_apart_and_the_chosen_one_always_shows():
     crowded = {f"w{i}": 100 + i for i in range(40)}  # more labels than rows: the chosen one still shows
     rows = label_rows(crowded, "w17", gap=20, span=(50, 350))
     assert rows["w17"] == 117 and len(rows) < len(crowded)
+
+
+def test_words_are_summed_over_their_tokens(view):
+    sitting = word_index(view, "sitting")
+    tokens = list(view.words[sitting].tokens)
+    assert len(tokens) > 1  # split into letters by the tiny tokenizer
+    maps = view.word_maps(2, HeatmapSettings())
+    np.testing.assert_allclose(maps[sitting], view._maps[2, tokens].sum(0), rtol=1e-6)
+    assert len(maps) == len(view.words)
+
+
+def test_many_words_cost_no_words_by_tokens_matrix():
+    """10k one-token words once cost +393 MB: a dense [words, tokens] matrix. Memory now grows with the tokens."""
+    run = synthetic_run(tokens=5_002)  # what a file could hold before tokens were capped at 77
+    tracemalloc.start()
+    try:
+        view = ExplainView(run)
+        rows = len(view.timeline)
+        view.draw(0, HeatmapSettings(word=1))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rows == 5_000 and peak < 20 * 2**20  # the matrix alone was 100 MB
+
+
+def test_decoding_stops_between_steps_on_stop_and_is_capped(run):
+    view = ExplainView(run)
+    cancel, decoded = threading.Event(), []
+
+    def decode(latents):
+        decoded.append(latents)
+        if len(decoded) == 2:
+            cancel.set()  # Stop pressed while the second step decodes
+        return Image.new("RGB", (8, 8))
+
+    assert list(view.decode_x0(decode, 2, cancel)) == [2, 0] and len(decoded) == 2
+    assert list(view.decode_x0(decode, 1, cancel)) == [] and len(decoded) == 2
+    # The step on screen first, then the others; a long run decodes `limit` steps spread over it.
+    assert decode_order(4, 2, MAX_DECODED) == [2, 0, 1, 3]
+    order = decode_order(150, 57, MAX_DECODED)
+    assert order[0] == 57 and len(set(order)) == len(order) == MAX_DECODED and {0, 149} <= set(order)
+
+
+def test_a_one_step_run_records_draws_and_replays(manager, tmp_path):
+    """SD-Turbo's normal use. Gradio refuses a slider from 1 to 1: the step sliders are hidden instead."""
+    run = explain(manager, GenerationRequest(prompt="a red cat", sampler="Euler", steps=1, seed=3))
+    replayed = replay_view(save_run(run, tmp_path / "one.safetensors"))
+    assert run.steps == replayed.run.steps == 1
+    panels = replayed.draw(0, HeatmapSettings(word=2))
+    assert panels.label.startswith("**Step 1 of 1**") and panels.heatmap.size == replayed.size
+    assert replayed.timeline_chart("mass", 2).size == CHART_SIZE and len(replayed.budget) == 3
+    scrubber, first, last = step_sliders(1)
+    assert not any(s.visible for s in (scrubber, first, last)) and scrubber.value == first.value == last.value == 1
+    scrubber, first, last = step_sliders(5)
+    assert all(s.visible for s in (scrubber, first, last)) and (scrubber.maximum, scrubber.value, first.value) == (
+        5,
+        5,
+        1,
+    )

@@ -6,17 +6,49 @@ The rest (per-block maps, ε, the negative branch, the schedule) is what the vie
 """
 
 import json
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 
 from sdplay.errors import UserError
+from sdplay.explain.captions import ModelFacts
 from sdplay.explain.capture import ExplainRun
+from sdplay.requests import Limits
 
 FORMAT = "sdplay-explain/1"
 STEP_TENSORS = ["latents", "x0", "eps_cond", "eps_uncond", "guidance", "timesteps", "sigmas"]
+OTHER_TENSORS = ["image", "attention", "latent_rgb", "mask", "blended"]  # the first three are required
+BLOCK_TENSORS = ["attention", "negative_attention"]  # one of each per UNet block: `attention.up_blocks.1`
+# Caps on what an upload may ask of the server. A real export's header is a few KB (its recipe holds the prompts).
+MAX_HEADER_BYTES = 1_000_000
+MAX_TOKENS = 77  # CLIP's positions: the most a prompt has, start and end tokens included
+MAX_BLOCKS = 16  # UNet blocks with cross-attention (SD 1.x has 7)
+MAX_CHANNELS = 16  # latent channels
+# steps × text positions × latent pixels: the view keeps each token's map at the latent size in float32 (256 MB
+# here). An upload of SD 1.5 at 512² reaches this near 160 steps, far past the 64 MB upload limit (~130 steps).
+MAX_MAP_VALUES = 2**26
+FLOATS = {"F16", "F32"}  # what the view can turn into numpy arrays
+NUMBERS = FLOATS | {"F64", "I64"}
+BLOCK = re.compile(r"(down_blocks|up_blocks)\.\d{1,2}|mid_block")
+METADATA = {
+    "tokens": list,
+    "negative_tokens": list,
+    "recipe": dict,
+    "layers": dict,
+    "unet_calls": int,
+    "first_step": int,
+}
+RECIPE = {
+    "task": str, "prompt": str, "negative_prompt": str, "sampler": str, "steps": int, "guidance_scale": (int, float),
+    "seed": int, "width": int, "height": int, "model": str, "schedule": str, "strength": (int, float),
+    "model_facts": dict,
+}  # fmt: skip
+OPTIONAL_RECIPE = {"schedule", "strength", "model_facts"}  # runs saved before these existed, text-to-image runs
+FACTS = {field.name for field in fields(ModelFacts)}
 
 
 def save_run(run: ExplainRun, path: str | Path) -> Path:
@@ -43,48 +75,167 @@ def save_run(run: ExplainRun, path: str | Path) -> Path:
     return Path(path)
 
 
-def load_run(path: str | Path) -> ExplainRun:
-    """Read a file written by `save_run`; anything else is a `UserError` (uploads are untrusted)."""
+def load_run(path: str | Path, limits: Limits = Limits()) -> ExplainRun:
+    """Read a file written by `save_run`; anything else is a `UserError` (uploads are untrusted).
+
+    The header is read and checked against the contract first (names, dtypes, shapes, metadata, and caps on the
+    tensors, steps, tokens and latent size), so that a hostile file is refused before any tensor is built; then
+    only the tensors the view needs are loaded.
+    """
+    header = read_header(path)
+    metadata = header.pop("__metadata__", None)
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        found = metadata.get("format") if isinstance(metadata, dict) else None
+        raise UserError(f"This is not an sdplay Explain file (format {found!r}).")
+    contents = _checked_contents(metadata)
+    entries = _checked_entries(header, contents["tokens"], contents["negative_tokens"], contents["layers"], limits)
+    needed = [name for name in entries if name != "attention"]  # the averaged maps: the view recomputes them
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        if metadata.get("format") != FORMAT:
-            raise UserError(f"This is not an sdplay Explain file (format {metadata.get('format')!r}).")
-        tensors = load_file(str(path))
-        layers = json.loads(metadata["layers"])
-        run = ExplainRun(
-            image=tensors["image"].numpy(),
-            tokens=json.loads(metadata["tokens"]),
-            negative_tokens=json.loads(metadata["negative_tokens"]),
-            recipe=json.loads(metadata["recipe"]),
-            attention={block: tensors[f"attention.{block}"] for block in layers},
-            negative_attention={
-                b: tensors[f"negative_attention.{b}"] for b in layers if f"negative_attention.{b}" in tensors
-            },
-            layers=layers,
-            latent_rgb=tensors["latent_rgb"],
-            unet_calls=int(metadata["unet_calls"]),
-            first_step=int(metadata["first_step"]),
-            mask=tensors.get("mask"),
-            blended=tensors.get("blended"),
-            **{name: tensors[name] for name in STEP_TENSORS},
+            tensors = {name: f.get_tensor(name) for name in needed}
+    except (SafetensorError, OSError) as error:
+        raise UserError(f"Could not read this Explain file: {error.__class__.__name__}.") from error
+    layers = contents["layers"]
+    return ExplainRun(
+        image=tensors["image"].numpy(),
+        tokens=contents["tokens"],
+        negative_tokens=contents["negative_tokens"],
+        recipe=contents["recipe"],
+        attention={block: tensors[f"attention.{block}"] for block in layers},
+        negative_attention={
+            b: tensors[f"negative_attention.{b}"] for b in layers if f"negative_attention.{b}" in tensors
+        },
+        layers=layers,
+        latent_rgb=tensors["latent_rgb"],
+        unet_calls=contents["unet_calls"],
+        first_step=contents["first_step"],
+        mask=tensors.get("mask"),
+        blended=tensors.get("blended"),
+        **{name: tensors[name] for name in STEP_TENSORS},
+    )
+
+
+def read_header(path: str | Path) -> dict:
+    """The safetensors header (8 bytes of little-endian length, then JSON), read without building any tensor."""
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise UserError("This is not an sdplay Explain file (it is not a safetensors file).")
+        length = int.from_bytes(prefix, "little")
+        if length > MAX_HEADER_BYTES:
+            raise UserError(
+                f"This Explain file's header is {length:,} bytes; an Explain file's is at most {MAX_HEADER_BYTES:,}."
+            )
+        text = f.read(length)
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise UserError("This is not an sdplay Explain file (its header is not valid JSON).") from error
+    if not isinstance(header, dict):
+        raise UserError("This is not an sdplay Explain file (its header is not a JSON object).")
+    return header
+
+
+def _json(metadata: dict, key: str, kind: type) -> object:
+    """A metadata entry: a string holding JSON of type `kind`."""
+    text = metadata.get(key)
+    if not isinstance(text, str):
+        raise UserError(f"Explain file: the metadata has no {key!r}.")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise UserError(f"Explain file: the metadata {key!r} is not valid JSON.") from error
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise UserError(f"Explain file: the metadata {key!r} is not a JSON {kind.__name__}.")
+    return value
+
+
+def _checked_contents(metadata: dict) -> dict:
+    """The metadata's values, each of the type and within the bounds the view relies on."""
+    contents = {key: _json(metadata, key, kind) for key, kind in METADATA.items()}
+    for key in ("tokens", "negative_tokens"):
+        tokens = contents[key]
+        if not 2 <= len(tokens) <= MAX_TOKENS or not all(isinstance(t, str) and len(t) <= 100 for t in tokens):
+            raise UserError(
+                f"Explain file: {key} must list 2 to {MAX_TOKENS} tokens (start and end included) as strings."
+            )
+    layers = contents["layers"]
+    if not 1 <= len(layers) <= MAX_BLOCKS or not all(
+        BLOCK.fullmatch(block) and type(count) is int and 1 <= count <= 64 for block, count in layers.items()
+    ):
+        raise UserError(f"Explain file: layers must name 1 to {MAX_BLOCKS} UNet blocks, each with its layer count.")
+    recipe = contents["recipe"]
+    for key, kind in RECIPE.items():
+        value = recipe.get(key)
+        if (key in recipe or key not in OPTIONAL_RECIPE) and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise UserError(f"Explain file: the recipe's {key!r} is missing or of the wrong type.")
+    facts = recipe.get("model_facts", {})
+    if not set(facts) <= FACTS or not all(type(v) is int and 0 < v < 10**7 for v in facts.values()):
+        raise UserError("Explain file: the recipe's model_facts are not the model's numbers.")
+    if facts and not {"vae_factor", "latent_channels"} <= set(facts):
+        raise UserError("Explain file: the recipe's model_facts lack the VAE factor or the latent channels.")
+    for key in ("unet_calls", "first_step"):
+        if contents[key] < 0:
+            raise UserError(f"Explain file: {key} is negative.")
+    return contents
+
+
+def _checked_entries(header: dict, tokens: list, negative_tokens: list, layers: dict, limits: Limits) -> dict:
+    """The tensor entries, each checked against the contract: known name, dtype and shape, within the caps."""
+    allowed = {*STEP_TENSORS, *OTHER_TENSORS, *(f"{kind}.{b}" for b in layers for kind in BLOCK_TENSORS)}
+    if len(header) > len(allowed):
+        raise UserError(f"Explain file: {len(header):,} tensors; an Explain file has at most {len(allowed)}.")
+    for name, entry in header.items():
+        if name not in allowed:
+            raise UserError(f"Explain file: unexpected tensor {name[:60]!r}.")
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise UserError(f"Explain file: the tensor {name!r} has no valid shape.")
+    missing = [name for name in (*STEP_TENSORS, *OTHER_TENSORS[:3]) if name not in header]
+    missing += [f"attention.{block}" for block in layers if f"attention.{block}" not in header]
+    if missing or ("mask" in header) != ("blended" in header):
+        raise UserError(f"Explain file: tensors missing: {', '.join(missing) or 'mask or blended'}.")
+
+    steps = header["timesteps"]["shape"][0] if len(header["timesteps"]["shape"]) == 1 else 0
+    if not 1 <= steps <= limits.max_steps:
+        raise UserError(f"Explain file: {steps} steps; this server shows 1 to {limits.max_steps}.")
+    latent = header["latents"]["shape"]
+    side = limits.max_size // 4  # the smallest VAE factor of a supported model (the bundled one's) is 4
+    if len(latent) != 4 or not (1 <= latent[1] <= MAX_CHANNELS and 1 <= latent[2] <= side and 1 <= latent[3] <= side):
+        raise UserError(
+            f"Explain file: the latents are {latent[:5]}; this server shows [steps, 1 to {MAX_CHANNELS} channels, "
+            f"up to {side}×{side}]."
         )
-    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as error:
-        if isinstance(error, UserError):
-            raise
-        raise UserError(f"Could not read this Explain file: {error.__class__.__name__}: {error}") from error
-    _check(run)
-    return run
+    _, channels, height, width = latent
+    if steps * (max(len(tokens), len(negative_tokens)) + 1) * height * width > MAX_MAP_VALUES:
+        raise UserError("Explain file: its steps × tokens × latent size is more than this server draws.")
+    tokens_t, negative_t = len(tokens), len(negative_tokens)
+    h, w, size = range(1, height + 1), range(1, width + 1), range(1, limits.max_size + 1)
 
+    def exactly(*dims: int) -> tuple[range, ...]:
+        return tuple(range(d, d + 1) for d in dims)
 
-def _check(run: ExplainRun) -> None:
-    """Shapes must agree, or the view would fail later with an obscure error."""
-    steps = run.steps
-    for name in ("latents", "x0", "eps_cond", "eps_uncond", "guidance"):
-        if getattr(run, name).ndim != 4 or len(getattr(run, name)) != steps:
-            raise UserError(f"Explain file: {name} does not have {steps} steps of [C, h, w] latents.")
-    for block, maps in run.attention.items():
-        if maps.ndim != 4 or maps.shape[:2] != (steps, len(run.tokens) + 1):
-            raise UserError(f"Explain file: the attention of {block} does not match {len(run.tokens)} tokens.")
-    if run.image.ndim != 3 or run.image.shape[-1] != 3:
-        raise UserError("Explain file: the image is not [H, W, 3].")
+    latents = (FLOATS, exactly(steps, channels, height, width))
+    contract = {name: latents for name in ("latents", "x0", "eps_cond", "eps_uncond", "guidance", "blended")}
+    contract |= {
+        "timesteps": (NUMBERS, exactly(steps)),
+        "sigmas": (NUMBERS, exactly(steps)),
+        "image": ({"U8"}, (size, size, range(3, 4))),
+        "latent_rgb": (FLOATS, exactly(channels + 1, 3)),
+        "attention": (FLOATS, exactly(steps, tokens_t, height, width)),
+        "mask": (FLOATS, exactly(height, width)),
+    }
+    for block in layers:
+        contract[f"attention.{block}"] = (FLOATS, (*exactly(steps, tokens_t + 1), h, w))
+        contract[f"negative_attention.{block}"] = (FLOATS, (*exactly(steps, negative_t + 1), h, w))
+    for name, entry in header.items():
+        dtypes, dims = contract[name]
+        shape, dtype = entry["shape"], str(entry.get("dtype"))[:8]
+        if dtype not in dtypes or len(shape) != len(dims) or any(d not in r for d, r in zip(shape, dims, strict=True)):
+            expected = ", ".join(f"{r.start}" if len(r) == 1 else f"{r.start}–{r.stop - 1}" for r in dims)
+            found = shape if len(shape) <= len(dims) else f"{len(shape)} dimensions"
+            raise UserError(
+                f"Explain file: the tensor {name!r} is {dtype} {found}; the contract says "
+                f"{' or '.join(sorted(dtypes))} [{expected}]."
+            )
+    return header

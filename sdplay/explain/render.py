@@ -6,7 +6,8 @@ renders everything that depends on the step, cheaply enough to follow a scrubber
 
 import math
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,11 +22,14 @@ from sdplay.explain.captions import ModelFacts
 from sdplay.explain.capture import ExplainRun
 from sdplay.explain.export import load_run
 from sdplay.previews import latents_to_rgb
+from sdplay.requests import Limits
 from sdplay.tokenizer import END_OF_WORD, byte_to_unicode
 
 # Panels are drawn at the final image's size, brought into this range: tiny models make 64 px images, which a
 # browser would blur when stretching them; big ones would make every redraw slow.
 DISPLAY_MIN, DISPLAY_MAX = 256, 512
+# VAE decodes per press of "Decode x̂₀" (each costs more than a UNet step): longer runs get this many, spread out.
+MAX_DECODED = 30
 # Anchor colours, evenly spaced from 0 to 1 (viridis and inferno after matplotlib's, jet after MATLAB's).
 COLORMAP_ANCHORS = {
     "viridis": "#440154 #482878 #3e4989 #31688e #26828e #1f9e89 #35b779 #6ece58 #b5de2b #fde725".split(),
@@ -98,6 +102,13 @@ def words_of(tokens: list[str]) -> list[Word]:
         words.append(Word(token_text([tokens[p] for p in pending]), tuple(pending)))
     words.append(Word("end", (len(tokens) - 1,), special=True))
     return words
+
+
+def word_sums(values: np.ndarray, words: list[Word], axis: int) -> np.ndarray:
+    """`values` summed over each word's tokens along the token `axis`: a word's map is the sum of its tokens' maps
+    (their attention adds up). The words cover the tokens in order, so one `reduceat` does it; a dense
+    [words, tokens] matrix would grow with the square of their number."""
+    return np.add.reduceat(values, [word.tokens[0] for word in words], axis=axis)
 
 
 def dropped_text(prompt: str, words: list[Word]) -> str:
@@ -228,19 +239,9 @@ class ExplainView:
         self._block_maps = {block: run.attention[block].numpy() for block in self.blocks}  # fp16, no copy
         self._maps = run.averaged_attention().numpy()  # [S, T, h, w]
         self._negative_maps = run.averaged_attention(negative=True).numpy() if run.negative_attention else None
-        self._word_matrix = self._grouping(self.words, len(run.tokens))
-        self._negative_matrix = self._grouping(self.negative_words, len(run.negative_tokens))
         # One fixed grey scale per row of channel tiles, so that steps compare; percentiles ignore outliers.
         self._channel_scales = [float(np.percentile(np.abs(t.numpy()), 99.5)) or 1.0 for t in (run.latents, run.x0)]
         self._decoded: dict[int, Image.Image] = {}
-
-    @staticmethod
-    def _grouping(words: list[Word], tokens: int) -> np.ndarray:
-        """[words, tokens] 0/1 matrix: a word's map is the sum of its tokens' maps (their attention adds up)."""
-        matrix = np.zeros((len(words), tokens), dtype=np.float32)
-        for row, word in enumerate(words):
-            matrix[row, list(word.tokens)] = 1
-        return matrix
 
     # Per-step panels ------------------------------------------------------------------------------------------
 
@@ -286,6 +287,21 @@ class ExplainView:
         if decode is not None and step not in self._decoded:
             self._decoded[step] = decode(self.run.x0[step]).convert("RGB").resize(self.size, Image.Resampling.LANCZOS)
         return self._decoded[step] if step in self._decoded else self.preview("x0", step)
+
+    def decode_x0(
+        self,
+        decode: Callable[[torch.Tensor], Image.Image],
+        first: int,
+        cancel: threading.Event,
+        limit: int = MAX_DECODED,
+    ) -> Iterator[int]:
+        """Decode x̂₀ with `decode` at the steps `decode_order` picks, yielding each step once it is kept. Checks
+        `cancel` (Stop) before each step, so that a long decode never holds the queue past a Stop."""
+        for step in decode_order(self.run.steps, first, limit):
+            if cancel.is_set():
+                return
+            self.x0(step, decode)
+            yield step
 
     def noise(self, step: int) -> tuple[Image.Image, Image.Image, Image.Image, str]:
         """ε_uncond, ε_cond and the guidance term through the colour map without its offset (grey = 0).
@@ -344,10 +360,9 @@ class ExplainView:
 
     def word_maps(self, step: int, settings: HeatmapSettings, negative: bool = False) -> np.ndarray:
         """[words, h, w]: each word's attention at the step, or summed over the step range."""
-        maps = self._negative_maps if negative else self._maps
-        matrix = self._negative_matrix if negative else self._word_matrix
+        maps, words = (self._negative_maps, self.negative_words) if negative else (self._maps, self.words)
         summed = maps[self._steps(step, settings)].sum(0)  # [T, h, w]
-        return np.einsum("wt,thx->whx", matrix, summed)
+        return word_sums(summed, words, axis=0)
 
     def _overlay(
         self, values: np.ndarray, high: float | None, settings: HeatmapSettings, small: bool = False, squares=False
@@ -436,8 +451,8 @@ class ExplainView:
         """Per real word and step: `mass`, its share of all cross-attention (mean map value over pixels, heads and
         layers), and `concentration`, 1 − entropy / log(pixels) of its map (0 = even, 1 = one position)."""
         words = [i for i, w in enumerate(self.words) if not w.special]
-        mass = self._shares[:, :-1] @ self._word_matrix.T  # [S, words]
-        maps = np.einsum("wt,sthx->swhx", self._word_matrix, self._maps).reshape(self.run.steps, len(self.words), -1)
+        mass = word_sums(self._shares[:, :-1], self.words, axis=1)  # [S, words]
+        maps = word_sums(self._maps, self.words, axis=1).reshape(self.run.steps, len(self.words), -1)
         p = maps / np.maximum(maps.sum(-1, keepdims=True), 1e-12)
         entropy = -(p * np.log(np.maximum(p, 1e-12))).sum(-1)
         concentration = 1 - entropy / math.log(p.shape[-1]) if p.shape[-1] > 1 else np.zeros_like(entropy)
@@ -613,10 +628,10 @@ def fitted(text: str, font: ImageFont.FreeTypeFont, width: float) -> str:
     return text + "…"
 
 
-def replay_view(path: str | Path) -> ExplainView:
+def replay_view(path: str | Path, limits: Limits = Limits()) -> ExplainView:
     """A saved run, ready to draw. Uploads are untrusted: whatever `load_run` lets through that still cannot be
-    drawn (a recipe without its fields, a colour map that does not fit the latents) is a `UserError` too."""
-    run = load_run(path)
+    drawn is a `UserError` too."""
+    run = load_run(path, limits)
     try:
         view = ExplainView(run)
         view.summary()
@@ -624,6 +639,12 @@ def replay_view(path: str | Path) -> ExplainView:
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as error:
         raise UserError(f"Could not replay this Explain file: {error.__class__.__name__}: {error}") from error
     return view
+
+
+def decode_order(steps: int, first: int, limit: int) -> list[int]:
+    """The steps to decode, `first` (the one on screen) first: all of them, or `limit` spread over the run."""
+    spread = range(steps) if steps <= limit else np.linspace(0, steps - 1, limit).round().astype(int).tolist()
+    return [first, *(step for step in spread if step != first)][:limit]
 
 
 def vae_decode(vae, latents: torch.Tensor) -> Image.Image:

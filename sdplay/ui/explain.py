@@ -16,6 +16,7 @@ from sdplay.explain.capture import ExplainRun, explain
 from sdplay.explain.export import save_run
 from sdplay.explain.render import (
     COLORMAPS,
+    MAX_DECODED,
     ExplainView,
     HeatmapSettings,
     content_word,
@@ -59,6 +60,18 @@ def image(label: str, format: str = "png", **kwargs) -> gr.Image:
 def step_index(value: int, steps: int) -> int:
     """A 1-based slider value as a 0-based step, clamped: a slider keeps its old bounds until the next run."""
     return min(max(int(value), 1), steps) - 1
+
+
+def step_sliders(steps: int) -> tuple[gr.Slider, gr.Slider, gr.Slider]:
+    """The step scrubber and the From/To sliders for a run of `steps`, at its last step. A one-step run (SD-Turbo's
+    normal use) has nothing to scrub, and Gradio refuses a slider from 1 to 1: they are hidden at step 1."""
+    scrubbing = steps > 1
+    top = max(steps, 2)
+    return (
+        gr.Slider(minimum=1, maximum=top, value=steps, interactive=scrubbing, visible=scrubbing),
+        gr.Slider(minimum=1, maximum=top, value=1, visible=scrubbing),
+        gr.Slider(minimum=1, maximum=top, value=steps, visible=scrubbing),
+    )
 
 
 def exported(folder: str, run: ExplainRun) -> str:
@@ -213,9 +226,7 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
             view: shown,
             final: shown.image,
             summary: shown.summary(),
-            step: gr.Slider(minimum=1, maximum=steps, value=steps, interactive=True),
-            first: gr.Slider(minimum=1, maximum=steps, value=1),
-            last: gr.Slider(minimum=1, maximum=steps, value=steps),
+            **dict(zip((step, first, last), step_sliders(steps), strict=True)),
             chips: gr.Radio(choices=shown.chips(), value=word),
             token_info: shown.token_summary(),
             subwords: shown.subword_table(),
@@ -255,18 +266,25 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
     chips.change(timelines, [view, chips], [mass, concentration], show_progress="hidden", api_visibility="private")
 
     def decode_all(shown: ExplainView | None, at: int, request: gr.Request, progress=gr.Progress()):
-        """Decode x̂₀ of every step with the model's VAE; the view keeps them, so scrubbing stays instant."""
+        """Decode x̂₀ with the model's VAE, at most `MAX_DECODED` steps, as this session's job: its Stop ends the
+        decoding between steps. The view keeps the decoded steps, so scrubbing stays instant."""
         if shown is None:
             raise gr.Error("Explain a prompt first.")
-        with user_errors(), manager.job(request.session_hash if request else None):
+        steps, first = shown.run.steps, step_index(at, shown.run.steps)
+        total = min(steps, MAX_DECODED)
+        with user_errors(), manager.job(request.session_hash) as job:
             model = manager.model
             if model.name != shown.run.recipe.get("model"):
                 raise UserError(f"The loaded model ({model.name}) did not make this run: x̂₀ keeps the linear preview.")
-            for k in progress.tqdm(range(shown.run.steps), desc="Decoding x̂₀"):
-                shown.x0(k, decode=partial(vae_decode, model.pipe.vae))
-        return shown.x0(step_index(at, shown.run.steps))
+            decoding = shown.decode_x0(partial(vae_decode, model.pipe.vae), first, job.cancel)
+            done = len(list(progress.tqdm(decoding, total=total, desc="Decoding x̂₀")))
+        if job.cancel.is_set():
+            gr.Info(f"Stopped: x̂₀ decoded at {done} of {total} steps.")
+        elif total < steps:
+            gr.Info(f"x̂₀ decoded at {total} of the {steps} steps, spread over the run; the others keep the preview.")
+        return shown.x0(first)
 
-    decode.click(decode_all, [view, step], x0, api_visibility="private", **GPU)
+    decoded = decode.click(decode_all, [view, step], x0, api_visibility="private", **GPU)
 
     # Recording, replaying, playing ----------------------------------------------------------------------------
 
@@ -309,14 +327,16 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
     recorded.then(**redraw_event, api_visibility="private")
 
     wire_stop(manager, stop, recorded)
+    wire_stop(manager, stop, decoded)
 
     def replay(path: str | None):
         if path is None:
             return {}
         with user_errors():
-            return {**show_run(replay_view(path)), export: path}
+            return {**show_run(replay_view(path, limits)), export: path}
 
-    replayed = upload.upload(replay, upload, [*run_outputs, export], api_visibility="private")
+    # In the GPU queue: drawing a long run keeps the CPU busy, and a generation waits less than it would share.
+    replayed = upload.upload(replay, upload, [*run_outputs, export], api_visibility="private", **GPU)
     replayed.then(**redraw_event, api_visibility="private")
 
     def toggle(label: str):
