@@ -143,7 +143,7 @@ def test_cancel_stops_the_job_and_frees_the_model(client):
         height=1024, api_name="/txt2img",
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while job.status().code.name != "ITERATING" and time.monotonic() < deadline:
+    while job.status().code.name not in ("PROGRESS", "ITERATING") and time.monotonic() < deadline:
         time.sleep(0.1)
     job.cancel()
     started = time.monotonic()
@@ -177,6 +177,52 @@ def test_api_clients_get_progress_and_the_images_but_no_previews(client):
         progress.update(unit.desc for unit in job.status().progress_data or [])
         time.sleep(0.005)
     gallery, _, seed = job.result()
-    assert [output[0] for output in job.outputs()] == [gallery] and seed == 3  # previews are for the web page
+    *streamed, (last, _, _) = job.outputs()
+    assert last == gallery and seed == 3
+    # Previews are for the web page: an API caller gets empty updates, where Gradio can cancel its job.
+    assert streamed and all(output == ({"__type__": "update"},) * 3 for output in streamed)
     assert any(re.fullmatch(r"Step \d+/80 · about \d+ s left", desc or "") for desc in progress), progress
     assert Image.open(gallery[0]["image"]).size == (64, 64)
+
+
+def stop_handlers(app_url: str) -> list[int]:
+    """The fn_index of each Stop button's click handler, read from the app's public config as a script can."""
+    config = requests.get(f"{app_url}config", timeout=10).json()
+    stops = {c["id"] for c in config["components"] if c.get("props", {}).get("value") == "Stop"}
+    return [d["id"] for d in config["dependencies"] if any(target[0] in stops for target in d["targets"])]
+
+
+def post_stop(app_url: str, fn_index: int, **session) -> None:
+    """Press Stop as a raw HTTP request (as the probe did), with or without a session."""
+    response = requests.post(f"{app_url}gradio_api/run/predict", json={"fn_index": fn_index, "data": [0], **session})
+    assert response.status_code < 500
+
+
+def long_job(client: Client):
+    job = client.submit(
+        prompt="cat", negative_prompt="", sampler="Euler", steps=60, guidance_scale=7, seed=4, width=256,
+        height=256, api_name="/txt2img",
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while job.status().code.name not in ("PROGRESS", "ITERATING") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return job
+
+
+def test_a_stop_without_a_session_stops_no_ones_job(app_url):
+    handlers = stop_handlers(app_url)
+    assert len(handlers) >= 4  # one per generation tab and Explain
+    job = long_job(Client(app_url, verbose=False))
+    for fn_index in handlers:
+        post_stop(app_url, fn_index)
+    gallery, infotext, seed = job.result(timeout=120)
+    assert "Steps: 60" in infotext and seed == 4 and Image.open(gallery[0]["image"]).size == (256, 256)
+
+
+def test_an_api_job_stopped_by_its_own_session_is_an_error_not_a_result(app_url):
+    own = Client(app_url, verbose=False)
+    job = long_job(own)
+    post_stop(app_url, stop_handlers(app_url)[0], session_hash=own.session_hash)
+    with pytest.raises(AppError, match=r"Stopped at step \d+ of 60"):
+        job.result(timeout=120)
+    assert txt2img(own)[0]  # and the model is free again
