@@ -297,7 +297,7 @@ def run(
 
     Every step moves the progress bar ("Step 7/20 · about 3 s left"); a Stop keeps the preview of the step it ended.
     Previews go only to a page that shows them (Gradio's frontend says so in a header): an API client would
-    download every one before its result.
+    download every one before its result, and gets an empty update instead.
     """
     owner = session.session_hash if session else None
     watched = session is None or session.headers.get("x-gradio-user") == "app"
@@ -312,7 +312,10 @@ def run(
                 if isinstance(item, StepUpdate):
                     _seconds_per_step[speed] = item.seconds_per_step
                     progress((item.step, item.total), desc=item.describe())
-                    if not (item.previews and watched):
+                    if not item.previews:  # none was due at this step
+                        continue
+                    if not watched:  # no preview for an API caller, but a yield: Gradio cancels a job only there
+                        yield gr.skip()
                         continue
                 yield show(item)
         except Cancelled as stopped:
