@@ -112,3 +112,29 @@ def test_a_replayed_run_states_its_own_models_numbers(page: Page, page_errors: l
     expect(x_t).to_contain_text("each 4×4 patch of pixels into 4 numbers")
     expect(panel.locator(".chips").get_by_label("circle", exact=True)).to_be_checked()
     assert page_errors == []
+
+
+def test_a_one_step_run_replays_and_records(page: Page, page_errors: list[str], tmp_path) -> None:
+    """SD-Turbo's normal use: Gradio refuses a slider from 1 to 1, so one step showed an error in both ways."""
+    manager = ModelManager(device="cpu")
+    manager.load(str(SHAPES))
+    request = GenerationRequest(prompt="a large red circle on the left", sampler="Euler", steps=1, seed=1)
+    path = save_run(explain(manager, request), tmp_path / "one-step.safetensors")
+    panel = open_tab(page, "Explain")
+    label = panel.get_by_text(re.compile(r"^Step 1 of 1$"))
+    scrubber = panel.get_by_label("number input for Step", exact=True)
+    expect(scrubber).to_be_visible()
+
+    panel.locator("input[type=file]").last.set_input_files(str(path))
+    expect(panel.get_by_text(re.compile(r"1 steps · CFG [\d.]+ · seed 1 ·"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
+    expect(label).to_be_visible()
+    expect(scrubber).to_be_hidden()  # nothing to scrub
+
+    panel.get_by_label("Prompt", exact=True).fill("a red cat")
+    panel.get_by_label("number input for Steps").fill("1")
+    panel.get_by_label("Seed (-1: random)").fill("5")
+    panel.get_by_role("button", name="Explain", exact=True).click()
+    expect(panel.get_by_text(re.compile(r"1 steps · CFG [\d.]+ · seed 5 ·"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
+    expect(label).to_be_visible()
+    expect(panel.locator(".heatmap img")).to_be_visible()
+    assert page_errors == []
