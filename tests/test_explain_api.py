@@ -7,6 +7,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from sdplay.explain.export import load_run
+from sdplay.explain.render import HeatmapSettings, replay_view
 from tests.test_api import CONTRACT, load
 
 ARGS = dict(prompt="a red cat", negative_prompt="dog", sampler="Euler", steps=3, guidance_scale=7, seed=11)
@@ -14,8 +15,10 @@ ARGS = dict(prompt="a red cat", negative_prompt="dog", sampler="Euler", steps=3,
 
 def test_explain_takes_the_txt2img_parameters(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    names = [p["parameter_name"] for p in endpoints["/explain"]["parameters"]]
-    assert names == CONTRACT["/txt2img"]
+    names = {name: [p["parameter_name"] for p in endpoints[name]["parameters"]] for name in ("/explain", "/txt2img")}
+    # All of /txt2img's but the batch size: Explain records one image.
+    assert names["/explain"] == [name for name in names["/txt2img"] if name != "batch_size"]
+    assert names["/explain"][: len(CONTRACT["/txt2img"])] == CONTRACT["/txt2img"]
 
 
 def test_explain_returns_the_image_and_a_replayable_export(client):
@@ -38,3 +41,10 @@ def test_explain_returns_the_image_and_a_replayable_export(client):
     # Recording changes nothing: /txt2img makes the same pixels for the same request.
     gallery, _, _ = client.predict(**ARGS, width=64, height=64, api_name="/txt2img")
     assert np.array_equal(load(gallery[0]["image"]), np.asarray(Image.open(image).convert("RGB")))
+
+
+def test_a_one_step_run_is_explained_and_replays(client):
+    """SD-Turbo's normal use, through the API: the export of one step replays."""
+    _, export = client.predict(**(ARGS | {"steps": 1}), width=64, height=64, api_name="/explain")
+    view = replay_view(export)
+    assert view.run.steps == 1 and view.draw(0, HeatmapSettings()).label.startswith("**Step 1 of 1**")
