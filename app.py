@@ -16,6 +16,8 @@ DEFAULT_MODEL = (
     if (BUNDLED_MODEL / "model_index.json").is_file()
     else "stable-diffusion-v1-5/stable-diffusion-v1-5"  # a checkout without assets/
 )
+# sdplay.models.SwitchPolicy's values: parsing flags imports no torch.
+MODEL_POLICIES = ("catalog", "any", "locked")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +49,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="user:password; required when --host is not a loopback address [SDPLAY_AUTH]",
     )
     parser.add_argument(
+        "--models",
+        choices=MODEL_POLICIES,
+        default=env("SDPLAY_MODELS"),
+        help="which models the web UI may switch to, for everyone: the listed ones (catalog), also any Hub id (any), "
+        "none (locked); default: any on loopback, catalog on a Space or a network address [SDPLAY_MODELS]",
+    )
+    parser.add_argument(
+        "--admin",
+        default=env("SDPLAY_ADMIN"),
+        help="user:password of a login that alone may switch models; it turns on the login page, so give the other "
+        "users --auth [SDPLAY_ADMIN]",
+    )
+    parser.add_argument(
         "--max-size",
         type=int,
         default=int(env("SDPLAY_MAX_SIZE", "1024")),
@@ -71,11 +86,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CUDA only: compute attention in slices [SDPLAY_ATTENTION_SLICING=1]",
     )
     args = parser.parse_args(argv)
-    if not _is_loopback(args.host) and not args.auth:
+    if not _is_loopback(args.host) and not (args.auth or args.admin):
         parser.error(f"--host {args.host} opens the app to the network: also give --auth user:password.")
-    if args.auth and ":" not in args.auth:
-        parser.error("--auth takes user:password.")
+    for flag, login in (("--auth", args.auth), ("--admin", args.admin)):
+        if login and not all(login.partition(":")[::2]):
+            parser.error(f"{flag} takes user:password.")
+    if args.auth and args.admin and args.auth.partition(":")[0] == args.admin.partition(":")[0]:
+        parser.error("--admin needs a user name of its own, not --auth's.")
+    if args.models is None:  # switching changes the model for everyone: only the listed ones where strangers meet
+        args.models = "catalog" if os.environ.get("SPACE_ID") or not _is_loopback(args.host) else "any"
+    elif args.models not in MODEL_POLICIES:  # argparse checks the choices of flags, not of defaults
+        parser.error(f"SDPLAY_MODELS={args.models} is not one of {', '.join(MODEL_POLICIES)}.")
     return args  # fmt: skip
+
+
+def logins(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    """Gradio's login accounts: --auth's and --admin's (None: no login page)."""
+    accounts = [login.split(":", 1) for login in (args.auth, args.admin) if login]
+    return [(user, password) for user, password in accounts] or None
 
 
 def _is_loopback(host: str) -> bool:
@@ -92,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     # Imported after parsing so that --help is instant and flags can still set import-time environment.
     from sdplay.catalog import HUB_MODELS
     from sdplay.errors import UserError
-    from sdplay.models import MemoryOptions, ModelManager
+    from sdplay.models import MemoryOptions, ModelManager, ModelSwitch, SwitchPolicy
     from sdplay.requests import Limits
     from sdplay.ui.layout import build_demo
     from sdplay.ui.style import JS
@@ -108,12 +136,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.model != DEFAULT_MODEL and DEFAULT_MODEL == str(BUNDLED_MODEL):
         local[BUNDLED_MODEL.name] = DEFAULT_MODEL
     models = local | {hub_id: hub_id for hub_id in ([] if args.offline else HUB_MODELS)}
-    demo = build_demo(manager, Limits(max_size=args.max_size), models)
-    user, _, password = (args.auth or "").partition(":")
+    admin = args.admin.partition(":")[0] if args.admin else None
+    demo = build_demo(manager, Limits(max_size=args.max_size), ModelSwitch(models, SwitchPolicy(args.models), admin))
     demo.launch(
         server_name=args.host,
         server_port=args.port,
-        auth=(user, password) if args.auth else None,
+        auth=logins(args),
         max_file_size="64mb",  # Explain exports of SD 1.5 runs at 512² reach ~25 MB
         enable_monitoring=False,
         allowed_paths=[],

@@ -49,30 +49,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_url(tiny_model) -> str:
-    """`python app.py` as a user starts it, on the tiny model and a free port."""
+def served_app(model: Path, *flags: str, log_name: str = "app.log") -> Iterator[str]:
+    """`python app.py` as a user starts it, on `model` and a free port, with more `flags`: yields its URL."""
     port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
-    log = (ARTIFACTS / "app.log").open("w")
-    command = [sys.executable, "app.py", "--model", str(tiny_model), "--port", str(port), "--offline"]
+    log = (ARTIFACTS / log_name).open("w")
+    command = [sys.executable, "app.py", "--model", str(model), "--port", str(port), "--offline", *flags]
     process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while True:
         try:
-            if requests.get(url, timeout=2).status_code == 200:
+            if requests.get(url, timeout=2).status_code in (200, 401):  # 401: the app has a login page
                 break
         except requests.ConnectionError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"the app did not start: see {ARTIFACTS / 'app.log'}")
+            pytest.fail(f"the app did not start: see {ARTIFACTS / log_name}")
         time.sleep(0.5)
     yield url
     process.terminate()
     process.wait(timeout=30)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(tiny_model) -> Iterator[str]:
+    """`python app.py` as a user starts it, on the tiny model and a free port."""
+    yield from served_app(tiny_model)
 
 
 @pytest.fixture(scope="session")

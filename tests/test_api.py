@@ -1,5 +1,6 @@
 """The public API, driven with gradio_client against `python app.py` on the tiny model: the contract users rely on."""
 
+import json
 import re
 import threading
 import time
@@ -13,6 +14,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from sdplay.metadata import parse_infotext, read_infotext
+from tests.conftest import served_app
 from tests.test_images import png_claiming_size
 
 COMMON = ["prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "seed"]
@@ -226,3 +228,42 @@ def test_an_api_job_stopped_by_its_own_session_is_an_error_not_a_result(app_url)
     with pytest.raises(AppError, match=r"Stopped at step \d+ of 60"):
         job.result(timeout=120)
     assert txt2img(own)[0]  # and the model is free again
+
+
+@pytest.fixture(scope="module")
+def classroom_url(tiny_model):
+    """The app as a teacher hosts it: a login for the class, an admin login, only the listed models."""
+    flags = ["--models", "catalog", "--auth", "class:blackboard", "--admin", "teacher:chalk"]
+    yield from served_app(tiny_model, *flags, log_name="classroom.log")
+
+
+def logged_in(url: str, user: str, password: str) -> requests.Session:
+    session = requests.Session()
+    assert session.post(f"{url}login", data={"username": user, "password": password}).json() == {"success": True}
+    return session
+
+
+def load_model(session: requests.Session, url: str, name: str) -> str:
+    """Press Load by script, as `/gradio_api/call/load_model` allows: the last event, "complete: [outputs]" or
+    "error: {message}"."""
+    started = session.post(f"{url}gradio_api/call/load_model", json={"data": [name]})
+    assert started.status_code == 200, started.text
+    stream = session.get(f"{url}gradio_api/call/load_model/{started.json()['event_id']}").text
+    event, data = stream.strip().split("\n\n")[-1].split("\n")
+    return f"{event.removeprefix('event: ')}: {json.dumps(json.loads(data.removeprefix('data: ')), ensure_ascii=False)}"
+
+
+def test_only_the_admin_switches_models_and_only_to_listed_ones(classroom_url, tiny_model):
+    assert requests.post(f"{classroom_url}gradio_api/call/load_model", json={"data": ["shapes"]}).status_code == 401
+    student, teacher = logged_in(classroom_url, "class", "blackboard"), logged_in(classroom_url, "teacher", "chalk")
+    assert "Only the server's admin may switch models" in load_model(student, classroom_url, "shapes")
+    assert "not in the list of choices" in load_model(teacher, classroom_url, "nobody/any-model")
+    switched = load_model(teacher, classroom_url, "shapes")
+    assert switched.startswith("complete: ") and re.search(r"shapes · .* · Loaded by teacher at \d\d:\d\d", switched)
+    assert "Loaded by teacher" in load_model(teacher, classroom_url, tiny_model.name)
+
+
+def test_an_overlong_model_name_is_a_clear_error_and_the_model_keeps_serving(app_url, client):
+    stream = load_model(requests.Session(), app_url, "a" * 5000)
+    assert stream.startswith("error: ") and "not a model name (5000 characters): give a Hub id, org/name" in stream
+    assert "File name too long" not in stream and txt2img(client)[0]

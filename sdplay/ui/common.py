@@ -300,7 +300,7 @@ def run(
     download every one before its result, and gets an empty update instead.
     """
     owner = session.session_hash if session else None
-    watched = session is None or session.headers.get("x-gradio-user") == "app"
+    watched = session is None or from_web_page(session)
     with user_errors():
         for warning in warnings_before(manager.model, request, limits):
             gr.Warning(warning)
@@ -324,6 +324,11 @@ def run(
             gr.Info(str(stopped))
             if stopped.update and stopped.update.previews:
                 yield show(stopped.update)
+
+
+def from_web_page(request: gr.Request) -> bool:
+    """Whether `request` comes from sdplay's page (Gradio's frontend says so in a header), not from a script."""
+    return request.headers.get("x-gradio-user") == "app"
 
 
 def wire_stop(manager: ModelManager, stop: gr.Button, event) -> None:

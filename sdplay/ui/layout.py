@@ -8,11 +8,11 @@ from PIL import Image
 
 from sdplay.errors import UserError
 from sdplay.metadata import parse_infotext, read_infotext, settings_from_infotext
-from sdplay.models import LoadedModel, ModelManager
+from sdplay.models import LoadedModel, ModelManager, ModelSwitch, SwitchPolicy
 from sdplay.requests import Limits
 from sdplay.samplers import schedule_names
 from sdplay.ui import explain, img2img, inpaint, pnginfo, txt2img
-from sdplay.ui.common import GPU, Controls, Results, mask_brush
+from sdplay.ui.common import GPU, Controls, Results, from_web_page, mask_brush, user_errors, without_paths
 
 # The controls an infotext restores, by their `Controls` field names.
 CONTROL_FIELDS = [
@@ -31,40 +31,65 @@ def model_notes(model: LoadedModel) -> str:
     return "  \n".join(lines)
 
 
-def model_bar(manager: ModelManager, models: dict[str, str], tabs: list[Controls]) -> None:
-    """Pick and load a model; loading refreshes the status line and applies the model's recommended settings and
-    examples to every tab. A failed load changes nothing on the page and says why.
+def switch_info(switch: ModelSwitch) -> str:
+    """What the model box says about switching models on this server."""
+    if not switch.open:
+        return "This server serves this model only."
+    who = "Only the admin may switch models; it" if switch.admin else "Loading one"
+    if switch.policy == SwitchPolicy.CATALOG:
+        return f"The models this server offers. {who} changes the model for everyone."
+    return f"A Hub id (org/name) downloads on first use; local models are set with --model. {who} changes it for all."
 
-    `models` maps the names shown to their sources, so that local paths on the server are never shown.
+
+def model_bar(demo: gr.Blocks, manager: ModelManager, switch: ModelSwitch, tabs: list[Controls]) -> None:
+    """Pick and load a model, as `switch` allows; loading refreshes the status line and applies the model's
+    recommended settings and examples to every tab. A failed load changes nothing on the page and says why.
+
+    The model is everyone's: the status line says who switched it and when, and pages show the current model when
+    they open and its status line every half minute.
     """
+    built_for = manager.model
     with gr.Row():
         choice = gr.Dropdown(
-            list(models), value=manager.model.name, label="Model", allow_custom_value=True, scale=4,
-            info="A Hub id (org/name) downloads on first use; local models are set with --model when starting.",
+            list(switch.models), value=built_for.name, label="Model", scale=4, info=switch_info(switch),
+            allow_custom_value=switch.policy == SwitchPolicy.ANY, interactive=switch.open,
         )  # fmt: skip
-        load = gr.Button("Load", scale=1)
+        load = gr.Button("Load", scale=1, visible=switch.open)
     status = gr.Markdown(manager.status(), elem_classes="status")
-    notes = gr.Markdown(model_notes(manager.model), elem_classes="model-notes")
+    notes = gr.Markdown(model_notes(built_for), elem_classes="model-notes")
 
-    def load_model(source: str, progress=gr.Progress(track_tqdm=True)) -> dict:
-        try:
-            if not source:
-                raise UserError("Choose a model first.")
-            model = manager.load(models.get(source, source), allow_local=source in models)
-        except UserError as error:
-            gr.Warning(str(error), title="The model was not loaded")
-            return {choice: gr.Dropdown(value=manager.model.name), status: manager.status()}
-        gr.Info(f"Loaded {model.name}.")
+    def applied(model: LoadedModel) -> dict:
         updates = {choice: gr.Dropdown(value=model.name), status: manager.status(), notes: model_notes(model)}
         for controls in tabs:
             updates |= controls.recommended(model)
         return updates
 
+    def load_model(name: str | None, request: gr.Request, progress=gr.Progress(track_tqdm=True)) -> dict:
+        with user_errors():
+            try:
+                source, allow_local = switch.source(name or "", request.username)
+                model = manager.load(source, allow_local=allow_local, by=request.username or "a visitor")
+            except UserError as error:
+                if not from_web_page(request):  # a script hears no warning: refuse with an error
+                    raise gr.Error(f"The model was not loaded: {error}") from error
+                gr.Warning(without_paths(str(error)), title="The model was not loaded")
+                return {choice: gr.Dropdown(value=manager.model.name), status: manager.status()}
+        gr.Info(f"Loaded {model.name}.")
+        return applied(model)
+
+    def opened() -> dict:
+        """A page opening after a switch shows the model now loaded, with its settings."""
+        model = manager.model
+        return {status: manager.status()} if model is built_for else applied(model)
+
     outputs = [choice, status, notes, *(component for c in tabs for component in c.model_dependent())]
     load.click(load_model, choice, outputs, api_visibility="private", show_progress_on=[status], **GPU)
+    quiet = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}  # not in the GPU queue
+    demo.load(opened, None, outputs, **quiet)
+    gr.Timer(30).tick(manager.status, None, status, **quiet)
 
 
-def build_demo(manager: ModelManager, limits: Limits, models: dict[str, str]) -> gr.Blocks:
+def build_demo(manager: ModelManager, limits: Limits, switch: ModelSwitch) -> gr.Blocks:
     with gr.Blocks(title="sdplay", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# sdplay · a Stable Diffusion playground")
         model_slot = gr.Column()
@@ -80,7 +105,7 @@ def build_demo(manager: ModelManager, limits: Limits, models: dict[str, str]) ->
             with gr.Tab("PNG Info", id="pnginfo"):
                 info_image, info_text, send = pnginfo.build()
         with model_slot:
-            model_bar(manager, models, [t2i[0], i2i, inp, explained])
+            model_bar(demo, manager, switch, [t2i[0], i2i, inp, explained])
 
         targets = {"txt2img": (t2i[0], None), "img2img": (i2i, i2i_image), "inpaint": (inp, inp_image)}
         for results in (t2i[1], i2i_results, inp_results):
