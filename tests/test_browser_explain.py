@@ -137,4 +137,10 @@ def test_a_one_step_run_replays_and_records(page: Page, page_errors: list[str], 
     expect(panel.get_by_text(re.compile(r"1 steps · CFG [\d.]+ · seed 5 ·"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
     expect(label).to_be_visible()
     expect(panel.locator(".heatmap img")).to_be_visible()
+
+    # Decode x̂₀ with the VAE: the linear preview is replaced by the decoded image.
+    x0 = panel.locator(".x0 img")
+    preview = x0.get_attribute("src")
+    panel.get_by_role("button", name="Decode x̂₀ of every step with the VAE").click()
+    expect(x0).not_to_have_attribute("src", preview, timeout=GENERATE_TIMEOUT_MS)
     assert page_errors == []

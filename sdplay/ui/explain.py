@@ -156,7 +156,7 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
             x_t = image("x_t · noisy latent", PANEL_FORMATS["x_t"])
             caption("x_t")
         with gr.Column(min_width=180):
-            x0 = image("x̂₀ · predicted image", PANEL_FORMATS["x0"])
+            x0 = image("x̂₀ · predicted image", PANEL_FORMATS["x0"], elem_classes="x0")
             decode = gr.Button("Decode x̂₀ of every step with the VAE", size="sm")
             caption("x0")
         with gr.Column(min_width=180):
