@@ -315,3 +315,11 @@ def test_a_run_in_the_contract_loads_only_the_tensors_the_view_needs(tmp_path, m
     monkeypatch.setattr(export, "safe_open", spy)
     run = load_run(export.save_run(synthetic_run(steps=2), tmp_path / "ok.safetensors"))
     assert run.steps == 2 and "latents" in loaded and "attention" not in loaded
+
+
+def test_steps_times_tokens_times_latent_pixels_is_capped(tmp_path, monkeypatch):
+    """Each bound can hold while their product (the maps the view keeps at the latent size) is too much."""
+    path = export.save_run(synthetic_run(steps=2, tokens=3, latent=(4, 4, 4)), tmp_path / "run.safetensors")
+    assert load_run(path).steps == 2
+    monkeypatch.setattr(export, "MAX_MAP_VALUES", 2 * 4 * 16 - 1)  # steps × (tokens + padding) × pixels
+    refused(path, "steps × tokens × latent size")
