@@ -59,7 +59,8 @@ def model_bar(demo: gr.Blocks, manager: ModelManager, switch: ModelSwitch, tabs:
     notes = gr.Markdown(model_notes(built_for), elem_classes="model-notes")
 
     def applied(model: LoadedModel) -> dict:
-        updates = {choice: gr.Dropdown(value=model.name), status: manager.status(), notes: model_notes(model)}
+        # gr.update, not gr.Dropdown(value=...): a new Dropdown warns that its value is not among its (no) choices.
+        updates = {choice: gr.update(value=model.name), status: manager.status(), notes: model_notes(model)}
         for controls in tabs:
             updates |= controls.recommended(model)
         return updates
@@ -73,7 +74,7 @@ def model_bar(demo: gr.Blocks, manager: ModelManager, switch: ModelSwitch, tabs:
                 if not from_web_page(request):  # a script hears no warning: refuse with an error
                     raise gr.Error(f"The model was not loaded: {error}") from error
                 gr.Warning(without_paths(str(error)), title="The model was not loaded")
-                return {choice: gr.Dropdown(value=manager.model.name), status: manager.status()}
+                return {choice: gr.update(value=manager.model.name), status: manager.status()}
         gr.Info(f"Loaded {model.name}.")
         return applied(model)
 
