@@ -35,10 +35,12 @@ def switch_info(switch: ModelSwitch) -> str:
     """What the model box says about switching models on this server."""
     if not switch.open:
         return "This server serves this model only."
-    who = "Only the admin may switch models; it" if switch.admin else "Loading one"
     if switch.policy == SwitchPolicy.CATALOG:
-        return f"The models this server offers. {who} changes the model for everyone."
-    return f"A Hub id (org/name) downloads on first use; local models are set with --model. {who} changes it for all."
+        offer = "The models this server offers."
+    else:
+        offer = "A Hub id (org/name) downloads on first use; local models are set with --model."
+    who = "Only the admin may switch models, for everyone." if switch.admin else "Loading one changes it for everyone."
+    return f"{offer} {who}"
 
 
 def model_bar(demo: gr.Blocks, manager: ModelManager, switch: ModelSwitch, tabs: list[Controls]) -> None:
