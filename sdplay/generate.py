@@ -1,19 +1,18 @@
 """Running one generation request: validate, seed, report each step (with a preview now and then), paste
 inpainting back, write metadata.
 
-`generate()` is plain and synchronous (CPU objects in and out: the function a ZeroGPU `@spaces.GPU` would wrap);
-`stream()` runs it on the job thread so that a UI can show previews and stop it between steps.
+`generate()` is plain and synchronous (CPU objects in and out); sdplay/executor.py runs it behind the one executor
+boundary, so that a UI can show previews and stop it between steps, locally or on ZeroGPU.
 """
 
 import math
-import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import torch
 from diffusers import DiffusionPipeline
@@ -35,7 +34,6 @@ from sdplay.previews import latents_to_rgb
 from sdplay.requests import MAX_SEED, GenerationRequest, Limits, Task, validated
 from sdplay.samplers import AUTOMATIC
 
-R = TypeVar("R")
 # Seconds between two previews after the first. A preview is cheap to compute but is encoded, sent and drawn by the
 # browser: on a fast GPU a step takes tens of milliseconds, and a preview per step would cost more than the steps.
 PREVIEW_EVERY = 0.25
@@ -85,6 +83,9 @@ class Cancelled(Exception):
         where = f" at step {update.step} of {update.total}" if update else " before the first step"
         super().__init__(f"Stopped{where}.")
         self.update = update
+
+    def __reduce__(self):  # pickled with its update (it crosses ZeroGPU's boundary), not with its message
+        return Cancelled, (self.update,)
 
 
 @dataclass(frozen=True)
@@ -249,63 +250,3 @@ def _infotext(request: GenerationRequest, model: LoadedModel, size: tuple[int, i
             params["Inpaint area"] = "Only masked"
             params["Masked area padding"] = request.padding
     return format_infotext(request.prompt, request.negative_prompt, params)
-
-
-class JobThread:
-    """One long-lived daemon thread that runs the work it is given, one piece after another.
-
-    A new thread per job starts cold every time (a new malloc arena, a new OpenMP thread pool): on the bundled model
-    that made each generation ~20% slower than on a thread that had run one before. Daemon: quitting never waits.
-    """
-
-    def __init__(self) -> None:
-        self._work: queue.Queue[Callable[[], None]] = queue.Queue()
-        self._starting = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def run(self, work: Callable[[], None]) -> None:
-        """Queue `work` (which must not raise) behind what the thread was given before."""
-        with self._starting:
-            if self._thread is None:  # started on first use: importing this module starts nothing
-                self._thread = threading.Thread(target=self._loop, name="sdplay-jobs", daemon=True)
-                self._thread.start()
-        self._work.put(work)
-
-    def _loop(self) -> None:
-        while True:
-            self._work.get()()
-
-
-JOBS = JobThread()
-
-
-def stream(job: Callable[..., R]) -> Iterator[StepUpdate | R]:
-    """Run `job(cancel=..., on_step=...)` (a `generate` or `explain` call) on the job thread; yield each
-    `StepUpdate`, then what the job returns.
-
-    Closing the iterator (a UI's Stop) sets the cancel flag: the job ends after the step it is in, and the
-    lock is free again when `close()` returns.
-    """
-    updates: queue.Queue = queue.Queue()
-    cancel = threading.Event()
-    finished = threading.Event()
-    done = object()
-
-    def work() -> None:
-        try:
-            updates.put(job(cancel=cancel, on_step=updates.put))
-        except BaseException as error:  # handed to the consuming thread, which raises it
-            updates.put(error)
-        finally:
-            finished.set()
-        updates.put(done)
-
-    JOBS.run(work)
-    try:
-        while (item := updates.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        cancel.set()
-        finished.wait()

@@ -28,6 +28,7 @@ from diffusers import (
 
 from sdplay.catalog import ModelSettings, model_settings
 from sdplay.errors import UserError
+from sdplay.executor import Executor, zero_gpu
 from sdplay.previews import fit_latent_rgb
 from sdplay.requests import Task
 from sdplay.samplers import AUTOMATIC, build_scheduler
@@ -243,6 +244,9 @@ class ModelManager:
         self._model: LoadedModel | None = None
         self._lock = threading.Lock()
         self._job: Job | None = None
+        # What runs jobs on this model, here or in a ZeroGPU worker; it holds the job thread and the ETA memory.
+        spaces = zero_gpu()
+        self.executor = Executor(self, gpu=spaces.GPU if spaces else None)
 
     @property
     def model(self) -> LoadedModel:

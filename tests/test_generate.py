@@ -1,8 +1,6 @@
 """Generation on a tiny random-weight pipeline: the three tasks, every sampler, seeds, metadata, previews, Stop."""
 
 import threading
-import time
-from functools import partial
 from types import SimpleNamespace
 
 import gradio as gr
@@ -11,7 +9,7 @@ import pytest
 from PIL import Image
 
 from sdplay.errors import UserError
-from sdplay.generate import Cancelled, StepUpdate, generate, stream
+from sdplay.generate import Cancelled, StepUpdate, generate
 from sdplay.images import blur_mask
 from sdplay.metadata import parse_infotext, save_png, settings_from_infotext
 from sdplay.requests import GenerationRequest, Limits, Task
@@ -155,29 +153,6 @@ def test_stop_reports_the_step_it_ended_with_its_preview(manager):
     assert (update.step, update.total, update.stopped) == (3, 20, True)
     assert str(stopped.value) == "Stopped at step 3 of 20."
     assert len(update.previews) == 2 and pixels(update.previews[0]).std() > 0  # this step's, though none was due
-
-
-def test_closing_the_stream_stops_within_a_step_and_frees_the_lock(manager):
-    jobs = stream(partial(generate, manager, GenerationRequest(prompt="cat", steps=150, width=512, height=512)))
-    assert isinstance(next(jobs), StepUpdate)
-    started = time.monotonic()
-    jobs.close()
-    assert time.monotonic() - started < 5
-    assert manager._lock.acquire(blocking=False)
-    manager._lock.release()
-    assert generate(manager, GenerationRequest(prompt="cat", steps=2)).images
-
-
-def test_every_job_runs_on_the_same_long_lived_thread():
-    """A fresh thread per job starts cold (malloc arena, OpenMP pool) and made generation ~20% slower."""
-    threads = []
-
-    def job(cancel, on_step) -> str:
-        threads.append(threading.current_thread())
-        return "done"
-
-    assert list(stream(job)) == ["done"] and list(stream(job)) == ["done"]
-    assert threads[0] is threads[1] and threads[0] is not threading.current_thread() and threads[0].daemon
 
 
 def test_interrupt_stops_the_owners_job(manager):

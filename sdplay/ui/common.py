@@ -8,7 +8,6 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import PurePath
 from typing import TypeVar
 
@@ -16,7 +15,8 @@ import gradio as gr
 
 from sdplay.catalog import unknown_words
 from sdplay.errors import UserError
-from sdplay.generate import Cancelled, GenerationResult, StepUpdate, about, generate, stream
+from sdplay.executor import JobSpec
+from sdplay.generate import Cancelled, GenerationResult, StepUpdate, about, generate
 from sdplay.images import brush_radius, decode_errors, open_image
 from sdplay.models import LoadedModel, ModelManager
 from sdplay.requests import GenerationRequest, Limits, size_warnings
@@ -31,8 +31,6 @@ MASK_COLOUR = ("#ff00ff", 0.5)
 R = TypeVar("R")
 # An absolute path (POSIX, home, Windows or UNC), not the path part of a URL.
 PATH = re.compile(r"(?<![\w:/.~\\-])(?:~?/|[A-Za-z]:[\\/]|\\\\)[^\s'\"`,;()\[\]{}<>]+")
-# Seconds per step of the last run with each model, size and batch: the ETA shown before a run's first step ends.
-_seconds_per_step: dict[tuple[str, int, int, int], float] = {}
 log = logging.getLogger(__name__)
 
 
@@ -293,7 +291,8 @@ def run(
     show: Callable[[StepUpdate | R], tuple | dict] = _gallery,
 ) -> Iterator[tuple | dict]:
     """Stream `job` (`generate` or `explain`) into UI updates: `show` turns the job's previews and its result into
-    the event's outputs; by default x̂₀ previews while it runs, then the PNGs (gallery, infotext, seed).
+    the event's outputs; by default x̂₀ previews while it runs, then the PNGs (gallery, infotext, seed). The manager's
+    executor runs the job, in this process or in a ZeroGPU worker.
 
     Every step moves the progress bar ("Step 7/20 · about 3 s left"); a Stop keeps the preview of the step it ended.
     Previews go only to a page that shows them (Gradio's frontend says so in a header): an API client would
@@ -304,13 +303,14 @@ def run(
     with user_errors():
         for warning in warnings_before(manager.model, request, limits):
             gr.Warning(warning)
+        speeds = manager.executor.seconds_per_step
         speed = (manager.model.name, request.width, request.height, request.batch_size)
-        previous = _seconds_per_step.get(speed)
+        previous = speeds.get(speed)
         progress(0, desc=f"Starting · {about(request.steps * previous)} left" if previous else "Starting")
         try:
-            for item in stream(partial(job, manager, request, limits, owner=owner)):
+            for item in manager.executor.run(JobSpec(job, request, limits, owner)):
                 if isinstance(item, StepUpdate):
-                    _seconds_per_step[speed] = item.seconds_per_step
+                    speeds[speed] = item.seconds_per_step
                     progress((item.step, item.total), desc=item.describe())
                     if not item.previews:  # none was due at this step
                         continue

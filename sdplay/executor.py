@@ -1,0 +1,165 @@
+"""The one executor boundary: the function that runs a job (a `generate` or `explain` call) and streams its updates.
+
+Locally it runs the job on a long-lived thread; on a ZeroGPU Space that one function is wrapped with `@spaces.GPU`,
+which runs it in a forked worker and pickles what crosses: the `JobSpec` in; each `StepUpdate`, the result and any
+error out. Importing this module imports no torch, so that app.py can import `spaces` before anything touches CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sdplay.models import ModelManager
+    from sdplay.requests import GenerationRequest, Limits
+
+# What a GPU job may take, for ZeroGPU's scheduler (shorter asks get better queue priority):
+# seconds per denoising step per megapixel per image, with CFG, for a UNet of SD 1.5's size (860 M parameters),
+# scaled by the loaded UNet's size. An estimate, not a measurement (no GPU was at hand): published SD 1.5 fp16 eager
+# figures are ~55 steps/s at 512² on an H100 (0.07 s per megapixel-step); we ask for 3.5× that to cover a ZeroGPU
+# slice of an H200, the first call's CUDA start and Explain's capture. To measure it, run `python bench/gpu.py` on
+# the GPU (seconds per image / 20 steps / 0.262 megapixels) and keep a margin of 2× over the figure.
+SECONDS_PER_MEGAPIXEL_STEP = 0.25
+SD15_UNET_PARAMETERS = 860e6
+MIN_GPU_SECONDS = 10  # the text encoder, the VAE decode and moving the weights in dominate short jobs
+MAX_GPU_SECONDS = 120  # ZeroGPU's quota is per user and day: never reserve more than two minutes for one image job
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job as data, picklable: `work` (`generate` or `explain`, pickled by its name) run on `request`."""
+
+    work: Callable[..., Any]
+    request: GenerationRequest
+    limits: Limits
+    owner: str | None = None  # the session that may stop it (`ModelManager.interrupt`)
+
+
+@dataclass(frozen=True)
+class Raised:
+    """An error the job raised, as an item of the stream: ZeroGPU passes only `gr.Error` across as itself."""
+
+    error: BaseException
+
+
+def zero_gpu() -> ModuleType | None:
+    """The `spaces` package on a ZeroGPU Space (`SPACES_ZERO_GPU` set and the package installed), else None.
+
+    Off Spaces the package is optional and not installed by requirements.txt.
+    """
+    if not os.environ.get("SPACES_ZERO_GPU"):
+        return None
+    try:
+        import spaces
+    except ImportError:
+        return None
+    return spaces
+
+
+class JobThread:
+    """One long-lived daemon thread that runs the work it is given, one piece after another.
+
+    A new thread per job starts cold every time (a new malloc arena, a new OpenMP thread pool): on the bundled model
+    that made each generation ~20% slower than on a thread that had run one before. Daemon: quitting never waits.
+    """
+
+    def __init__(self) -> None:
+        self._work: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._starting = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def run(self, work: Callable[[], None]) -> None:
+        """Queue `work` (which must not raise) behind what the thread was given before."""
+        with self._starting:
+            # Started on first use (creating one starts nothing), and again in a forked process (ZeroGPU's worker),
+            # which inherits the thread object but not the thread.
+            if self._thread is None or not self._thread.is_alive():
+                self._work = queue.Queue()
+                self._thread = threading.Thread(target=self._loop, args=(self._work,), name="sdplay-jobs", daemon=True)
+                self._thread.start()
+        self._work.put(work)
+
+    @staticmethod
+    def _loop(work: queue.Queue[Callable[[], None]]) -> None:
+        while True:
+            work.get()()
+
+
+class Executor:
+    """Runs jobs on one model manager's model, one at a time, and remembers each model's speed for the ETA.
+
+    `gpu` is the decorator factory that wraps the boundary (`spaces.GPU` on ZeroGPU, a test's simulation of it);
+    None runs it in this process.
+    """
+
+    def __init__(self, manager: ModelManager, gpu: Callable[..., Callable] | None = None) -> None:
+        self.manager = manager
+        self.thread = JobThread()
+        # Seconds per step of the last run with each (model, width, height, batch): the ETA shown before a first step.
+        self.seconds_per_step: dict[tuple[str, int, int, int], float] = {}
+        self._boundary = self.execute if gpu is None else gpu(duration=self.gpu_seconds)(self.execute)
+
+    def run(self, job: JobSpec) -> Iterator[Any]:
+        """Yield the job's `StepUpdate`s, then its result; raise what it raised. Closing the iterator (a UI's Stop)
+        stops the job within a step."""
+        for item in self._boundary(job):
+            if isinstance(item, Raised):
+                raise item.error
+            yield item
+
+    def execute(self, job: JobSpec) -> Iterator[Any]:
+        """The boundary: run `job` on the job thread, yielding each `StepUpdate`, then the result or a `Raised`.
+
+        Plain CPU objects in and out. Closing it sets the job's cancel flag: the job ends after the step it is in,
+        and the model is free again when `close()` returns.
+        """
+        updates: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        finished = threading.Event()
+        done = object()
+
+        def work() -> None:
+            try:
+                run = partial(job.work, self.manager, job.request, job.limits, owner=job.owner)
+                updates.put(run(cancel=cancel, on_step=updates.put))
+            except BaseException as error:  # handed to the consumer, which raises it
+                updates.put(Raised(portable(error)))
+            finally:
+                finished.set()
+            updates.put(done)
+
+        self.thread.run(work)
+        try:
+            while (item := updates.get()) is not done:
+                yield item
+        finally:
+            cancel.set()
+            finished.wait()
+
+    def gpu_seconds(self, job: JobSpec) -> int:
+        """How long `job` may hold a ZeroGPU GPU: steps × megapixels × batch × the model's per-step cost, bounded."""
+        request, model = job.request, self.manager.model
+        # A size of 0 means the model's own for text-to-image, the input image's (at most max_size) otherwise.
+        default = model.native_size if request.task == "txt2img" else job.limits.max_size
+        megapixels = (request.width or default) * (request.height or default) / 1e6
+        scale = sum(p.numel() for p in model.pipe.unet.parameters()) / SD15_UNET_PARAMETERS
+        seconds = request.steps * megapixels * request.batch_size * SECONDS_PER_MEGAPIXEL_STEP * scale
+        return min(MAX_GPU_SECONDS, max(MIN_GPU_SECONDS, math.ceil(seconds)))
+
+
+def portable(error: BaseException) -> BaseException:
+    """`error` if it pickles (it crosses ZeroGPU's boundary), else a `RuntimeError` with its class and message."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error

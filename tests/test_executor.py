@@ -1,0 +1,316 @@
+"""The one executor boundary, here and under a simulation of ZeroGPU: a forked worker, everything pickled both ways.
+
+ZeroGPU (`spaces.GPU`) runs the decorated function in a process forked from the server, pickles its arguments into
+it and every item it yields back out, and stops a generator when its consumer stops iterating. `ZeroGPU` below does
+the same with multiprocessing's "fork" context and explicit `pickle.dumps`, so that whatever would not cross the
+real boundary fails these tests.
+"""
+
+import multiprocessing
+import pickle
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import fields, is_dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdplay.errors import UserError
+from sdplay.executor import MAX_GPU_SECONDS, MIN_GPU_SECONDS, Executor, JobSpec, JobThread
+from sdplay.explain.capture import ExplainRun, explain
+from sdplay.generate import Cancelled, GenerationResult, StepUpdate, generate
+from sdplay.requests import GenerationRequest, Limits, Task
+
+FORK = multiprocessing.get_context("fork")
+TIMEOUT = 60  # seconds the parent waits for the worker's next message before the test fails
+
+
+class NotPicklable(Exception):
+    """Something that would have to cross ZeroGPU's boundary does not pickle."""
+
+
+class ZeroGPU:
+    """Stands in for `spaces.GPU`: `ZeroGPU(duration=f)(task)` runs generator `task` in a forked worker per call.
+
+    It records the durations asked for, and every item the worker sent (also those the consumer never took).
+    """
+
+    def __init__(self) -> None:
+        self.durations: list[int] = []
+        self.sent: list[object] = []
+        self.workers: list[multiprocessing.Process] = []
+
+    def __call__(self, duration: Callable[..., int]) -> Callable[[Callable], Callable]:
+        def decorate(task: Callable[..., Iterator]) -> Callable[..., Iterator]:
+            def handler(*args, **kwargs) -> Iterator:
+                self.durations.append(duration(*args, **kwargs))
+                try:
+                    payload = pickle.dumps((args, kwargs))
+                except Exception as error:
+                    raise NotPicklable(f"the arguments: {error}") from error
+                receiver, sender = FORK.Pipe(duplex=False)
+                stop = FORK.Event()
+                worker = FORK.Process(target=_work, args=(task, payload, sender, stop), daemon=True)
+                worker.start()
+                sender.close()
+                self.workers.append(worker)
+                yield from self._receive(receiver, stop, worker)
+
+            return handler
+
+        return decorate
+
+    def _receive(self, receiver, stop, worker: multiprocessing.Process) -> Iterator:
+        ended = False
+        try:
+            while not ended:
+                kind, value = self._next(receiver)
+                ended = kind in ("end", "error")  # the worker sends nothing after either
+                if kind == "error":
+                    raise value
+                if kind == "item":
+                    yield value
+        finally:  # the consumer stopped iterating (GeneratorExit) or the job ended: as ZeroGPU, signal the worker
+            stop.set()
+            while not ended:  # take what it still sends until it ends, so that it is never blocked on a full pipe
+                kind, _ = self._next(receiver)
+                ended = kind in ("end", "error")
+            worker.join(TIMEOUT)
+            receiver.close()
+
+    def _next(self, receiver) -> tuple[str, object]:
+        if not receiver.poll(TIMEOUT):
+            raise TimeoutError("the worker sent nothing for a minute")
+        kind, value = pickle.loads(receiver.recv_bytes())
+        if kind == "item":
+            self.sent.append(value)
+            assert all(t.device.type == "cpu" for t in tensors_in(value)), "a tensor left the worker on the GPU"
+        return kind, value
+
+
+def _work(task: Callable[..., Iterator], payload: bytes, sender, stop) -> None:
+    """The forked worker: unpickle the arguments, run the generator, pickle each item back; as ZeroGPU, close the
+    generator at its next item once the consumer has stopped."""
+    args, kwargs = pickle.loads(payload)
+    items = task(*args, **kwargs)
+    try:
+        for item in items:
+            if stop.is_set():
+                items.close()
+                break
+            try:
+                message = pickle.dumps(("item", item))
+            except Exception as error:
+                message = pickle.dumps(("error", NotPicklable(f"{type(item).__name__}: {error}")))
+                sender.send_bytes(message)
+                return
+            sender.send_bytes(message)
+    except Exception as error:  # ZeroGPU passes only gr.Error through; the executor must not rely on more
+        sender.send_bytes(pickle.dumps(("error", RuntimeError(f"ZeroGPU worker error: {type(error).__name__}"))))
+        return
+    sender.send_bytes(pickle.dumps(("end", None)))
+
+
+def tensors_in(value: object) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif is_dataclass(value) and not isinstance(value, type):
+        for field in fields(value):
+            yield from tensors_in(getattr(value, field.name))
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from tensors_in(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from tensors_in(item)
+
+
+def holds_a_lock(manager, request, limits, *, owner, cancel, on_step) -> threading.Lock:
+    """A job whose result cannot cross a process boundary."""
+    return threading.Lock()
+
+
+@pytest.fixture
+def zero_gpu() -> ZeroGPU:
+    return ZeroGPU()
+
+
+@pytest.fixture
+def remote(manager, zero_gpu) -> Executor:
+    """An executor whose boundary runs in a simulated ZeroGPU worker."""
+    return Executor(manager, gpu=zero_gpu)
+
+
+def result_of(executor: Executor, job: JobSpec) -> tuple[list[StepUpdate], object]:
+    *updates, result = executor.run(job)
+    return updates, result
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))
+
+
+def image_and_mask() -> tuple[Image.Image, Image.Image]:
+    image = Image.new("RGB", (64, 48), (200, 40, 40))
+    mask = Image.new("L", image.size, 0)
+    mask.paste(255, (16, 8, 48, 40))
+    return image, mask
+
+
+def jobs() -> dict[str, JobSpec]:
+    image, mask = image_and_mask()
+    common = dict(prompt="a red cat", negative_prompt="blur", sampler="Euler", steps=3, seed=7)
+    return {
+        "txt2img": JobSpec(generate, GenerationRequest(**common, width=72, height=64, batch_size=2), Limits()),
+        "img2img": JobSpec(generate, GenerationRequest(**common, task=Task.IMG2IMG, image=image), Limits()),
+        "inpaint": JobSpec(
+            generate, GenerationRequest(**common, task=Task.INPAINT, image=image, mask=mask, mask_blur=2), Limits()
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["txt2img", "img2img", "inpaint"])
+def test_generation_through_zerogpu_equals_the_in_process_one(manager, remote, zero_gpu, name):
+    job = jobs()[name]
+    local_updates, local = result_of(manager.executor, job)
+    updates, result = result_of(remote, job)
+    assert isinstance(result, GenerationResult) and len(zero_gpu.workers) == 1
+    assert [(u.step, u.total) for u in updates] == [(u.step, u.total) for u in local_updates]
+    assert len(updates) >= 2 and updates[-1].step == updates[-1].total  # every step (img2img: steps × strength)
+    assert updates[0].previews and pixels(updates[0].previews[0]).std() > 0  # previews stream out of the worker
+    assert result.infotexts == local.infotexts and result.seeds == local.seeds
+    for image, expected, text in zip(result.images, local.images, local.infotexts, strict=True):
+        assert np.array_equal(pixels(image), pixels(expected)) and image.info["parameters"] == text
+    assert zero_gpu.durations == [MIN_GPU_SECONDS]  # a tiny model's job asks for the least
+
+
+def test_explain_through_zerogpu_records_the_same_run(manager, remote):
+    job = JobSpec(explain, GenerationRequest(prompt="a red cat", negative_prompt="blur", steps=3, seed=5), Limits())
+    _, local = result_of(manager.executor, job)
+    _, run = result_of(remote, job)
+    assert isinstance(run, ExplainRun) and run.steps == local.steps == 3 and run.attention
+    for field in fields(ExplainRun):
+        ours, theirs = getattr(run, field.name), getattr(local, field.name)
+        if isinstance(ours, torch.Tensor):
+            assert torch.equal(ours, theirs), field.name
+        elif isinstance(ours, dict) and ours and isinstance(next(iter(ours.values())), torch.Tensor):
+            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), field.name
+        elif isinstance(ours, np.ndarray):
+            assert np.array_equal(ours, theirs), field.name
+        else:
+            assert ours == theirs, field.name
+
+
+def test_stop_across_the_boundary_ends_the_worker_within_a_step_without_a_result(manager, remote, zero_gpu):
+    job = JobSpec(generate, GenerationRequest(prompt="cat", steps=150, width=512, height=512), Limits(), "ann")
+    items = remote.run(job)
+    first = next(items)
+    assert isinstance(first, StepUpdate) and first.step == 1
+    started = time.monotonic()
+    items.close()  # what Gradio does to a cancelled event's generator, and ZeroGPU passes on to its worker
+    assert time.monotonic() - started < 10
+    [worker] = zero_gpu.workers
+    assert worker.exitcode == 0
+    steps = [item.step for item in zero_gpu.sent if isinstance(item, StepUpdate)]
+    assert not any(isinstance(item, GenerationResult) for item in zero_gpu.sent)
+    assert max(steps) < 150
+    assert generate(manager, GenerationRequest(prompt="cat", steps=2)).images  # the model here is free
+
+
+def test_errors_cross_the_boundary_as_themselves(remote):
+    job = JobSpec(generate, GenerationRequest(prompt="cat", steps=500), Limits(max_steps=150))
+    with pytest.raises(UserError, match="150"):
+        list(remote.run(job))
+
+
+def test_the_harness_fails_a_result_that_does_not_pickle(remote):
+    with pytest.raises(NotPicklable, match="lock"):
+        list(remote.run(JobSpec(holds_a_lock, GenerationRequest(prompt="cat"), Limits())))
+
+
+def test_the_harness_fails_arguments_that_do_not_pickle(remote):
+    job = JobSpec(lambda *args, **kwargs: None, GenerationRequest(prompt="cat"), Limits())
+    with pytest.raises(NotPicklable, match="arguments"):
+        list(remote.run(job))
+
+
+def test_closing_the_stream_stops_within_a_step_and_frees_the_lock(manager):
+    items = manager.executor.run(
+        JobSpec(generate, GenerationRequest(prompt="cat", steps=150, width=512, height=512), Limits())
+    )
+    assert isinstance(next(items), StepUpdate)
+    started = time.monotonic()
+    items.close()
+    assert time.monotonic() - started < 5
+    assert manager._lock.acquire(blocking=False)
+    manager._lock.release()
+    assert generate(manager, GenerationRequest(prompt="cat", steps=2)).images
+
+
+def test_every_job_runs_on_the_same_long_lived_thread(manager):
+    """A fresh thread per job starts cold (malloc arena, OpenMP pool) and made generation ~20% slower."""
+    threads = []
+
+    def job(manager, request, limits, *, owner, cancel, on_step) -> str:
+        threads.append(threading.current_thread())
+        return "done"
+
+    executor = Executor(manager)
+    spec = JobSpec(job, GenerationRequest(prompt="cat"), Limits())
+    assert list(executor.run(spec)) == ["done"] and list(executor.run(spec)) == ["done"]
+    assert threads[0] is threads[1] and threads[0] is not threading.current_thread() and threads[0].daemon
+
+
+def sd15_sized(native: int = 512) -> Executor:
+    """An executor over a stand-in manager whose UNet counts SD 1.5's 860 M parameters."""
+    unet = SimpleNamespace(parameters=lambda: [SimpleNamespace(numel=lambda: 860_000_000)])
+    model = SimpleNamespace(native_size=native, pipe=SimpleNamespace(unet=unet))
+    return Executor(SimpleNamespace(model=model))
+
+
+@pytest.mark.parametrize(
+    ("request_", "seconds"),
+    [
+        (GenerationRequest(prompt="cat", steps=20), MIN_GPU_SECONDS),  # 512², 20 steps: ~1.3 s of UNet
+        (GenerationRequest(prompt="cat", steps=100, width=1024, height=1024), 27),  # 100 × 1.05 MP × 0.25 s
+        (GenerationRequest(prompt="cat", steps=100, width=1024, height=1024, batch_size=2), 53),
+        (GenerationRequest(prompt="cat", steps=150, width=1024, height=1024, batch_size=8), MAX_GPU_SECONDS),
+        (GenerationRequest(prompt="cat", steps=100, task=Task.IMG2IMG), 27),  # the input's size: up to max_size
+    ],
+)
+def test_the_gpu_duration_grows_with_steps_pixels_and_batch_within_bounds(request_, seconds):
+    assert sd15_sized().gpu_seconds(JobSpec(generate, request_, Limits())) == seconds
+
+
+def test_a_stopped_jobs_error_crosses_with_its_preview(manager):
+    with pytest.raises(Cancelled) as stopped:
+        generate(manager, GenerationRequest(prompt="cat", steps=3), cancel=SimpleNamespace(is_set=lambda: True))
+    crossed = pickle.loads(pickle.dumps(stopped.value))
+    assert str(crossed) == str(stopped.value) == "Stopped before the first step."
+    update = StepUpdate(2, 5, 0.1, [Image.new("RGB", (8, 8), "red")], stopped=True)
+    crossed = pickle.loads(pickle.dumps(Cancelled(update)))
+    assert str(crossed) == "Stopped at step 2 of 5." and crossed.update.previews[0].getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_the_job_thread_runs_work_in_a_forked_worker_too():
+    """A forked process (ZeroGPU's worker) inherits the thread object of a job thread the server used, not the
+    thread: it must start its own."""
+    thread = JobThread()
+    ran = threading.Event()
+    thread.run(ran.set)
+    assert ran.wait(5)
+    receiver, sender = FORK.Pipe(duplex=False)
+
+    def child() -> None:
+        done = threading.Event()
+        thread.run(done.set)
+        sender.send(done.wait(5))
+
+    worker = FORK.Process(target=child, daemon=True)
+    worker.start()
+    assert receiver.poll(10) and receiver.recv() is True
+    worker.join(5)
