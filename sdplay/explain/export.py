@@ -140,7 +140,7 @@ def _json(metadata: dict, key: str, kind: type) -> object:
     """A metadata entry: a string holding JSON of type `kind`."""
     text = metadata.get(key)
     if not isinstance(text, str):
-        raise UserError(f"Explain file: the metadata has no {key!r}.")
+        raise UserError(f"Explain file: the metadata {key!r} is missing or not a string.")
     try:
         value = json.loads(text)
     except (ValueError, RecursionError) as error:
