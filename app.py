@@ -33,8 +33,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=env("SDPLAY_CONFIG"),
         help="local diffusers folder with the configs for a .safetensors --model [SDPLAY_CONFIG]",
     )
-    parser.add_argument("--host", default=env("SDPLAY_HOST", "127.0.0.1"), help="address to bind [SDPLAY_HOST]")
-    parser.add_argument("--port", type=int, default=int(env("SDPLAY_PORT", "7860")), help="[SDPLAY_PORT]")
+    # A Hugging Face Space says where to listen in Gradio's variables (0.0.0.0:7860) and fronts the app itself.
+    space = bool(env("SPACE_ID"))
+    host = env("SDPLAY_HOST") or (space and env("GRADIO_SERVER_NAME")) or "127.0.0.1"
+    port = env("SDPLAY_PORT") or (space and env("GRADIO_SERVER_PORT")) or "7860"
+    parser.add_argument(
+        "--host", default=host, help="address to bind [SDPLAY_HOST; on a Space GRADIO_SERVER_NAME]; default 127.0.0.1"
+    )
+    parser.add_argument("--port", type=int, default=int(port), help="[SDPLAY_PORT; on a Space GRADIO_SERVER_PORT]")
     parser.add_argument("--device", default=env("SDPLAY_DEVICE"), help="cpu, cuda, cuda:N or mps [SDPLAY_DEVICE]")
     parser.add_argument("--dtype", default=env("SDPLAY_DTYPE"), help="float16, bfloat16 or float32 [SDPLAY_DTYPE]")
     parser.add_argument(
@@ -86,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CUDA only: compute attention in slices [SDPLAY_ATTENTION_SLICING=1]",
     )
     args = parser.parse_args(argv)
-    if not _is_loopback(args.host) and not (args.auth or args.admin):
+    if not space and not _is_loopback(args.host) and not (args.auth or args.admin):
         parser.error(f"--host {args.host} opens the app to the network: also give --auth user:password.")
     for flag, login in (("--auth", args.auth), ("--admin", args.admin)):
         if login and not all(login.partition(":")[::2]):
@@ -116,6 +122,9 @@ def _is_loopback(host: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from sdplay.executor import zero_gpu
+
+    zero_gpu()  # on a ZeroGPU Space, `spaces` must be imported before anything initialises CUDA; imports no torch
     args = parse_args(argv)
     # Imported after parsing so that --help is instant and flags can still set import-time environment.
     from sdplay.catalog import HUB_MODELS

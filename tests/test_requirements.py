@@ -12,10 +12,15 @@ LOCAL = {"sdplay", "app", "tests", "results", "overhead", "startup"}  # our own 
 
 
 def imported_modules(files: list[Path]) -> dict[str, Path]:
-    """Top-level module names imported by absolute imports in `files`, each with one file that imports it."""
+    """Top-level module names imported by absolute imports in `files`, each with one file that imports it; an
+    import inside `try: ... except ImportError` is optional (`spaces` on ZeroGPU) and not counted."""
     found: dict[str, Path] = {}
     for path in files:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        optional = {id(inner) for node in ast.walk(tree) if _catches_import_error(node) for inner in node.body}
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -25,6 +30,13 @@ def imported_modules(files: list[Path]) -> dict[str, Path]:
             for name in names:
                 found.setdefault(name.partition(".")[0], path)
     return found
+
+
+def _catches_import_error(node: ast.AST) -> bool:
+    names = {"ImportError", "ModuleNotFoundError"}
+    return isinstance(node, ast.Try) and any(
+        isinstance(handler.type, ast.Name) and handler.type.id in names for handler in node.handlers
+    )
 
 
 def declared(requirements: Path) -> set[str]:
