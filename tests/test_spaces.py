@@ -99,3 +99,15 @@ def test_a_space_serves_on_all_addresses_without_auth(tiny_model: Path):
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def test_on_zerogpu_spaces_is_imported_before_torch(tmp_path: Path):
+    """ZeroGPU's `spaces` patches torch's CUDA: it must come first. A stand-in package says what it found."""
+    stand_in = 'import sys\nprint("spaces imported; torch already:", "torch" in sys.modules)\n'
+    (tmp_path / "spaces.py").write_text(stand_in)
+    env = os.environ | {"SPACES_ZERO_GPU": "true", "PYTHONPATH": str(tmp_path)}
+    shown = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert shown.returncode == 0 and "spaces imported; torch already: False" in shown.stdout
+    env.pop("SPACES_ZERO_GPU")  # off ZeroGPU it is not imported even where installed
+    shown = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert shown.returncode == 0 and "spaces imported" not in shown.stdout
