@@ -13,6 +13,7 @@ import pickle
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from types import ModuleType
@@ -111,10 +112,11 @@ class Executor:
     def run(self, job: JobSpec) -> Iterator[Any]:
         """Yield the job's `StepUpdate`s, then its result; raise what it raised. Closing the iterator (a UI's Stop)
         stops the job within a step."""
-        for item in self._boundary(job):
-            if isinstance(item, Raised):
-                raise item.error
-            yield item
+        with closing(self._boundary(job)) as items:  # closed at once on Stop, not whenever it is collected
+            for item in items:
+                if isinstance(item, Raised):
+                    raise item.error
+                yield item
 
     def execute(self, job: JobSpec) -> Iterator[Any]:
         """The boundary: run `job` on the job thread, yielding each `StepUpdate`, then the result or a `Raised`.
