@@ -5,7 +5,10 @@
 - `app`: end to end on the bundled model as `python app.py` serves it: `/txt2img` and `/explain` through
   `gradio_client`, and Generate in headless Chromium (time to the first preview and to the image).
 
-Run `python bench/overhead.py` for both, or name one: `python bench/overhead.py app`.
+Run `python bench/overhead.py` for both, or name one: `python bench/overhead.py app`. For the app part, run
+`OMP_WAIT_POLICY=PASSIVE python bench/overhead.py app` to compare like with like: the app has two OpenMP thread
+pools (the loading thread's and the job thread's), so libgomp all but stops spinning in it, while plain diffusers in
+one thread spins. Spinning made plain diffusers faster on an idle CPU and up to 10× slower on a busy one.
 """
 
 import argparse
@@ -468,7 +471,8 @@ def end_to_end_table(m: EndToEnd) -> str:
         "after one warm-up each, in rotated order. End to end is `client.predict()` until it returns: the queue, "
         "progress messages, and the result's files downloaded (gradio_client downloads each twice, from the last "
         "streamed message and from the final one, with a new HTTP client each time). The browser rows are "
-        f"{len(m.image)} clicks after one warm-up (random seeds), from the click to the image loaded in the page.",
+        f"{len(m.image)} clicks after one warm-up (random seeds), from the click to the image loaded in the page. "
+        f"OpenMP wait policy (both sides): {os.environ.get('OMP_WAIT_POLICY', 'unset (plain diffusers spins)')}.",
         "",
         f"- Ratio `/txt2img` / plain, median of rounds: **{api:.3f}** (bar ≤ {API_BAR}: "
         f"{'met' if api <= API_BAR else 'MISSED'}); per round: {', '.join(f'{r:.3f}' for r in m.ratios('api'))}",
