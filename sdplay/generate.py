@@ -133,6 +133,10 @@ def generate(
         seeds = [(first_seed + i) % (MAX_SEED + 1) for i in range(request.batch_size)]
         latest: dict[str, Prediction] = {}
         last_preview = -math.inf  # when the last preview was made
+        # Image-to-image and inpainting run the last `strength` of the schedule (diffusers rounds down).
+        steps_run = (
+            request.steps if request.task == Task.TXT2IMG else max(1, min(int(request.steps * request.strength), request.steps))
+        )
 
         def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
             nonlocal last_preview
@@ -142,14 +146,16 @@ def generate(
             if on_step is None and not stopping:
                 return {}
             now = time.perf_counter()
-            done, total = step + 1, pipe.num_timesteps
+            # The callback runs once per UNet call, which is more often than once a step for Heun (2n - 1 calls)
+            # and PLMS (n + 1): count in the steps the user asked for.
+            done = (step + 1) / pipe.num_timesteps * steps_run
             # On Stop, the preview of this step is the one the UI keeps.
-            due = stopping or (done < total and now - last_preview >= preview_every)
+            due = stopping or (step + 1 < pipe.num_timesteps and now - last_preview >= preview_every)
             previews = []
             if due and latest:
                 previews = [latents_to_rgb(x0, model.latent_rgb) for x0 in latest["prediction"].x0]
                 last_preview = now
-            update = StepUpdate(done, total, (now - started) / done, previews)
+            update = StepUpdate(min(steps_run, math.ceil(done)), steps_run, (now - started) / done, previews)
             if stopping:
                 raise Cancelled(replace(update, stopped=True))
             on_step(update)

@@ -257,3 +257,15 @@ def test_run_turns_an_unexpected_error_into_one_line_without_server_paths(manage
     assert "FileNotFoundError: [Errno 2] No such file or directory: 'unet.safetensors'" in shown.value.message
     assert "/srv" not in shown.value.message and "\n" not in shown.value.message
     assert any(record.exc_info for record in caplog.records)  # the traceback is in the server's log
+
+
+@pytest.mark.parametrize(("sampler", "task", "steps"), [("Heun", Task.TXT2IMG, 4), ("PLMS", Task.TXT2IMG, 4),
+                                                        ("Heun", Task.IMG2IMG, 2)])  # fmt: skip
+def test_progress_counts_the_steps_asked_for_not_unet_calls(manager, sampler, task, steps):
+    """Heun calls the UNet 2n - 1 times and PLMS n + 1: progress still says "Step k/n" for the n steps run."""
+    updates: list[StepUpdate] = []
+    image = photo((64, 64)) if task == Task.IMG2IMG else None
+    request = GenerationRequest(task=task, prompt="cat", sampler=sampler, steps=4, seed=1, image=image, strength=0.5)
+    generate(manager, request, on_step=updates.append)
+    assert {u.total for u in updates} == {steps} and updates[-1].step == steps
+    assert [u.step for u in updates] == sorted(u.step for u in updates) and updates[0].step >= 1
