@@ -134,9 +134,9 @@ def generate(
         latest: dict[str, Prediction] = {}
         last_preview = -math.inf  # when the last preview was made
         # Image-to-image and inpainting run the last `strength` of the schedule (diffusers rounds down).
-        steps_run = (
-            request.steps if request.task == Task.TXT2IMG else max(1, min(int(request.steps * request.strength), request.steps))
-        )
+        steps_run = request.steps
+        if request.task != Task.TXT2IMG:
+            steps_run = max(1, min(int(request.steps * request.strength), request.steps))
 
         def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
             nonlocal last_preview
