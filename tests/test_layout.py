@@ -14,8 +14,8 @@ def test_send_to_inpaint_sizes_the_brush_to_the_sent_image(tmp_path):
     Image.new("RGB", (64, 96)).save(path)
     assert _image_value("img2img", str(path)) == str(path)
     editor = _image_value("inpaint", str(path))
-    assert editor.value["background"]["path"].endswith("result.png") and editor.value["layers"] == []
-    assert editor.brush.default_size == brush_radius((64, 96)) == 4
+    assert editor["value"] == {"background": str(path), "layers": [], "composite": str(path)}
+    assert editor["brush"].default_size == brush_radius((64, 96)) == 4
 
 
 def test_restored_settings_cover_every_control_and_set_the_schedules_offered(tmp_path):

@@ -133,13 +133,13 @@ def _settings_updates(text: str) -> list:
     return [settings.get(name, gr.skip()) for name in CONTROL_FIELDS]
 
 
-def _image_value(tab: str, path: str) -> str | gr.ImageMask:
+def _image_value(tab: str, path: str) -> str | dict:
     """An image file as the value of `tab`'s image input: the inpaint editor takes layers, and a brush sized to it."""
     if tab == "img2img":
         return path
     with Image.open(path) as picture:
         size = picture.size
-    return gr.ImageMask({"background": path, "layers": [], "composite": path}, brush=mask_brush(size))
+    return gr.update(value={"background": path, "layers": [], "composite": path}, brush=mask_brush(size))
 
 
 def _wire_send(results: Results, tabs: gr.Tabs, targets: dict[str, tuple[Controls, gr.components.Component]]) -> None:
