@@ -140,13 +140,7 @@ def test_plain_http_posts_cannot_skip_the_queue(app_url):
 
 
 def test_cancel_stops_the_job_and_frees_the_model(client):
-    job = client.submit(
-        prompt="cat", negative_prompt="", sampler="Euler", steps=150, guidance_scale=7, seed=1, width=1024,
-        height=1024, api_name="/txt2img",
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while job.status().code.name not in ("PROGRESS", "ITERATING") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    job = long_job(client, steps=150, size=1024, seed=1)
     job.cancel()
     started = time.monotonic()
     assert txt2img(client, seed=2)[0]  # the next job runs at once, not after 150 big steps
@@ -200,10 +194,11 @@ def post_stop(app_url: str, fn_index: int, **session) -> None:
     assert response.status_code < 500
 
 
-def long_job(client: Client):
+def long_job(client: Client, steps: int = 60, size: int = 256, seed: int = 4):
+    """A /txt2img job that has started its steps (or a minute has passed)."""
     job = client.submit(
-        prompt="cat", negative_prompt="", sampler="Euler", steps=60, guidance_scale=7, seed=4, width=256,
-        height=256, api_name="/txt2img",
+        prompt="cat", negative_prompt="", sampler="Euler", steps=steps, guidance_scale=7, seed=seed, width=size,
+        height=size, api_name="/txt2img",
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while job.status().code.name not in ("PROGRESS", "ITERATING") and time.monotonic() < deadline:

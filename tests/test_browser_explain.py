@@ -96,12 +96,17 @@ def test_explain_scrub_and_pick_a_word(page: Page, page_errors: list[str]) -> No
     assert page_errors == []
 
 
-def test_a_replayed_run_states_its_own_models_numbers(page: Page, page_errors: list[str], tmp_path) -> None:
-    """The app runs the tiny model (VAE factor 8); a replayed run of the bundled one (factor 4) says 4×4."""
+def shapes_run(folder: Path, steps: int) -> Path:
+    """An Explain run of the bundled model (VAE factor 4), saved as a replayable file in `folder`."""
     manager = ModelManager(device="cpu")
     manager.load(str(SHAPES))
-    request = GenerationRequest(prompt="a large red circle on the left", sampler="Euler", steps=2, seed=1)
-    path = save_run(explain(manager, request), tmp_path / "shapes.safetensors")
+    request = GenerationRequest(prompt="a large red circle on the left", sampler="Euler", steps=steps, seed=1)
+    return save_run(explain(manager, request), folder / f"shapes-{steps}-steps.safetensors")
+
+
+def test_a_replayed_run_states_its_own_models_numbers(page: Page, page_errors: list[str], tmp_path) -> None:
+    """The app runs the tiny model (VAE factor 8); a replayed run of the bundled one (factor 4) says 4×4."""
+    path = shapes_run(tmp_path, steps=2)
     panel = open_tab(page, "Explain")
     short = panel.get_by_text("x_t: the noisy latent", exact=False)
     short.locator("xpath=following::button[starts-with(normalize-space(.), 'More')][1]").click()  # open "More"
@@ -116,10 +121,7 @@ def test_a_replayed_run_states_its_own_models_numbers(page: Page, page_errors: l
 
 def test_a_one_step_run_replays_and_records(page: Page, page_errors: list[str], tmp_path) -> None:
     """SD-Turbo's normal use: Gradio refuses a slider from 1 to 1, so one step showed an error in both ways."""
-    manager = ModelManager(device="cpu")
-    manager.load(str(SHAPES))
-    request = GenerationRequest(prompt="a large red circle on the left", sampler="Euler", steps=1, seed=1)
-    path = save_run(explain(manager, request), tmp_path / "one-step.safetensors")
+    path = shapes_run(tmp_path, steps=1)
     panel = open_tab(page, "Explain")
     label = panel.get_by_text(re.compile(r"^Step 1 of 1$"))
     scrubber = panel.get_by_label("number input for Step", exact=True)
