@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         manager.load(args.model, config=args.config)
     except UserError as error:
         sys.exit(f"sdplay: {error}")
+    manager.executor.thread.own_torch_threads()
     local = {manager.model.name: args.model}
     if args.model != DEFAULT_MODEL and DEFAULT_MODEL == str(BUNDLED_MODEL):
         local[BUNDLED_MODEL.name] = DEFAULT_MODEL

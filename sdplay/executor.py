@@ -17,7 +17,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from sdplay.models import ModelManager
@@ -33,6 +33,8 @@ SECONDS_PER_MEGAPIXEL_STEP = 0.25
 SD15_UNET_PARAMETERS = 860e6
 MIN_GPU_SECONDS = 10  # the text encoder, the VAE decode and moving the weights in dominate short jobs
 MAX_GPU_SECONDS = 120  # ZeroGPU's quota is per user and day: never reserve more than two minutes for one image job
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,13 @@ def zero_gpu() -> ModuleType | None:
 
 
 class JobThread:
-    """One long-lived daemon thread that runs the work it is given, one piece after another.
+    """One long-lived daemon thread that runs the work it is given, one piece after another: the one thread of the
+    process that runs the model (loading it included).
 
-    A new thread per job starts cold every time (a new malloc arena, a new OpenMP thread pool): on the bundled model
-    that made each generation ~20% slower than on a thread that had run one before. Daemon: quitting never waits.
+    libgomp gives each thread that runs a parallel torch op a pool of its own, and once the pools hold more threads
+    than there are cores it all but stops spinning between ops. On the bundled model a second pool (the model loaded
+    on the main thread, the jobs run here) made every image ~30% slower, plain diffusers in the same process too; a
+    new thread per job starts cold every time (a new malloc arena, a new pool). Daemon: quitting never waits.
     """
 
     def __init__(self) -> None:
@@ -88,6 +93,38 @@ class JobThread:
                 self._thread = threading.Thread(target=self._loop, args=(self._work,), name="sdplay-jobs", daemon=True)
                 self._thread.start()
         self._work.put(work)
+
+    def call(self, work: Callable[[], T]) -> T:
+        """Run `work` on the thread (at once when called from it), wait for it, and return what it returns or raise
+        what it raised."""
+        if threading.current_thread() is self._thread:
+            return work()
+        finished: queue.Queue[tuple[bool, Any]] = queue.Queue()
+
+        def run() -> None:
+            try:
+                finished.put((True, work()))
+            except BaseException as error:  # raised again in the caller's thread
+                finished.put((False, error))
+
+        self.run(run)
+        returned, value = finished.get()
+        if not returned:
+            raise value
+        return value
+
+    def own_torch_threads(self) -> int:
+        """Make this the one thread of the process that runs torch ops on several threads, and return how many.
+
+        torch fixes a thread's count when the thread first uses torch, from the latest `torch.set_num_threads`:
+        after this, threads that start using torch (a server's request handlers drawing Explain views, reading
+        uploads) run it on one, so that libgomp keeps one pool. For a server: it changes the whole process.
+        """
+        import torch
+
+        threads = self.call(torch.get_num_threads)
+        torch.set_num_threads(1)
+        return threads
 
     @staticmethod
     def _loop(work: queue.Queue[Callable[[], None]]) -> None:

@@ -267,11 +267,17 @@ class ModelManager:
         """
         source = source.strip()
         load = self._loader(source, config, allow_local)
-        with self._lock:
-            model = self._prepare(source, config, load(), by)
-            self._release()
-            self._model = model
-            return model
+
+        def switch() -> LoadedModel:
+            with self._lock:
+                model = self._prepare(source, config, load(), by)
+                self._release()
+                self._model = model
+                return model
+
+        # On the job thread, behind the jobs queued before it: the thread that runs the model is the only one that
+        # touches its weights (see JobThread).
+        return self.executor.thread.call(switch)
 
     def _loader(self, source: str, config: str | None, allow_local: bool):
         """Check the source before anything is loaded, and return the function that loads it."""
