@@ -4,7 +4,9 @@ Each tab module builds its own layout from these pieces and wires its own events
 """
 
 import logging
+import math
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ import gradio as gr
 from sdplay.catalog import unknown_words
 from sdplay.errors import UserError
 from sdplay.executor import JobSpec
-from sdplay.generate import Cancelled, GenerationResult, StepUpdate, about, generate
+from sdplay.generate import PREVIEW_EVERY, Cancelled, GenerationResult, StepUpdate, about, generate
 from sdplay.images import brush_radius, decode_errors, open_image
 from sdplay.models import LoadedModel, ModelManager
 from sdplay.requests import GenerationRequest, Limits, size_warnings
@@ -307,11 +309,14 @@ def run(
         speed = (manager.model.name, request.width, request.height, request.batch_size)
         previous = speeds.get(speed)
         progress(0, desc=f"Starting · {about(request.steps * previous)} left" if previous else "Starting")
+        shown = -math.inf  # when the progress bar last moved
         try:
             for item in manager.executor.run(JobSpec(job, request, limits, owner)):
                 if isinstance(item, StepUpdate):
                     speeds[speed] = item.seconds_per_step
-                    progress((item.step, item.total), desc=item.describe())
+                    if item.previews or time.monotonic() - shown >= PREVIEW_EVERY:
+                        progress((item.step, item.total), desc=item.describe())
+                        shown = time.monotonic()
                     if not item.previews:  # none was due at this step
                         continue
                     if not watched:  # no preview for an API caller, but a yield: Gradio cancels a job only there
