@@ -3,12 +3,10 @@
 - `wrapper`: sdplay's `generate()` (txt2img) on SD 1.5's architecture (CPU, 256×256, 4 steps by default, or
   `--device cuda --dtype float16 --size 512 --steps 20`);
 - `app`: end to end on the bundled model as `python app.py` serves it: `/txt2img` and `/explain` through
-  `gradio_client`, and Generate in headless Chromium (time to the first preview and to the image).
+  `gradio_client`, next to bench/gradio_floor.py (the same endpoints returning a finished result: what Gradio and
+  gradio_client cost alone), and Generate in headless Chromium (time to the first preview and to the image).
 
-Run `python bench/overhead.py` for both, or name one: `python bench/overhead.py app`. For the app part, run
-`OMP_WAIT_POLICY=PASSIVE python bench/overhead.py app` to compare like with like: the app has two OpenMP thread
-pools (the loading thread's and the job thread's), so libgomp all but stops spinning in it, while plain diffusers in
-one thread spins. Spinning made plain diffusers faster on an idle CPU and up to 10× slower on a busy one.
+Run `python bench/overhead.py` for both, or name one: `python bench/overhead.py app`.
 """
 
 import argparse
@@ -66,7 +64,7 @@ APP_JOB = {
     "width": 64,
     "height": 64,
 }
-ROUNDS = 12  # measured rounds of plain, /txt2img and /explain after one warm-up, each round in a rotated order
+ROUNDS = 12  # measured rounds of plain, /txt2img, /explain and their Gradio floors after one warm-up, order rotated
 BROWSER_RUNS = 8  # Generate clicks measured after one warm-up
 API_BAR = 1.15  # median of per-round ratios, /txt2img end to end / plain diffusers
 EXPLAIN_BAR = 1.25  # the same for /explain
@@ -279,24 +277,33 @@ class EndToEnd:
     """Wall seconds per image, round i of each list run back to back; the browser's are per click."""
 
     device: str
-    plain: list[float]
-    api: list[float]
-    explain: list[float]
-    downloads: dict[str, list[float]]  # "api", "explain": seconds gradio_client spent downloading the call's files
+    # "plain", "api", "explain", and "floor_api", "floor_explain" (bench/gradio_floor.py's endpoints)
+    seconds: dict[str, list[float]]
+    downloads: dict[str, list[float]]  # seconds gradio_client spent downloading the call's files, per call
     identical: bool  # every image, ours (both endpoints) and plain, warm-ups included, has the same pixels
     first_preview: list[float]  # click on Generate -> the gallery's first new image, loaded
     image: list[float]  # click on Generate -> the final image, loaded
 
     def ratios(self, side: str) -> list[float]:
-        return [a / b for a, b in zip(getattr(self, side), self.plain, strict=True)]
+        """Per round: `side` / plain."""
+        return [a / b for a, b in zip(self.seconds[side], self.seconds["plain"], strict=True)]
+
+    def beyond_floor(self, side: str) -> list[float]:
+        """Per round: (`side` − Gradio's floor for its result) / plain, the part of the ratio that is sdplay's."""
+        seconds = self.seconds
+        return [
+            (ours - floor) / plain
+            for ours, floor, plain in zip(seconds[side], seconds[f"floor_{side}"], seconds["plain"], strict=True)
+        ]
 
 
 @contextmanager
-def served_app() -> Iterator[str]:
-    """`python app.py` as a user starts it (the bundled model, the machine's default device) on a free port."""
+def served_app(*command: str) -> Iterator[str]:
+    """`python app.py` as a user starts it (the bundled model, the machine's default device) on a free port; or the
+    Python script `command` (with its flags), given the port with `--port`."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port), "--offline"],
+        [sys.executable, *(command or ("app.py", "--offline")), "--port", str(port)],
         cwd=results.ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -344,42 +351,51 @@ def plain_bundled(pipe: StableDiffusionPipeline) -> np.ndarray:
     return np.asarray(image)
 
 
-def api_txt2img(client: Client) -> np.ndarray:
+def api_txt2img(client: Client) -> tuple[np.ndarray, str]:
+    """The image's pixels, and where gradio_client saved its PNG."""
     gallery, _, _ = client.predict(**APP_JOB, api_name="/txt2img")
-    return np.asarray(Image.open(gallery[0]["image"]).convert("RGB"))
+    return np.asarray(Image.open(gallery[0]["image"]).convert("RGB")), gallery[0]["image"]
 
 
-def api_explain(client: Client) -> np.ndarray:
-    image, _ = client.predict(**APP_JOB, api_name="/explain")
-    return np.asarray(Image.open(image).convert("RGB"))
+def api_explain(client: Client) -> tuple[np.ndarray, str]:
+    """The final image's pixels, and where gradio_client saved the run's export."""
+    image, export = client.predict(**APP_JOB, api_name="/explain")
+    return np.asarray(Image.open(image).convert("RGB")), export
 
 
 def measure_api(
-    client: Client, pipe: StableDiffusionPipeline, rounds: int
+    client: Client, floor: Client, pipe: StableDiffusionPipeline, rounds: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]], bool]:
     """One warm-up of each, then `rounds` rounds whose order rotates, so that a drifting load hits all alike.
 
-    Returns the wall seconds of each run, the part of them gradio_client spent downloading files (a new HTTP client
-    each time: the result comes in the last streamed message and again in the final one, and it downloads both), and
-    whether every image has the same pixels.
+    `floor` serves bench/gradio_floor.py: the same endpoints, returning the app's files at once. Returns the wall
+    seconds of each run, the part of them gradio_client spent downloading files (a new HTTP client each time: the
+    result comes in the last streamed message and again in the final one, and it downloads both), and whether every
+    image of the app and of plain diffusers has the same pixels.
     """
     runs = {
         "plain": lambda: plain_bundled(pipe),
-        "api": lambda: api_txt2img(client),
-        "explain": lambda: api_explain(client),
+        "api": lambda: api_txt2img(client)[0],
+        "explain": lambda: api_explain(client)[0],
+        "floor_api": lambda: api_txt2img(floor)[0],
+        "floor_explain": lambda: api_explain(floor)[0],
     }
     names = list(runs)
-    images = [runs[name]() for name in names]
+    images = [runs[name]() for name in names[:3]]
+    for name in names[3:]:
+        runs[name]()
     seconds: dict[str, list[float]] = {name: [] for name in names}
     downloads: dict[str, list[float]] = {name: [] for name in names}
     with timed_calls(Endpoint, "_download_file") as fetched:
         for i in range(rounds):
-            for name in names[i % 3 :] + names[: i % 3]:
+            for name in names[i % len(names) :] + names[: i % len(names)]:
                 fetched.clear()
                 start = time.perf_counter()
-                images.append(runs[name]())
+                image = runs[name]()
                 seconds[name].append(time.perf_counter() - start)
                 downloads[name].append(sum(fetched))
+                if not name.startswith("floor"):
+                    images.append(image)
             print(f"  round {i + 1}/{rounds}: " + ", ".join(f"{n} {seconds[n][-1]:.3f} s" for n in names), flush=True)
     return seconds, downloads, all(np.array_equal(images[0], image) for image in images[1:])
 
@@ -440,10 +456,14 @@ def measure_browser(url: str, runs: int) -> tuple[list[float], list[float]]:
 def measure_end_to_end(rounds: int = ROUNDS, browser_runs: int = BROWSER_RUNS) -> EndToEnd:
     pipe = load_plain_bundled()
     with served_app() as url:
-        seconds, downloads, identical = measure_api(Client(url, verbose=False), pipe, rounds)
+        client = Client(url, verbose=False)
+        _, image = api_txt2img(client)
+        _, export = api_explain(client)
+        with served_app("bench/gradio_floor.py", "--image", image, "--export", export) as floor_url:
+            seconds, downloads, identical = measure_api(client, Client(floor_url, verbose=False), pipe, rounds)
         first, final = measure_browser(url, browser_runs)
     device = f"{pipe.device.type} {str(pipe.dtype).removeprefix('torch.')}"
-    return EndToEnd(device, seconds["plain"], seconds["api"], seconds["explain"], downloads, identical, first, final)
+    return EndToEnd(device, seconds, downloads, identical, first, final)
 
 
 def spread(values: list[float]) -> str:
@@ -454,31 +474,43 @@ def spread(values: list[float]) -> str:
 def end_to_end_table(m: EndToEnd) -> str:
     """A markdown table of the medians, the per-round ratios, the browser's latencies and the verdicts."""
     api, explain = statistics.median(m.ratios("api")), statistics.median(m.ratios("explain"))
+    beyond = {side: statistics.median(m.beyond_floor(side)) for side in ("api", "explain")}
     preview = statistics.median(m.first_preview)
-    fetched = {side: f"{statistics.median(m.downloads[side]) * 1e3:.0f} ms" for side in ("api", "explain")}
+    fetched = {side: f"{statistics.median(values) * 1e3:.0f} ms" for side, values in m.downloads.items()}
+    seconds = m.seconds
     rows = [
         "| | wall s per image, median | min | max | of which gradio_client downloads files, median |",
         "|---|---|---|---|---|",
-        f"| plain diffusers (in the benchmark's process) | {spread(m.plain)} | |",
-        f"| `/txt2img` via `gradio_client` | {spread(m.api)} | {fetched['api']} |",
-        f"| `/explain` via `gradio_client` (image + the run's export) | {spread(m.explain)} | {fetched['explain']} |",
+        f"| plain diffusers (in the benchmark's process) | {spread(seconds['plain'])} | |",
+        f"| `/txt2img` via `gradio_client` | {spread(seconds['api'])} | {fetched['api']} |",
+        f"| `/explain` via `gradio_client` (image + the run's export) | {spread(seconds['explain'])} | "
+        f"{fetched['explain']} |",
+        f"| Gradio's floor for `/txt2img`'s result | {spread(seconds['floor_api'])} | {fetched['floor_api']} |",
+        f"| Gradio's floor for `/explain`'s result | {spread(seconds['floor_explain'])} | {fetched['floor_explain']} |",
         f"| Chromium: click on Generate → first image in the gallery | {spread(m.first_preview)} | |",
         f"| Chromium: click on Generate → the final image | {spread(m.image)} | |",
         "",
         f"Job: the bundled model (`python app.py`), {m.device}, txt2img {APP_JOB['width']}×{APP_JOB['height']}, "
         f"{APP_JOB['steps']} steps, {APP_JOB['sampler']} ({APP_JOB['schedule']}: the model's saved scheduler), CFG "
-        f"{APP_JOB['guidance_scale']}, seed {SEED}, prompt “{APP_JOB['prompt']}”; {len(m.plain)} rounds of the three "
-        "after one warm-up each, in rotated order. End to end is `client.predict()` until it returns: the queue, "
-        "progress messages, and the result's files downloaded (gradio_client downloads each twice, from the last "
-        "streamed message and from the final one, with a new HTTP client each time). The browser rows are "
-        f"{len(m.image)} clicks after one warm-up (random seeds), from the click to the image loaded in the page. "
-        f"OpenMP wait policy (both sides): {os.environ.get('OMP_WAIT_POLICY', 'unset (plain diffusers spins)')}.",
+        f"{APP_JOB['guidance_scale']}, seed {SEED}, prompt “{APP_JOB['prompt']}”; {len(seconds['plain'])} rounds of "
+        "the five after one warm-up each, in rotated order. End to end is `client.predict()` until it returns: the "
+        "queue, progress messages, and the result's files downloaded (gradio_client downloads each twice, from the "
+        "last streamed message and from the final one, with a new HTTP client each time). Gradio's floor is "
+        "bench/gradio_floor.py, served next to the app: the same endpoints (components, streaming handler, PNG) "
+        "returning the app's own image and export at once, i.e. what Gradio and gradio_client cost to carry the "
+        f"result. The browser rows are {len(m.image)} clicks after one warm-up (random seeds), from the click to the "
+        "image loaded in the page. OpenMP wait policy (both sides): "
+        f"{os.environ.get('OMP_WAIT_POLICY', 'unset (plain diffusers spins)')}.",
         "",
         f"- Ratio `/txt2img` / plain, median of rounds: **{api:.3f}** (bar ≤ {API_BAR}: "
         f"{'met' if api <= API_BAR else 'MISSED'}); per round: {', '.join(f'{r:.3f}' for r in m.ratios('api'))}",
         f"- Ratio `/explain` / plain, median of rounds: **{explain:.3f}** (bar ≤ {EXPLAIN_BAR}: "
         f"{'met' if explain <= EXPLAIN_BAR else 'MISSED'}); per round: "
         f"{', '.join(f'{r:.3f}' for r in m.ratios('explain'))}",
+        f"- Beyond Gradio's floor, (endpoint − floor) / plain, median of rounds: `/txt2img` **{beyond['api']:.3f}**, "
+        f"`/explain` **{beyond['explain']:.3f}**; the floor alone is "
+        f"{statistics.median(m.ratios('floor_api')):.3f} and {statistics.median(m.ratios('floor_explain')):.3f} "
+        "of plain",
         f"- First preview in the browser, median: **{preview:.3f} s** (bar ≤ {PREVIEW_BAR} s: "
         f"{'met' if preview <= PREVIEW_BAR else 'MISSED'})",
         f"- Pixel-identical images (`/txt2img`, `/explain` and plain, every run): **{'yes' if m.identical else 'NO'}**",
