@@ -13,6 +13,7 @@ from sdplay.requests import Limits
 from sdplay.samplers import schedule_names
 from sdplay.ui import explain, img2img, inpaint, pnginfo, txt2img
 from sdplay.ui.common import GPU, Controls, Results, from_web_page, mask_brush, user_errors, without_paths
+from sdplay.ui.fair_share import one_job_per_session
 
 # The controls an infotext restores, by their `Controls` field names.
 CONTROL_FIELDS = [
@@ -116,6 +117,7 @@ def build_demo(manager: ModelManager, limits: Limits, switch: ModelSwitch) -> gr
         for tab, button in send.items():
             _wire_restore(button, tab, *targets[tab], info_image, info_text, tabs)
     demo.queue(api_open=False, max_size=32)
+    one_job_per_session(demo, GPU["concurrency_id"])  # so that one session cannot fill the queue of 32
     # Gradio's queue looks for new events every millisecond, also while a job runs: a thread of the job's process
     # waking 1000 times a second slowed generation on a CPU by ~6%. Every 10 ms is still instant to people.
     demo._queue.sleep_when_free = 0.01
