@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    from sdplay.explain.decoding import DecodeRequest
     from sdplay.models import ModelManager
     from sdplay.requests import GenerationRequest, Limits
 
@@ -39,10 +40,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A job as data, picklable: `work` (`generate` or `explain`, pickled by its name) run on `request`."""
+    """A job as data, picklable: `work` (`generate`, `explain` or `decode_latents`, pickled by its name) run on
+    `request`."""
 
     work: Callable[..., Any]
-    request: GenerationRequest
+    request: GenerationRequest | DecodeRequest
     limits: Limits
     owner: str | None = None  # the session that may stop it (`ModelManager.interrupt`)
 
@@ -187,6 +189,10 @@ class Executor:
     def gpu_seconds(self, job: JobSpec) -> int:
         """How long `job` may hold a ZeroGPU GPU: steps × megapixels × batch × the model's per-step cost, bounded."""
         request, model = job.request, self.manager.model
+        from sdplay.requests import GenerationRequest  # imports torch: not when this module is imported
+
+        if not isinstance(request, GenerationRequest):  # Explain's Decode x̂₀: at most 30 VAE decodes
+            return MIN_GPU_SECONDS
         # A size of 0 means the model's own for text-to-image, the input image's (at most max_size) otherwise.
         default = model.native_size if request.task == "txt2img" else job.limits.max_size
         megapixels = (request.width or default) * (request.height or default) / 1e6

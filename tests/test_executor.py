@@ -22,6 +22,7 @@ from PIL import Image
 from sdplay.errors import UserError
 from sdplay.executor import MAX_GPU_SECONDS, MIN_GPU_SECONDS, Executor, JobSpec, JobThread
 from sdplay.explain.capture import ExplainRun, explain
+from sdplay.explain.decoding import Decoded, DecodeRequest, decode_latents
 from sdplay.generate import Cancelled, GenerationResult, StepUpdate, generate
 from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits, Task
@@ -204,6 +205,18 @@ def test_explain_through_zerogpu_records_the_same_run(manager, remote):
             assert np.array_equal(ours, theirs), field.name
         else:
             assert ours == theirs, field.name
+
+
+def test_decode_x0_through_zerogpu_decodes_in_the_worker(manager, remote, zero_gpu):
+    """Decoding runs the VAE: on ZeroGPU only the worker has the GPU, so it crosses the boundary like any job."""
+    run = explain(manager, GenerationRequest(prompt="a red cat", steps=3, seed=5))
+    job = JobSpec(decode_latents, DecodeRequest(run.recipe["model"], (2, 0), run.x0[[2, 0]]), Limits())
+    local, remote_items = list(manager.executor.run(job)), list(remote.run(job))
+    assert [type(item) for item in remote_items] == [Decoded, Decoded, int] and remote_items[-1] == 2
+    assert [item.step for item in remote_items[:2]] == [2, 0] and len(zero_gpu.workers) == 1
+    for ours, theirs in zip(local[:2], remote_items[:2], strict=True):
+        assert np.array_equal(pixels(ours.image), pixels(theirs.image))
+    assert zero_gpu.durations == [MIN_GPU_SECONDS]
 
 
 def test_stop_across_the_boundary_ends_the_worker_within_a_step_without_a_result(manager, remote, zero_gpu):

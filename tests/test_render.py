@@ -12,6 +12,7 @@ from PIL import Image
 from sdplay.errors import UserError
 from sdplay.explain.captions import ModelFacts, captions
 from sdplay.explain.capture import explain
+from sdplay.explain.decoding import MAX_DECODED, Decoded, DecodeRequest, decode_latents, decode_order, vae_decode
 from sdplay.explain.export import save_run
 from sdplay.explain.render import (
     CHART_SIZE,
@@ -19,19 +20,16 @@ from sdplay.explain.render import (
     COLORMAPS,
     GRID_COLOUR,
     LABEL_COLOUR,
-    MAX_DECODED,
     OTHER_COLOUR,
     ExplainView,
     HeatmapSettings,
     Word,
     chart_area,
     content_word,
-    decode_order,
     dropped_text,
     guidance_brightness,
     label_rows,
     replay_view,
-    vae_decode,
     words_of,
 )
 from sdplay.models import ModelManager
@@ -179,16 +177,12 @@ def test_export_round_trips_into_the_view(view, run, tmp_path):
 
 def test_x0_can_be_decoded_with_the_vae_and_is_kept(run, manager):
     view = ExplainView(run)  # its own: decoding changes what the view draws
-    calls = []
-
-    def decode(latents):
-        calls.append(latents)
-        return vae_decode(manager.model.pipe.vae, latents)
-
-    decoded = view.x0(1, decode=decode)
-    assert decoded.size == view.size and not np.array_equal(pixels(decoded), pixels(ExplainView(run).x0(1)))
-    assert np.array_equal(pixels(view.x0(1, decode=decode)), pixels(decoded)) and len(calls) == 1
-    assert np.array_equal(pixels(view.draw(1, HeatmapSettings()).x0), pixels(decoded))
+    decoded: list[Decoded] = []
+    request = DecodeRequest(run.recipe["model"], (1,), run.x0[[1]])
+    assert decode_latents(manager, request, on_step=decoded.append) == 1 and decoded[0].step == 1
+    view.keep_decoded(1, decoded[0].image)
+    assert view.x0(1).size == view.size and not np.array_equal(pixels(view.x0(1)), pixels(ExplainView(run).x0(1)))
+    assert np.array_equal(pixels(view.draw(1, HeatmapSettings()).x0), pixels(view.x0(1)))
     # Euler's last step lands exactly on x̂₀, so its decode is the final image.
     last = np.asarray(vae_decode(manager.model.pipe.vae, run.x0[-1]), dtype=int)
     assert np.abs(last - run.image).max() <= 1
@@ -414,18 +408,21 @@ def test_many_words_cost_no_words_by_tokens_matrix():
     assert rows == 5_000 and peak < 20 * 2**20  # the matrix alone was 100 MB
 
 
-def test_decoding_stops_between_steps_on_stop_and_is_capped(run):
-    view = ExplainView(run)
+def test_decoding_stops_between_steps_on_stop_and_is_capped(run, manager):
     cancel, decoded = threading.Event(), []
 
-    def decode(latents):
-        decoded.append(latents)
+    def stop_after_the_second(item: Decoded) -> None:
+        decoded.append(item.step)
         if len(decoded) == 2:
             cancel.set()  # Stop pressed while the second step decodes
-        return Image.new("RGB", (8, 8))
 
-    assert list(view.decode_x0(decode, 2, cancel)) == [2, 0] and len(decoded) == 2
-    assert list(view.decode_x0(decode, 1, cancel)) == [] and len(decoded) == 2
+    steps = decode_order(run.steps, 2)
+    request = DecodeRequest(run.recipe["model"], tuple(steps), run.x0[steps])
+    assert decode_latents(manager, request, cancel=cancel, on_step=stop_after_the_second) == 2 and decoded == [2, 0]
+    with pytest.raises(UserError, match="did not make this run"):
+        decode_latents(manager, DecodeRequest("another model", (0,), run.x0[:1]))
+    with pytest.raises(UserError, match="at most 30"):
+        decode_latents(manager, DecodeRequest(run.recipe["model"], tuple(range(31)), run.x0[[0] * 31]))
     # The step on screen first, then the others; a long run decodes `limit` steps spread over it.
     assert decode_order(4, 2, MAX_DECODED) == [2, 0, 1, 3]
     order = decode_order(150, 57, MAX_DECODED)

@@ -6,15 +6,12 @@ renders everything that depends on the step, cheaply enough to follow a scrubber
 
 import math
 import re
-import threading
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from sdplay.errors import UserError
@@ -28,8 +25,6 @@ from sdplay.tokenizer import END_OF_WORD, byte_to_unicode
 # Panels are drawn at the final image's size, brought into this range: tiny models make 64 px images, which a
 # browser would blur when stretching them; big ones would make every redraw slow.
 DISPLAY_MIN, DISPLAY_MAX = 256, 512
-# VAE decodes per press of "Decode x̂₀" (each costs more than a UNet step): longer runs get this many, spread out.
-MAX_DECODED = 30
 # Anchor colours, evenly spaced from 0 to 1 (viridis and inferno after matplotlib's, jet after MATLAB's).
 COLORMAP_ANCHORS = {
     "viridis": "#440154 #482878 #3e4989 #31688e #26828e #1f9e89 #35b779 #6ece58 #b5de2b #fde725".split(),
@@ -282,26 +277,13 @@ class ExplainView:
         """The cheap linear latent -> RGB preview of "x_t", "x0" or "blended", at the panel size."""
         return self._previews[name][step].resize(self.size, Image.Resampling.BILINEAR)
 
-    def x0(self, step: int, decode: Callable[[torch.Tensor], Image.Image] | None = None) -> Image.Image:
-        """x̂₀ through the linear preview, or through `decode` (the real VAE); decoded steps are kept."""
-        if decode is not None and step not in self._decoded:
-            self._decoded[step] = decode(self.run.x0[step]).convert("RGB").resize(self.size, Image.Resampling.LANCZOS)
+    def x0(self, step: int) -> Image.Image:
+        """x̂₀ decoded by the VAE if it was (`keep_decoded`), else through the linear preview."""
         return self._decoded[step] if step in self._decoded else self.preview("x0", step)
 
-    def decode_x0(
-        self,
-        decode: Callable[[torch.Tensor], Image.Image],
-        first: int,
-        cancel: threading.Event,
-        limit: int = MAX_DECODED,
-    ) -> Iterator[int]:
-        """Decode x̂₀ with `decode` at the steps `decode_order` picks, yielding each step once it is kept. Checks
-        `cancel` (Stop) before each step, so that a long decode never holds the queue past a Stop."""
-        for step in decode_order(self.run.steps, first, limit):
-            if cancel.is_set():
-                return
-            self.x0(step, decode)
-            yield step
+    def keep_decoded(self, step: int, image: Image.Image) -> None:
+        """Show `image`, x̂₀ of `step` decoded by the VAE (sdplay/explain/decoding.py), from now on."""
+        self._decoded[step] = image.convert("RGB").resize(self.size, Image.Resampling.LANCZOS)
 
     def noise(self, step: int) -> tuple[Image.Image, Image.Image, Image.Image, str]:
         """ε_uncond, ε_cond and the guidance term through the colour map without its offset (grey = 0).
@@ -639,22 +621,6 @@ def replay_view(path: str | Path, limits: Limits = Limits()) -> ExplainView:
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as error:
         raise UserError(f"Could not replay this Explain file: {error.__class__.__name__}: {error}") from error
     return view
-
-
-def decode_order(steps: int, first: int, limit: int) -> list[int]:
-    """The steps to decode, `first` (the one on screen) first: all of them, or `limit` spread over the run."""
-    spread = range(steps) if steps <= limit else np.linspace(0, steps - 1, limit).round().astype(int).tolist()
-    return [first, *(step for step in spread if step != first)][:limit]
-
-
-def vae_decode(vae, latents: torch.Tensor) -> Image.Image:
-    """Decode one [C, h, w] latent (in the UNet's scaled space) with a diffusers VAE: the exact x̂₀ image."""
-    parameter = next(vae.parameters())
-    with torch.no_grad():
-        scaled = latents[None].to(parameter.device, parameter.dtype) / vae.config.scaling_factor
-        pixels = vae.decode(scaled).sample[0].float().cpu()
-    array = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(np.ascontiguousarray(array))
 
 
 def export_name(recipe: dict) -> str:

@@ -10,19 +10,18 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from sdplay.errors import UserError
+from sdplay.executor import JobSpec
 from sdplay.explain.captions import PER_MODEL, Caption, ModelFacts, captions
 from sdplay.explain.capture import ExplainRun, explain
+from sdplay.explain.decoding import Decoded, DecodeRequest, decode_latents, decode_order
 from sdplay.explain.export import save_run
 from sdplay.explain.render import (
     COLORMAPS,
-    MAX_DECODED,
     ExplainView,
     HeatmapSettings,
     content_word,
     export_name,
     replay_view,
-    vae_decode,
 )
 from sdplay.generate import StepUpdate
 from sdplay.images import mask_from_editor
@@ -266,23 +265,27 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
     chips.change(timelines, [view, chips], [mass, concentration], show_progress="hidden", api_visibility="private")
 
     def decode_all(shown: ExplainView | None, at: int, request: gr.Request, progress=gr.Progress()):
-        """Decode x̂₀ with the model's VAE, at most `MAX_DECODED` steps, as this session's job: its Stop ends the
-        decoding between steps. The view keeps the decoded steps, so scrubbing stays instant."""
+        """Decode x̂₀ with the model's VAE, at most `MAX_DECODED` steps, as this session's job on the executor: its
+        Stop ends the decoding between steps. The view keeps the decoded steps, so scrubbing stays instant."""
         if shown is None:
             raise gr.Error("Explain a prompt first.")
         steps, first = shown.run.steps, step_index(at, shown.run.steps)
-        total = min(steps, MAX_DECODED)
-        with user_errors(), manager.job(request.session_hash) as job:
-            model = manager.model
-            if model.name != shown.run.recipe.get("model"):
-                raise UserError(f"The loaded model ({model.name}) did not make this run: x̂₀ keeps the linear preview.")
-            decoding = shown.decode_x0(partial(vae_decode, model.pipe.vae), first, job.cancel)
-            done = len(list(progress.tqdm(decoding, total=total, desc="Decoding x̂₀")))
-        if job.cancel.is_set():
-            gr.Info(f"Stopped: x̂₀ decoded at {done} of {total} steps.")
-        elif total < steps:
-            gr.Info(f"x̂₀ decoded at {total} of the {steps} steps, spread over the run; the others keep the preview.")
-        return shown.x0(first)
+        order = decode_order(steps, first)
+        job = DecodeRequest(str(shown.run.recipe.get("model")), tuple(order), shown.run.x0[order])
+        done = 0
+        with user_errors():
+            progress((0, len(order)), desc="Decoding x̂₀")
+            for item in manager.executor.run(JobSpec(decode_latents, job, limits, request.session_hash)):
+                if isinstance(item, Decoded):
+                    shown.keep_decoded(item.step, item.image)
+                    done += 1
+                    progress((done, len(order)), desc="Decoding x̂₀")
+                    # A yield per step: where Gradio can cancel the job (on ZeroGPU, Stop cancels it).
+                    yield shown.x0(first) if item.step == first else gr.skip()
+        if done < len(order):
+            gr.Info(f"Stopped: x̂₀ decoded at {done} of {len(order)} steps.")
+        elif len(order) < steps:
+            gr.Info(f"x̂₀ decoded at {done} of the {steps} steps, spread over the run; the others keep the preview.")
 
     decoded = decode.click(decode_all, [view, step], x0, api_visibility="private", **GPU)
 

@@ -1,0 +1,81 @@
+"""Explain's "Decode x̂₀": the exact images of a run's predicted clean latents, decoded with the model's VAE.
+
+The decoding runs the model, so it is a job like a generation: `decode_latents` goes through the executor (the job
+thread here, the GPU worker on ZeroGPU), one job at a time, stopped by its session's Stop between two latents.
+"""
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sdplay.errors import UserError
+from sdplay.models import ModelManager
+from sdplay.requests import Limits
+
+# VAE decodes per press of "Decode x̂₀" (each costs more than a UNet step): longer runs get this many, spread out.
+MAX_DECODED = 30
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """Latents of one Explain run to decode (picklable: it crosses the executor boundary)."""
+
+    model: str  # the model that made the run: another model's VAE would decode it wrongly
+    steps: tuple[int, ...]  # the run's step of each latent
+    latents: torch.Tensor  # [len(steps), C, h, w] on the CPU, in the UNet's scaled space
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One decoded latent, as the job streams it."""
+
+    step: int
+    image: Image.Image
+
+
+def decode_order(steps: int, first: int, limit: int = MAX_DECODED) -> list[int]:
+    """The steps to decode, `first` (the one on screen) first: all of them, or `limit` spread over the run."""
+    spread = range(steps) if steps <= limit else np.linspace(0, steps - 1, limit).round().astype(int).tolist()
+    return [first, *(step for step in spread if step != first)][:limit]
+
+
+def vae_decode(vae, latents: torch.Tensor) -> Image.Image:
+    """Decode one [C, h, w] latent (in the UNet's scaled space) with a diffusers VAE: the exact x̂₀ image."""
+    parameter = next(vae.parameters())
+    with torch.no_grad():
+        scaled = latents[None].to(parameter.device, parameter.dtype) / vae.config.scaling_factor
+        pixels = vae.decode(scaled).sample[0].float().cpu()
+    array = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def decode_latents(
+    manager: ModelManager,
+    request: DecodeRequest,
+    limits: Limits = Limits(),
+    *,
+    owner: str | None = None,
+    cancel: threading.Event | None = None,
+    on_step: Callable[[Decoded], None] | None = None,
+) -> int:
+    """Decode each latent of `request` with the loaded model's VAE, handing each image to `on_step` as it is done;
+    return how many were decoded. A Stop (`cancel`, or `manager.interrupt(owner)`) ends it before the next one."""
+    if len(request.steps) > MAX_DECODED or len(request.steps) != len(request.latents):
+        raise UserError(f"Decode at most {MAX_DECODED} steps, one latent each.")
+    with manager.job(owner, cancel) as job:
+        model = manager.model
+        if model.name != request.model:
+            raise UserError(f"The loaded model ({model.name}) did not make this run: x̂₀ keeps the linear preview.")
+        done = 0
+        for step, latents in zip(request.steps, request.latents, strict=True):
+            if job.cancel.is_set():
+                break
+            decoded = Decoded(step, vae_decode(model.pipe.vae, latents))
+            if on_step is not None:
+                on_step(decoded)
+            done += 1
+        return done
