@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     from sdplay.models import MemoryOptions, ModelManager, ModelSwitch, SwitchPolicy
     from sdplay.requests import Limits
     from sdplay.ui.layout import build_demo
-    from sdplay.ui.style import JS
+    from sdplay.ui.style import CSS, JS
 
     try:
         memory = MemoryOptions(args.cpu_offload, args.vae_tiling, args.attention_slicing)
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         share=False,
         run_history=False,
         js=JS,
+        css=CSS,
     )
 
 

@@ -27,6 +27,7 @@ from diffusers import (
 )
 
 from sdplay.catalog import ModelSettings, model_settings
+from sdplay.downloads import Report, fetch_model
 from sdplay.errors import UserError
 from sdplay.executor import Executor, zero_gpu
 from sdplay.previews import fit_latent_rgb
@@ -247,6 +248,7 @@ class ModelManager:
         # What runs jobs on this model, here or in a ZeroGPU worker; it holds the job thread and the ETA memory.
         spaces = zero_gpu()
         self.executor = Executor(self, gpu=spaces.GPU if spaces else None)
+        self.jobs_elsewhere = spaces is not None  # ZeroGPU: only its workers have the GPU, not this process
 
     @property
     def model(self) -> LoadedModel:
@@ -255,18 +257,26 @@ class ModelManager:
         return self._model
 
     def load(
-        self, source: str, config: str | None = None, allow_local: bool = True, by: str | None = None
+        self,
+        source: str,
+        config: str | None = None,
+        allow_local: bool = True,
+        by: str | None = None,
+        progress: Report | None = None,
     ) -> LoadedModel:
         """Load `source` (Hub id, diffusers folder or .safetensors file with a local `config` folder); `by` names
         who asked, for the status line (None: the command line). `allow_local=False` (the web UI) refuses paths on
         this disk.
+
+        A Hub model's files download first, on the calling thread, after a disk check (see downloads.py), with
+        reports to `progress` (None: huggingface_hub's bars on the console); then it loads from the cache.
 
         The new model is checked, downloaded, built and moved to the device before the old one is released, so a
         load that fails leaves the serving model untouched. The price: memory holds both models for a moment (SD
         1.5 in fp16 is ~2 GB); a machine too small for that fails the load and keeps serving the old model.
         """
         source = source.strip()
-        load = self._loader(source, config, allow_local)
+        load = self._loader(source, config, allow_local, progress)
 
         def switch() -> LoadedModel:
             with self._lock:
@@ -279,8 +289,9 @@ class ModelManager:
         # touches its weights (see JobThread).
         return self.executor.thread.call(switch)
 
-    def _loader(self, source: str, config: str | None, allow_local: bool):
-        """Check the source before anything is loaded, and return the function that loads it."""
+    def _loader(self, source: str, config: str | None, allow_local: bool, progress: Report | None = None):
+        """Check the source before anything is loaded (and download a Hub model's files, reporting to `progress`),
+        and return the function that loads it."""
         check_source_name(source, allow_local)
         common = dict(dtype=self.dtype, safety_checker=None, requires_safety_checker=False)
         path = Path(source).expanduser()
@@ -307,12 +318,16 @@ class ModelManager:
                 f"No model at {source!r}: give a Hub id (org/name), a diffusers folder or a .safetensors file."
             )
 
+        # Here, on the caller's thread, where its progress display works; None: the Hub could not be asked, and
+        # diffusers looks in the cache, as offline.
+        folder = None if self.offline else fetch_model(source, progress)
+
         def from_hub() -> StableDiffusionPipeline:
             try:
                 return StableDiffusionPipeline.from_pretrained(
-                    source,
+                    folder or source,
                     use_safetensors=True,
-                    local_files_only=self.offline,
+                    local_files_only=self.offline or folder is not None,
                     **common,
                 )
             except (OSError, ValueError) as error:
@@ -396,7 +411,7 @@ class ModelManager:
         model = self._model
         line = f"{model.name} · {self.device.type} {str(self.dtype).removeprefix('torch.')}"
         line += f" · weights {model.parameter_bytes / 2**20:.1f} MB · RAM {rss:.0f} MB"
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and not self.jobs_elsewhere:
             line += f" · VRAM {torch.cuda.memory_allocated(self.device) / 2**20:.0f} MB"
         if model.loaded_by is not None:  # switched from the web UI: everyone sharing the server should know
             line += f" · Loaded by {model.loaded_by} at {model.loaded_at:%H:%M %Z}"

@@ -6,6 +6,7 @@
 import gradio as gr
 from PIL import Image
 
+from sdplay.downloads import DownloadProgress
 from sdplay.errors import UserError
 from sdplay.metadata import parse_infotext, read_infotext, settings_from_infotext
 from sdplay.models import LoadedModel, ModelManager, ModelSwitch, SwitchPolicy
@@ -47,6 +48,8 @@ def switch_info(switch: ModelSwitch) -> str:
 def model_bar(demo: gr.Blocks, manager: ModelManager, switch: ModelSwitch, tabs: list[Controls]) -> None:
     """Pick and load a model, as `switch` allows; loading refreshes the status line and applies the model's
     recommended settings and examples to every tab. A failed load changes nothing on the page and says why.
+    A Hub model's download shows its bytes over the status line (reported by the manager on the handler's own
+    thread: Gradio's track_tqdm would not see huggingface_hub's bars, which move on other threads).
 
     The model is everyone's: the status line says who switched it and when, and pages show the current model when
     they open and its status line every half minute.
@@ -68,11 +71,15 @@ def model_bar(demo: gr.Blocks, manager: ModelManager, switch: ModelSwitch, tabs:
             updates |= controls.recommended(model)
         return updates
 
-    def load_model(name: str | None, request: gr.Request, progress=gr.Progress(track_tqdm=True)) -> dict:
+    def load_model(name: str | None, request: gr.Request, progress=gr.Progress()) -> dict:
+        def downloading(report: DownloadProgress) -> None:
+            progress(report.fraction, desc=report.describe())
+
         with user_errors():
             try:
                 source, allow_local = switch.source(name or "", request.username)
-                model = manager.load(source, allow_local=allow_local, by=request.username or "a visitor")
+                by = request.username or "a visitor"
+                model = manager.load(source, allow_local=allow_local, by=by, progress=downloading)
             except UserError as error:
                 if not from_web_page(request):  # a script hears no warning: refuse with an error
                     raise gr.Error(f"The model was not loaded: {error}") from error

@@ -1,7 +1,13 @@
-"""What the page does beyond Gradio's own code: small images are enlarged by a whole factor, sharply, and a slider
-value typed out of range is named when it is put back in range.
+"""What the page does beyond Gradio's own code: small images are enlarged by a whole factor, sharply, a slider
+value typed out of range is named when it is put back in range, and a model's download shows its progress bar.
 
-app.py passes `JS` to `demo.launch(js=...)`, which runs it once when the page loads.
+app.py passes `JS` to `demo.launch(js=...)`, which runs it once when the page loads, and `CSS` to `css=...`.
+"""
+
+# A model's download shows its progress over the one-line status (layout.model_bar), where Gradio draws the bar
+# under the text, outside the line's height: the line grows while a progress bar is in it.
+CSS = """
+.block.status:has(.progress-bar-wrap) { min-height: 4.5rem; }
 """
 
 # A 64×64 result or an Explain panel of a small run fills a box several times its size. Smoothing blurs it, and a
