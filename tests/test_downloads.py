@@ -154,6 +154,8 @@ def test_a_cached_model_loads_again_without_downloading_online_and_offline(hub):
     hub.requests.clear()
     assert ModelManager(device="cpu", offline=True).load(REPO, progress=reports.append).name == REPO
     assert hub.requests == [] and reports == []  # --offline never asks the Hub
+    with pytest.raises(UserError, match=r"^The Hugging Face Hub has no model 'sdplay-tests/missing' that sdplay"):
+        ModelManager(device="cpu").load("sdplay-tests/missing")
 
 
 def test_an_unreachable_hub_leaves_the_cache_to_serve_as_before(hub, monkeypatch):
