@@ -175,3 +175,17 @@ def test_one_job_at_a_time_and_interrupt_reaches_only_its_owner(manager):
         assert not entered.wait(0.3)  # blocked while alice's job holds the lock
     waiter.join(5)
     assert entered.is_set()
+
+
+def test_on_zerogpu_the_status_line_asks_cuda_nothing(manager, monkeypatch):
+    """On ZeroGPU the main process has no GPU (only the workers that run the jobs do): no CUDA call there."""
+
+    def no_gpu_here(*args):
+        raise RuntimeError("CUDA called in ZeroGPU's main process")
+
+    monkeypatch.setattr(torch.cuda, "memory_allocated", no_gpu_here)
+    monkeypatch.setattr(manager, "device", torch.device("cuda"))
+    with pytest.raises(RuntimeError):
+        manager.status()  # a CUDA machine's server reports VRAM
+    monkeypatch.setattr(manager, "jobs_elsewhere", True)
+    assert manager.status().startswith(f"{manager.model.name} · cuda")
