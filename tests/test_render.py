@@ -445,3 +445,10 @@ def test_a_one_step_run_records_draws_and_replays(manager, tmp_path):
         5,
         1,
     )
+
+
+def test_the_run_summary_names_a_schedule_type_that_is_not_the_samplers_own(manager):
+    karras = ExplainView(explain(manager, GenerationRequest(prompt="cat", sampler="Euler", schedule="Karras", steps=2)))
+    assert "Text-to-Image · Euler · Karras · 2 steps" in karras.summary()
+    automatic = ExplainView(explain(manager, GenerationRequest(prompt="cat", sampler="Euler", steps=2)))
+    assert "Text-to-Image · Euler · 2 steps" in automatic.summary()

@@ -20,6 +20,7 @@ from sdplay.explain.capture import ExplainRun
 from sdplay.explain.export import load_run
 from sdplay.previews import latents_to_rgb
 from sdplay.requests import Limits
+from sdplay.samplers import AUTOMATIC
 from sdplay.tokenizer import END_OF_WORD, byte_to_unicode
 
 # Panels are drawn at the final image's size, brought into this range: tiny models make 64 px images, which a
@@ -501,7 +502,9 @@ class ExplainView:
         """One line describing the run's recipe."""
         r = self.run.recipe
         task = {"txt2img": "Text-to-Image", "img2img": "Image-to-Image", "inpaint": "Inpaint"}.get(str(r["task"]))
-        line = f"{task} · {r['sampler']} · {r['steps']} steps · CFG {r['guidance_scale']} · seed {r['seed']}"
+        # The schedule type as A1111 1.9+ names it apart, when it is not the sampler's own (older runs have none).
+        schedule = f" · {r['schedule']}" if r.get("schedule", AUTOMATIC) != AUTOMATIC else ""
+        line = f"{task} · {r['sampler']}{schedule} · {r['steps']} steps · CFG {r['guidance_scale']} · seed {r['seed']}"
         line += f" · {r['width']}×{r['height']} · model {r['model']} · {self.run.unet_calls} UNet calls"
         if "strength" in r:
             line += f" · strength {r['strength']}"
