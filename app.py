@@ -7,7 +7,10 @@ import argparse
 import ipaddress
 import os
 import sys
+import tempfile
 from pathlib import Path
+
+from sdplay.disk import DEFAULT_MAX_DISK, parse_size  # the standard library only: --help stays instant
 
 # Our own small model (sdplay/shapes), trained in this repo: it runs offline on any CPU in seconds.
 BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "shapes"
@@ -74,6 +77,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="largest width or height a user may ask for [SDPLAY_MAX_SIZE]",
     )
     parser.add_argument(
+        "--max-disk",
+        type=_size,
+        default=env("SDPLAY_MAX_DISK", DEFAULT_MAX_DISK),
+        help=f"disk space for the app's files in Gradio's cache folder (uploads, images, Explain exports); past it "
+        f"the oldest go first (default {DEFAULT_MAX_DISK}). The folder is GRADIO_TEMP_DIR, else one of the app's own "
+        "in the system's temporary folder [SDPLAY_MAX_DISK]",
+    )
+    parser.add_argument(
         "--cpu-offload",
         action="store_true",
         default=env("SDPLAY_CPU_OFFLOAD") == "1",
@@ -112,6 +123,13 @@ def logins(args: argparse.Namespace) -> list[tuple[str, str]] | None:
     return [(user, password) for user, password in accounts] or None
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -126,11 +144,15 @@ def main(argv: list[str] | None = None) -> None:
 
     zero_gpu()  # on a ZeroGPU Space, `spaces` must be imported before anything initialises CUDA; imports no torch
     args = parse_args(argv)
+    # --max-disk caps the whole of Gradio's cache folder, so the app gets one of its own: Gradio's default
+    # (<tmp>/gradio) is shared by every Gradio app on the machine. Gradio reads the variable as it makes each file.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / f"sdplay-gradio-{args.port}"))
     # Imported after parsing so that --help is instant and flags can still set import-time environment.
     from sdplay.catalog import HUB_MODELS
     from sdplay.errors import UserError
     from sdplay.models import MemoryOptions, ModelManager, ModelSwitch, SwitchPolicy
     from sdplay.requests import Limits
+    from sdplay.ui.cache import CacheCap
     from sdplay.ui.layout import build_demo
     from sdplay.ui.style import CSS, JS
 
@@ -148,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     models = local | {hub_id: hub_id for hub_id in ([] if args.offline else HUB_MODELS)}
     admin = args.admin.partition(":")[0] if args.admin else None
     demo = build_demo(manager, Limits(max_size=args.max_size), ModelSwitch(models, SwitchPolicy(args.models), admin))
+    CacheCap(demo, args.max_disk).start()
     demo.launch(
         server_name=args.host,
         server_port=args.port,

@@ -31,6 +31,8 @@ EMPTY_MASK_MESSAGE = "The mask is empty: paint over the area to repaint, or uplo
 # Pillow's own messages name the file it read: for an upload, a path in the server's temporary folder.
 NOT_AN_IMAGE_MESSAGE = "The upload is not an image sdplay can read: use a PNG, JPEG or WebP file."
 CORRUPT_MESSAGE = "The image is corrupt or truncated: save it again and upload it."
+# A page can hold a file that the server has deleted since (--max-disk deletes the oldest).
+GONE_MESSAGE = "The image is no longer on the server, which deletes its oldest files: upload or generate it again."
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
 
@@ -54,6 +56,8 @@ def decode_errors() -> Iterator[None]:
         raise UserError(TOO_LARGE_MESSAGE) from error
     except Image.UnidentifiedImageError as error:
         raise UserError(NOT_AN_IMAGE_MESSAGE) from error
+    except FileNotFoundError as error:
+        raise UserError(GONE_MESSAGE) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise UserError(CORRUPT_MESSAGE) from error
 

@@ -76,3 +76,14 @@ def test_the_admin_is_a_login_of_its_own(no_policy_environment, capsys):
         with pytest.raises(SystemExit):
             parse_args(flags)
         assert message in capsys.readouterr().err
+
+
+def test_max_disk_reads_sizes_as_people_write_them(monkeypatch, capsys):
+    monkeypatch.delenv("SDPLAY_MAX_DISK", raising=False)
+    assert parse_args([]).max_disk == 2 * 10**9
+    monkeypatch.setenv("SDPLAY_MAX_DISK", "500MB")
+    assert parse_args([]).max_disk == 500 * 10**6
+    assert parse_args(["--max-disk", "64MiB"]).max_disk == 64 * 2**20
+    with pytest.raises(SystemExit):
+        parse_args(["--max-disk", "lots"])
+    assert "--max-disk: 'lots' is not a size: write it like 2GB, 500MB or 64MiB." in capsys.readouterr().err

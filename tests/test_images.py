@@ -13,10 +13,12 @@ from PIL import ExifTags, Image
 
 from sdplay.errors import UserError
 from sdplay.images import (
+    GONE_MESSAGE,
     MAX_IMAGE_PIXELS,
     blur_mask,
     brush_radius,
     check_mask,
+    decode_errors,
     fit_within,
     mask_from_editor,
     mask_from_upload,
@@ -355,3 +357,11 @@ def test_round_to_multiple(n: int, multiple: int, expected: int) -> None:
 )
 def test_fit_within(size, cap, expected) -> None:
     assert fit_within(size, cap) == expected
+
+
+def test_an_upload_deleted_from_the_server_since_says_so_without_its_path(tmp_path):
+    """Gradio opens an input's file (the component's preprocess, under `decode_errors`): a page may still hold one
+    that the disk cap has deleted."""
+    with pytest.raises(UserError) as raised, decode_errors():
+        Image.open(tmp_path / "deleted" / "image.png")
+    assert str(raised.value) == GONE_MESSAGE and str(tmp_path) not in str(raised.value)

@@ -8,6 +8,7 @@ from PIL import Image
 
 from sdplay.downloads import DownloadProgress
 from sdplay.errors import UserError
+from sdplay.images import decode_errors
 from sdplay.metadata import parse_infotext, read_infotext, settings_from_infotext
 from sdplay.models import LoadedModel, ModelManager, ModelSwitch, SwitchPolicy
 from sdplay.requests import Limits
@@ -146,7 +147,7 @@ def _image_value(tab: str, path: str) -> str | dict:
     """An image file as the value of `tab`'s image input: the inpaint editor takes layers, and a brush sized to it."""
     if tab == "img2img":
         return path
-    with Image.open(path) as picture:
+    with user_errors(), decode_errors(), Image.open(path) as picture:  # the server may have deleted it since
         size = picture.size
     return gr.update(value={"background": path, "layers": [], "composite": path}, brush=mask_brush(size))
 
@@ -171,7 +172,7 @@ def _wire_send(results: Results, tabs: gr.Tabs, targets: dict[str, tuple[Control
 
         def send(gallery: list | None, index: int, tab: str = tab):
             path = pick(gallery, index)
-            with Image.open(path) as picture:
+            with user_errors(), decode_errors(), Image.open(path) as picture:  # the server may have deleted it since
                 text = read_infotext(picture) or ""
             return *_settings_updates(text), _image_value(tab, path), gr.Tabs(selected=tab)
 
