@@ -18,6 +18,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from sdplay.conditioning import encode_prompts
 from sdplay.errors import UserError
 from sdplay.images import (
     blur_mask,
@@ -127,7 +128,8 @@ def generate(
         if model.is_inpainting and request.task != Task.INPAINT:
             raise UserError(f"{model.name} is an inpainting checkpoint: use the Inpaint tab with it.")
         pipe = manager.pipeline(request.task, request.sampler, request.schedule)
-        warnings = _prompt_warnings(pipe.tokenizer, request)
+        # A1111 prompt syntax; long prompts are encoded in chunks of 75 tokens, never cut.
+        conditioning = encode_prompts(pipe, request.prompt, request.negative_prompt, request.steps)
         plan = _plan(request, model, limits)
         first_seed = random.randint(0, MAX_SEED) if request.seed == -1 else request.seed
         seeds = [(first_seed + i) % (MAX_SEED + 1) for i in range(request.batch_size)]
@@ -167,41 +169,23 @@ def generate(
         watch = watch_predictions(pipe, lambda p: latest.update(prediction=p)) if on_step else nullcontext()
         with watch, recorder.attached(pipe) if recorder else nullcontext():
             output = pipe(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt or None,
+                **conditioning.pipe_kwargs(),
                 num_inference_steps=request.steps,
                 guidance_scale=request.guidance_scale,
                 num_images_per_prompt=request.batch_size,
                 generator=[torch.Generator().manual_seed(seed) for seed in seeds],
-                callback_on_step_end=on_step_end,
+                callback_on_step_end=conditioning.switching(on_step_end, request.batch_size),
                 callback_on_step_end_tensor_inputs=["latents", *_tensor_inputs(pipe, recorder)],
                 **plan.pipe_kwargs,
             )
     infotexts = [_infotext(request, model, plan.size, seed) for seed in seeds]
     images = [with_infotext(plan.finish(image), text) for image, text in zip(output.images, infotexts, strict=True)]
-    return GenerationResult(images, infotexts, seeds, warnings)
+    return GenerationResult(images, infotexts, seeds)
 
 
 def _tensor_inputs(pipe: DiffusionPipeline, recorder: Recorder | None) -> list[str]:
     """The extra step tensors a recorder wants that this pipeline offers (only inpainting has a "mask")."""
     return [name for name in (recorder.tensor_inputs if recorder else []) if name in pipe._callback_tensor_inputs]
-
-
-def _prompt_warnings(tokenizer, request: GenerationRequest) -> list[str]:
-    """The text encoder reads 75 tokens (77 with start and end); say what was cut, as A1111 does."""
-    warnings = []
-    limit = tokenizer.model_max_length - 2
-    for label, text in (
-        ("prompt", request.prompt),
-        ("negative prompt", request.negative_prompt),
-    ):
-        ids = tokenizer(text, add_special_tokens=False).input_ids
-        if len(ids) > limit:
-            dropped = tokenizer.decode(ids[limit:])
-            warnings.append(
-                f"The {label} is {len(ids)} tokens long; only the first {limit} are used. Ignored: {dropped!r}"
-            )
-    return warnings
 
 
 def _plan(request: GenerationRequest, model: LoadedModel, limits: Limits) -> _Plan:
