@@ -76,6 +76,14 @@ def tokenize(tokenizer, text: str, label: str = "prompt") -> list[Chunk]:
     return chunk_tokens(pieces, comma)
 
 
+def chunk_token_names(tokenizer, text: str, steps: int, label: str = "prompt") -> list[list[str]]:
+    """What the text encoder reads of the run's first prompt (prompt editing at its first step): each chunk's
+    tokens as the tokenizer spells them, start and end token included, syntax and BREAK removed."""
+    first = prompt_schedule(text, steps, label)[0].text
+    start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return [tokenizer.convert_ids_to_tokens([start, *c.tokens, end]) for c in tokenize(tokenizer, first, label)]
+
+
 def encode(pipe: DiffusionPipeline, chunks: list[Chunk], n_chunks: int) -> torch.Tensor:
     """Embeddings [1, 77 × n_chunks, dim] of `chunks`, padded with empty chunks to `n_chunks`.
 

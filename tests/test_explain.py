@@ -64,6 +64,18 @@ def test_probabilities_are_non_negative_and_sum_to_one_over_all_77_positions(man
     assert run.negative_tokens == ["<|startoftext|>", "dog</w>", "<|endoftext|>"]
 
 
+def test_tokens_are_what_the_encoder_reads_with_prompt_syntax_parsed(manager):
+    request = GenerationRequest(prompt="a (red:1.3) [cat:dog:2] BREAK dog", negative_prompt="(dog)", steps=3, seed=1)
+    run = explain(manager, request)
+    # The first chunk of the first prompt of the edit: no brackets, no weights, no BREAK.
+    assert run.tokens == ["<|startoftext|>", "a</w>", "red</w>", "cat</w>", "<|endoftext|>"]
+    assert run.negative_tokens == ["<|startoftext|>", "dog</w>", "<|endoftext|>"]
+    long = explain(manager, GenerationRequest(prompt="cat " * 100, steps=2, seed=1))
+    assert len(long.tokens) == 77 and [len(m[0]) for m in long.attention.values()] == [78] * len(long.attention)
+    with pytest.raises(UserError, match="The negative prompt has a '\\(' at character 1"):
+        explain(manager, GenerationRequest(prompt="cat", negative_prompt="(dog", steps=2))
+
+
 def test_recorded_maps_equal_an_independent_softmax_of_one_layer(manager):
     """Reference: hook one cross-attention layer, compute softmax(QKᵀ/√d) ourselves, average the heads."""
     unet = manager.model.pipe.unet

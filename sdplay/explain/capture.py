@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, PNDMScheduler
 
+from sdplay.conditioning import chunk_token_names
 from sdplay.explain.captions import ModelFacts
 from sdplay.generate import StepUpdate, generate
 from sdplay.models import ModelManager
@@ -270,10 +271,10 @@ class ExplainRecorder:
 STEP_TENSORS = ["latents", "x0", "eps_cond", "eps_uncond", "guidance", "blended"]
 
 
-def tokens_of(tokenizer, text: str) -> list[str]:
-    """The tokens the text encoder sees, from the start token to the end token (truncated at 77)."""
-    ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length).input_ids
-    return tokenizer.convert_ids_to_tokens(ids)
+def tokens_of(tokenizer, text: str, steps: int, label: str = "prompt") -> list[str]:
+    """The tokens the text encoder sees in its first chunk of 75 (A1111 syntax parsed, the first prompt of an edit),
+    from the start token to the end token. The maps' summed last channel holds the padding and any later chunks."""
+    return chunk_token_names(tokenizer, text, steps, label)[0]
 
 
 def explain(
@@ -288,7 +289,8 @@ def explain(
     """Generate one image for `request` with the recorders attached, and return the whole run."""
     request = replace(validated(request, limits), batch_size=1)
     tokenizer = manager.model.pipe.tokenizer
-    tokens, negative_tokens = tokens_of(tokenizer, request.prompt), tokens_of(tokenizer, request.negative_prompt)
+    tokens = tokens_of(tokenizer, request.prompt, request.steps)
+    negative_tokens = tokens_of(tokenizer, request.negative_prompt, request.steps, "negative prompt")
     recorder = ExplainRecorder((len(tokens), len(negative_tokens)))
     result = generate(manager, request, limits, owner=owner, cancel=cancel, on_step=on_step, recorder=recorder)
     recipe = {
