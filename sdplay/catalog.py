@@ -126,5 +126,6 @@ def unknown_words(prompt: str, vocabulary: tuple[str, ...]) -> list[str]:
     if not vocabulary:
         return []
     known = {word.lower() for word in vocabulary}
-    words = re.findall(r"[^\W\d_]+", prompt.lower())
+    # BREAK (in capitals) is prompt syntax, not a word the model reads.
+    words = re.findall(r"[^\W\d_]+", re.sub(r"\bBREAK\b", " ", prompt).lower())
     return list(dict.fromkeys(word for word in words if word not in known))

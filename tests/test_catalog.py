@@ -82,6 +82,7 @@ def test_unknown_words_of_a_closed_vocabulary():
     prompt = "a watercolor painting of a lighthouse, Red circle"
     assert unknown_words(prompt, VOCABULARY) == ["watercolor", "painting", "of", "lighthouse"]
     assert unknown_words(prompt, ()) == []  # an open vocabulary (CLIP's) knows every word
+    assert unknown_words("a (red:1.2) [circle:hexagon:0.5] BREAK on the left", VOCABULARY) == ["hexagon"]
 
 
 def test_the_manager_attaches_the_settings_to_the_loaded_model(manager):
