@@ -72,7 +72,9 @@ def tokenize(tokenizer, text: str, label: str = "prompt") -> list[Chunk]:
     texts = [fragment.text for fragment in fragments if not fragment.is_break]
     ids = iter(tokenizer(texts, add_special_tokens=False).input_ids)
     pieces = [None if fragment.is_break else (next(ids), fragment.weight) for fragment in fragments]
-    comma = tokenizer.get_vocab().get(",</w>")
+    comma = tokenizer.convert_tokens_to_ids(",</w>")  # not get_vocab(): that copies all 49,408 entries each call
+    if comma == tokenizer.unk_token_id:
+        comma = None
     return chunk_tokens(pieces, comma)
 
 
