@@ -78,12 +78,15 @@ def tokenize(tokenizer, text: str, label: str = "prompt") -> list[Chunk]:
     return chunk_tokens(pieces, comma)
 
 
-def chunk_token_names(tokenizer, text: str, steps: int, label: str = "prompt") -> list[list[str]]:
+def chunk_token_names(tokenizer, text: str, steps: int, label: str = "prompt") -> list[tuple[list[str], list[float]]]:
     """What the text encoder reads of the run's first prompt (prompt editing at its first step): each chunk's
-    tokens as the tokenizer spells them, start and end token included, syntax and BREAK removed."""
+    tokens as the tokenizer spells them, start and end token included, syntax and BREAK removed; and their weights."""
     first = prompt_schedule(text, steps, label)[0].text
     start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
-    return [tokenizer.convert_ids_to_tokens([start, *c.tokens, end]) for c in tokenize(tokenizer, first, label)]
+    return [
+        (tokenizer.convert_ids_to_tokens([start, *c.tokens, end]), [1.0, *c.weights, 1.0])
+        for c in tokenize(tokenizer, first, label)
+    ]
 
 
 def encode(pipe: DiffusionPipeline, chunks: list[Chunk], n_chunks: int) -> torch.Tensor:

@@ -64,14 +64,26 @@ def test_probabilities_are_non_negative_and_sum_to_one_over_all_77_positions(man
     assert run.negative_tokens == ["<|startoftext|>", "dog</w>", "<|endoftext|>"]
 
 
-def test_tokens_are_what_the_encoder_reads_with_prompt_syntax_parsed(manager):
+def test_tokens_are_what_the_encoder_reads_with_prompt_syntax_parsed(manager, tmp_path):
     request = GenerationRequest(prompt="a (red:1.3) [cat:dog:2] BREAK dog", negative_prompt="(dog)", steps=3, seed=1)
     run = explain(manager, request)
-    # The first chunk of the first prompt of the edit: no brackets, no weights, no BREAK.
-    assert run.tokens == ["<|startoftext|>", "a</w>", "red</w>", "cat</w>", "<|endoftext|>"]
-    assert run.negative_tokens == ["<|startoftext|>", "dog</w>", "<|endoftext|>"]
+    # The first prompt of the edit, chunk after chunk: no brackets, no BREAK; the weights kept apart.
+    start, end = "<|startoftext|>", "<|endoftext|>"
+    assert run.tokens == [start, "a</w>", "red</w>", "cat</w>", end, start, "dog</w>", end]
+    assert run.weights.tolist() == pytest.approx([1, 1, 1.3, 1, 1, 1, 1, 1])
+    assert run.negative_tokens == [start, "dog</w>", end]
+    assert run.recipe["chunks"] == 2 and run.recipe["prompt_schedule"]["prompt"] == [
+        [2, "a (red:1.3) cat BREAK dog"],
+        [3, "a (red:1.3) dog BREAK dog"],
+    ]
+    for maps in run.attention.values():  # every chunk's tokens and one padding channel, still summing to 1
+        assert maps.shape[1] == len(run.tokens) + 1
+        torch.testing.assert_close(maps.float().sum(1), torch.ones_like(maps[:, 0].float()), atol=2e-3, rtol=0)
+    again = load_run(save_run(run, tmp_path / "run.safetensors"))
+    assert again.tokens == run.tokens and torch.equal(again.weights, run.weights.float())
+    assert again.recipe["prompt_schedule"] == run.recipe["prompt_schedule"]
     long = explain(manager, GenerationRequest(prompt="cat " * 100, steps=2, seed=1))
-    assert len(long.tokens) == 77 and [len(m[0]) for m in long.attention.values()] == [78] * len(long.attention)
+    assert len(long.tokens) == 77 + 27 and long.tokens[76:78] == [end, start]  # 75 + 25 tokens in two chunks
     with pytest.raises(UserError, match="The negative prompt has a '\\(' at character 1"):
         explain(manager, GenerationRequest(prompt="cat", negative_prompt="(dog", steps=2))
 
@@ -271,7 +283,7 @@ def test_ten_thousand_words_are_refused(tmp_path, no_tensor_is_built):
     path = tmp_path / "words.safetensors"
     export.save_run(synthetic_run(tokens=10_002), path)
     assert path.stat().st_size < 300_000  # a small upload
-    refused(path, "tokens must list 2 to 77 tokens")
+    refused(path, "tokens must list 2 to 2464 tokens")
 
 
 def test_latents_larger_than_any_model_makes_are_refused(tmp_path, no_tensor_is_built):
@@ -295,7 +307,7 @@ def test_too_many_steps_and_wrong_shapes_or_dtypes_are_refused(tmp_path, no_tens
     "metadata, match",
     [
         ({"tokens": "5"}, "'tokens' is not a JSON list"),
-        ({"tokens": "[1, 2, 3]"}, "tokens must list 2 to 77 tokens"),
+        ({"tokens": "[1, 2, 3]"}, "tokens must list 2 to 2464 tokens"),
         ({"recipe": "[]"}, "'recipe' is not a JSON dict"),
         ({"recipe": json.dumps({"task": "txt2img", "steps": "5"})}, "recipe's 'prompt' is missing or of the wrong"),
         ({"layers": '{"mid_block": "1"}'}, "layers must name"),

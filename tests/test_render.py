@@ -133,6 +133,17 @@ def test_subwords_merge_into_words(view, run):
 
 def test_the_75_token_limit_is_shown(view):
     assert view.token_summary().startswith("10 of 75 prompt tokens used")
+    # A prompt of two chunks: a start and an end token around each, nothing cut.
+    start, end = "<|startoftext|>", "<|endoftext|>"
+    assert words_of([start, "cat</w>", "a", end, start, "dog</w>", end]) == [
+        Word("start", (0,), special=True),
+        Word("cat", (1,)),
+        Word("a", (2,)),  # a word cut by the end of its chunk
+        Word("end", (3,), special=True),
+        Word("start", (4,), special=True),
+        Word("dog", (5,)),
+        Word("end", (6,), special=True),
+    ]
     prompt = " ".join(["cat"] * 80)
     tokens = ["<|startoftext|>", *["cat</w>"] * 75, "<|endoftext|>"]
     words = words_of(tokens)
@@ -309,7 +320,7 @@ def test_captions_state_the_tiny_models_numbers(view, manager):
     assert "each 8×8 patch of pixels into 4 numbers" in texts["x_t"].more
     assert "*token embedding* (16 numbers in this model)" in texts["tokens"].more
     assert f"vocabulary of {len(tokenizer):,}:" in texts["tokens"].more
-    assert "padded to 77 positions, so at most 75 tokens" in texts["tokens"].more
+    assert "padded to 77 positions, so it reads 75 tokens at a time" in texts["tokens"].more
     assert not any("{" in c.short + c.more for c in texts.values())  # every template filled
 
 

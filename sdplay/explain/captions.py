@@ -146,9 +146,11 @@ CAPTIONS: dict[str, Caption] = {
         "Your prompt as the text encoder reads it, as words. Pick one to see where in the image it is looking.",
         "A **tokenizer** cuts the text into tokens from a fixed vocabulary of {vocabulary}: common words are one "
         "token, rarer ones are split into pieces (see *Subwords*). The prompt is framed by a start and an end "
-        "token and padded to {text_positions} positions, so at most {prompt_tokens} tokens of your text are read; "
-        "the rest is dropped. The **text encoder** (CLIP's, a transformer) then turns each position into a vector "
-        "of numbers, its *token embedding* ({embedding}), which also carries context from the words before it. "
+        "token and padded to {text_positions} positions, so it reads {prompt_tokens} tokens at a time; a longer "
+        "prompt (or one with BREAK) is read in chunks of {prompt_tokens}, each framed and padded alike, and the "
+        "UNet attends to all of them side by side. The **text encoder** (CLIP's, a transformer) then turns each "
+        "position into a vector of numbers, its *token embedding* ({embedding}), which also carries context from "
+        "the words before it. "
         "CLIP reads left to right, so the start token's embedding is the same for every prompt.",
     ),
     "heatmap": Caption(

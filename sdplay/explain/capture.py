@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, PNDMScheduler
 
-from sdplay.conditioning import chunk_token_names
+from sdplay.conditioning import CHUNK_TOKENS, chunk_token_names
 from sdplay.explain.captions import ModelFacts
 from sdplay.generate import StepUpdate, generate
 from sdplay.models import ModelManager
 from sdplay.predictions import Prediction, watch_predictions
+from sdplay.prompts import prompt_schedule
 from sdplay.requests import GenerationRequest, Limits, Task, validated
 
 
@@ -26,12 +27,12 @@ class ExplainRun:
     """Everything the Explain view shows, for one image; S steps, C latent channels, latents h×w.
 
     Attention maps are kept per UNet block (all its cross-attention layers averaged), conditional and negative
-    branch apart, in fp16, each with its tokens from the start to the end token plus one last channel that sums
-    the padding positions, so that every map sums to 1 over the channels at every pixel.
+    branch apart, in fp16, each with its tokens (every chunk of 75, each from its start to its end token) plus one
+    last channel that sums the padding positions, so that every map sums to 1 over the channels at every pixel.
     """
 
     image: np.ndarray  # uint8 [H, W, 3], the final image
-    tokens: list[str]  # the prompt's tokens from start to end token, as the tokenizer spells them
+    tokens: list[str]  # the prompt's tokens, chunk after chunk from start to end token, as the tokenizer spells them
     negative_tokens: list[str]
     recipe: dict[str, object]  # the validated request, as JSON-able values
     timesteps: torch.Tensor  # [S]
@@ -49,6 +50,7 @@ class ExplainRun:
     first_step: int  # image-to-image and inpaint start the schedule of `recipe["steps"]` here (strength)
     mask: torch.Tensor | None = None  # [h, w]: inpainting mask at latent resolution (1 = repaint)
     blended: torch.Tensor | None = None  # [S, C, h, w]: latents after the known region is put back (inpaint)
+    weights: torch.Tensor | None = None  # [T]: each token's A1111 emphasis weight (1 for start/end); None: not saved
 
     @property
     def steps(self) -> int:
@@ -146,8 +148,10 @@ class ExplainRecorder:
 
     tensor_inputs = ["mask"]
 
-    def __init__(self, token_counts: tuple[int, int]) -> None:
-        self.token_counts = token_counts  # (prompt tokens, negative prompt tokens), start and end included
+    def __init__(self, token_positions: tuple[list[int], list[int]]) -> None:
+        # Where the prompt's and the negative prompt's tokens are among the text encoder's positions (77 per
+        # chunk): each chunk's start token, tokens and end token; the rest is padding.
+        self.token_positions = token_positions
         self.layers: dict[str, int] = {}
         self.latent_size: tuple[int, int] = (0, 0)
         self.call_maps: dict[str, list[torch.Tensor]] = {}  # block -> this UNet call's probabilities, one per layer
@@ -190,18 +194,29 @@ class ExplainRecorder:
         self.call_maps.setdefault(block, []).append(probabilities)
 
     def _end_call(self, prediction: Prediction) -> None:
-        """Average each block's layers, then keep the real tokens and one summed padding channel of each branch
-        (the prompt's first), reshaped to the block's grid: once per block, not per layer."""
+        """Average each block's layers, then keep the real tokens (of every chunk) and one summed padding channel of
+        each branch (the prompt's first), reshaped to the block's grid: once per block, not per layer."""
         self.guided = prediction.eps_uncond is not None
         maps = {}
         for block, layers in self.call_maps.items():
             probabilities = torch.stack(layers).mean(0)  # [batch, pixels, text positions]
             h, w = latent_grid(probabilities.shape[1], *self.latent_size)
             maps[block] = [
-                torch.cat([probs[:, :count], probs[:, count:].sum(-1, keepdim=True)], dim=-1).T.reshape(-1, h, w).half()
-                for probs, count in zip(probabilities.flip(0), self.token_counts, strict=False)
+                torch.cat([probs[:, real], probs[:, ~real].sum(-1, keepdim=True)], dim=-1).T.reshape(-1, h, w).half()
+                for probs, real in zip(
+                    probabilities.flip(0), self._real(probabilities.shape[-1], probabilities.device), strict=False
+                )
             ]
         self.calls.append((prediction, maps))
+
+    def _real(self, positions: int, device: torch.device) -> list[torch.Tensor]:
+        """Per branch, a mask of the text positions that are tokens (not padding)."""
+        masks = []
+        for tokens in self.token_positions:
+            mask = torch.zeros(positions, dtype=torch.bool, device=device)
+            mask[tokens] = True
+            masks.append(mask)
+        return masks
 
     def step_ended(self, step: int, tensors: dict[str, torch.Tensor]) -> None:
         """Close the step unless the sampler is in the middle of it (see `mid_step`). A step of two UNet calls
@@ -268,13 +283,33 @@ class ExplainRecorder:
         )
 
 
+CHUNK_POSITIONS = CHUNK_TOKENS + 2  # a chunk's start token, 75 tokens, end token
+
 STEP_TENSORS = ["latents", "x0", "eps_cond", "eps_uncond", "guidance", "blended"]
 
 
-def tokens_of(tokenizer, text: str, steps: int, label: str = "prompt") -> list[str]:
-    """The tokens the text encoder sees in its first chunk of 75 (A1111 syntax parsed, the first prompt of an edit),
-    from the start token to the end token. The maps' summed last channel holds the padding and any later chunks."""
-    return chunk_token_names(tokenizer, text, steps, label)[0]
+@dataclass(frozen=True)
+class PromptTokens:
+    """The tokens the text encoder reads (A1111 syntax parsed; the first prompt of an edit), chunk after chunk,
+    each chunk from its start token to its end token, with their weights and their positions among the
+    77 × chunks text positions."""
+
+    names: list[str]
+    weights: list[float]
+    positions: list[int]
+    chunks: int
+
+
+def tokens_of(tokenizer, text: str, steps: int, label: str = "prompt") -> PromptTokens:
+    names: list[str] = []
+    weights: list[float] = []
+    positions: list[int] = []
+    chunks = chunk_token_names(tokenizer, text, steps, label)
+    for chunk, (chunk_names, chunk_weights) in enumerate(chunks):
+        names += chunk_names
+        weights += chunk_weights
+        positions += range(chunk * CHUNK_POSITIONS, chunk * CHUNK_POSITIONS + len(chunk_names))
+    return PromptTokens(names, weights, positions, len(chunks))
 
 
 def explain(
@@ -290,8 +325,8 @@ def explain(
     request = replace(validated(request, limits), batch_size=1)
     tokenizer = manager.model.pipe.tokenizer
     tokens = tokens_of(tokenizer, request.prompt, request.steps)
-    negative_tokens = tokens_of(tokenizer, request.negative_prompt, request.steps, "negative prompt")
-    recorder = ExplainRecorder((len(tokens), len(negative_tokens)))
+    negative = tokens_of(tokenizer, request.negative_prompt, request.steps, "negative prompt")
+    recorder = ExplainRecorder((tokens.positions, negative.positions))
     result = generate(manager, request, limits, owner=owner, cancel=cancel, on_step=on_step, recorder=recorder)
     recipe = {
         "task": request.task.value,
@@ -306,8 +341,15 @@ def explain(
         "height": result.images[0].height,
         "model": manager.model.name,
         "model_facts": asdict(ModelFacts.of_pipeline(manager.model.pipe)),  # for the captions, in replays too
+        "chunks": tokens.chunks,  # of 75 tokens: the prompt is never cut
+        # Which plain prompt applies up to which step (prompt editing, alternation): [[last step, prompt], ...].
+        "prompt_schedule": {
+            key: [[entry.end_at_step, entry.text] for entry in prompt_schedule(text, request.steps)]
+            for key, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt))
+        },
     }
     if request.task != Task.TXT2IMG:
         recipe["strength"] = request.strength
     first_step = request.steps - len(recorder.steps)
-    return recorder.run(result.images[0], tokens, negative_tokens, recipe, manager.model.latent_rgb, first_step)
+    run = recorder.run(result.images[0], tokens.names, negative.names, recipe, manager.model.latent_rgb, first_step)
+    return replace(run, weights=torch.tensor(tokens.weights))

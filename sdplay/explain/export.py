@@ -21,11 +21,13 @@ from sdplay.requests import Limits
 
 FORMAT = "sdplay-explain/1"
 STEP_TENSORS = ["latents", "x0", "eps_cond", "eps_uncond", "guidance", "timesteps", "sigmas"]
-OTHER_TENSORS = ["image", "attention", "latent_rgb", "mask", "blended"]  # the first three are required
+OTHER_TENSORS = ["image", "attention", "latent_rgb", "mask", "blended", "weights"]  # the first three are required
 BLOCK_TENSORS = ["attention", "negative_attention"]  # one of each per UNet block: `attention.up_blocks.1`
 # Caps on what an upload may ask of the server. A real export's header is a few KB (its recipe holds the prompts).
 MAX_HEADER_BYTES = 1_000_000
-MAX_TOKENS = 77  # CLIP's positions: the most a prompt has, start and end tokens included
+# CLIP's 77 positions (start and end tokens included) per chunk of 75 tokens, 32 chunks: about the longest prompt
+# a request may have (10,000 characters). MAX_MAP_VALUES caps what the maps of that many tokens cost.
+MAX_TOKENS = 77 * 32
 MAX_BLOCKS = 16  # UNet blocks with cross-attention (SD 1.x has 7)
 MAX_CHANNELS = 16  # latent channels
 # steps × text positions × latent pixels: the view keeps each token's map at the latent size in float32 (256 MB
@@ -45,9 +47,10 @@ METADATA = {
 RECIPE = {
     "task": str, "prompt": str, "negative_prompt": str, "sampler": str, "steps": int, "guidance_scale": (int, float),
     "seed": int, "width": int, "height": int, "model": str, "schedule": str, "strength": (int, float),
-    "model_facts": dict,
+    "model_facts": dict, "chunks": int, "prompt_schedule": dict,
 }  # fmt: skip
-OPTIONAL_RECIPE = {"schedule", "strength", "model_facts"}  # runs saved before these existed, text-to-image runs
+# Runs saved before these existed, text-to-image runs (strength).
+OPTIONAL_RECIPE = {"schedule", "strength", "model_facts", "chunks", "prompt_schedule"}
 FACTS = {field.name for field in fields(ModelFacts)}
 
 
@@ -62,6 +65,8 @@ def save_run(run: ExplainRun, path: str | Path) -> Path:
         tensors[f"negative_attention.{block}"] = maps
     if run.mask is not None:
         tensors["mask"], tensors["blended"] = run.mask, run.blended
+    if run.weights is not None:
+        tensors["weights"] = run.weights.float()
     metadata = {
         "format": FORMAT,
         "tokens": json.dumps(run.tokens, ensure_ascii=False),
@@ -111,6 +116,7 @@ def load_run(path: str | Path, limits: Limits = Limits()) -> ExplainRun:
         first_step=contents["first_step"],
         mask=tensors.get("mask"),
         blended=tensors.get("blended"),
+        weights=tensors.get("weights"),
         **{name: tensors[name] for name in STEP_TENSORS},
     )
 
@@ -224,6 +230,7 @@ def _checked_entries(header: dict, tokens: list, negative_tokens: list, layers: 
         "latent_rgb": (FLOATS, exactly(channels + 1, 3)),
         "attention": (FLOATS, exactly(steps, tokens_t, height, width)),
         "mask": (FLOATS, exactly(height, width)),
+        "weights": (FLOATS, exactly(tokens_t)),
     }
     for block in layers:
         contract[f"attention.{block}"] = (FLOATS, (*exactly(steps, tokens_t + 1), h, w))

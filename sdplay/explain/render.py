@@ -86,17 +86,22 @@ def token_text(tokens: list[str]) -> str:
 
 
 def words_of(tokens: list[str]) -> list[Word]:
-    """Merge subword tokens into words (a word ends at a token ending in `</w>`), framed by start and end."""
-    words = [Word("start", (0,), special=True)]
+    """Merge subword tokens into words (a word ends at a token ending in `</w>`), framed by start and end; a prompt
+    of several chunks of 75 has a start and an end token around each chunk."""
+    words = []
     pending: list[int] = []
-    for position in range(1, len(tokens) - 1):
+    for position, token in enumerate(tokens):
+        starts, ends = position == 0 or token == tokens[0], position == len(tokens) - 1 or token == tokens[-1]
+        if starts or ends:
+            if pending:  # a word cut in the middle by the end of a chunk
+                words.append(Word(token_text([tokens[p] for p in pending]), tuple(pending)))
+                pending = []
+            words.append(Word("start" if starts else "end", (position,), special=True))
+            continue
         pending.append(position)
-        if tokens[position].endswith(END_OF_WORD):
+        if token.endswith(END_OF_WORD):
             words.append(Word(token_text([tokens[p] for p in pending]), tuple(pending)))
             pending = []
-    if pending:  # a word cut in the middle by the 75-token limit
-        words.append(Word(token_text([tokens[p] for p in pending]), tuple(pending)))
-    words.append(Word("end", (len(tokens) - 1,), special=True))
     return words
 
 
@@ -479,11 +484,19 @@ class ExplainView:
         return [(label, i) for i, label in enumerate(self.word_labels)]
 
     def token_summary(self) -> str:
-        """How many of the tokens the text encoder reads (75 in CLIP) the prompt used, and what the limit cut off."""
-        used, limit = len(self.run.tokens) - 2, self.facts.prompt_tokens
+        """How many of the tokens the text encoder reads (75 in CLIP) the prompt used, in how many chunks, and what
+        the limit cut off (runs made before prompts were chunked)."""
+        chunks = sum(1 for word in self.words if word.special and word.text == "start")
+        used, limit = len(self.run.tokens) - 2 * chunks, self.facts.prompt_tokens
+        if chunks > 1:
+            return (
+                f"{used} prompt tokens in {chunks} chunks of up to {limit}, each framed by the start and end tokens "
+                f"and padded to {self.facts.text_positions} positions: the text encoder reads each chunk on its own "
+                "and the UNet attends to all of them side by side."
+            )
         line = f"{used} of {limit} prompt tokens used, framed by the start and end tokens"
         line += f" and padded to {self.facts.text_positions} positions."
-        if used >= limit:
+        if used >= limit and "chunks" not in self.run.recipe:
             dropped = dropped_text(str(self.run.recipe.get("prompt", "")), self.words)
             line += " **The prompt reached the limit: the text encoder never saw the rest**"
             line += f": “{dropped}”." if dropped else "."
