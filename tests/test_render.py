@@ -312,6 +312,16 @@ def test_an_empty_prompt_starts_on_the_start_token():
     assert content_word(words("")) == 0
 
 
+def test_chips_show_weights_and_chunks_and_the_summary_the_schedule(manager):
+    request = GenerationRequest(prompt="a (red:1.3) [cat|dog] BREAK dog", sampler="Euler", steps=2, seed=1)
+    view = ExplainView(explain(manager, request))
+    labels = [label for label, _ in view.chips()]
+    assert labels == ["⟨start⟩", "a", "red ×1.3", "cat", "⟨end⟩", "⟨start⟩ (2)", "dog", "⟨end⟩ (2)"]
+    summary = view.token_summary()
+    assert summary.startswith("4 prompt tokens in 2 chunks of up to 75")
+    assert "changes during the run (to step 1: “a (red:1.3) cat BREAK dog”; to step 2: “a (red:1.3) dog" in summary
+
+
 def test_captions_state_the_tiny_models_numbers(view, manager):
     tokenizer = manager.model.pipe.tokenizer
     facts = ModelFacts(vae_factor=8, latent_channels=4, text_positions=77, embedding_size=16, vocabulary=len(tokenizer))

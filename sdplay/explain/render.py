@@ -471,12 +471,17 @@ class ExplainView:
 
     @cached_property
     def word_labels(self) -> list[str]:
-        """Word labels made unique (a plot colours by label): the second 'a' becomes 'a (2)'."""
+        """Word labels made unique (a plot colours by label): the second 'a' becomes 'a (2)', the second chunk's start
+        '⟨start⟩ (2)'; a word with an emphasis weight says it: 'red ×1.3'."""
         seen: dict[str, int] = {}
         labels = []
         for word in self.words:
-            seen[word.label] = seen.get(word.label, 0) + 1
-            labels.append(word.label if seen[word.label] == 1 else f"{word.label} ({seen[word.label]})")
+            label = word.label
+            weight = float(self.run.weights[word.tokens[0]]) if self.run.weights is not None else 1.0
+            if weight != 1.0:
+                label += f" ×{weight:.3g}"
+            seen[label] = seen.get(label, 0) + 1
+            labels.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
         return labels
 
     def chips(self) -> list[tuple[str, int]]:
@@ -488,11 +493,17 @@ class ExplainView:
         the limit cut off (runs made before prompts were chunked)."""
         chunks = sum(1 for word in self.words if word.special and word.text == "start")
         used, limit = len(self.run.tokens) - 2 * chunks, self.facts.prompt_tokens
+        schedule = self.run.recipe.get("prompt_schedule", {}).get("prompt", [])
+        edits = ""
+        if len(schedule) > 1:
+            parts = [f"to step {end}: “{text}”" for end, text in schedule[:6]]
+            more = f" and {len(schedule) - 6} more" if len(schedule) > 6 else ""
+            edits = f" The prompt changes during the run ({'; '.join(parts)}{more}); the words shown are the first."
         if chunks > 1:
             return (
                 f"{used} prompt tokens in {chunks} chunks of up to {limit}, each framed by the start and end tokens "
                 f"and padded to {self.facts.text_positions} positions: the text encoder reads each chunk on its own "
-                "and the UNet attends to all of them side by side."
+                "and the UNet attends to all of them side by side." + edits
             )
         line = f"{used} of {limit} prompt tokens used, framed by the start and end tokens"
         line += f" and padded to {self.facts.text_positions} positions."
@@ -500,7 +511,7 @@ class ExplainView:
             dropped = dropped_text(str(self.run.recipe.get("prompt", "")), self.words)
             line += " **The prompt reached the limit: the text encoder never saw the rest**"
             line += f": “{dropped}”." if dropped else "."
-        return line
+        return line + edits
 
     def subword_table(self) -> str:
         """Markdown: how the tokenizer split each word (positions count from the start token, 0)."""
