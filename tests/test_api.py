@@ -96,6 +96,11 @@ def test_img2img_and_inpaint_default_to_the_input_size(client, tmp_path):
         ({"width": 2048}, "2048"),
         ({"sampler": "Euler z"}, "Euler z"),
         ({"prompt": "x" * 10_001}, "characters"),
+        ({"prompt": "a (red cat"}, r"The prompt has a '\(' at character 3 that is never closed"),
+        (
+            {"negative_prompt": "[a:b:9]"},
+            "The negative prompt has prompt editing at character 1 that switches at step 9",
+        ),
     ],
 )
 def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(client, overrides, message):
