@@ -70,7 +70,8 @@ def tokenize(tokenizer, text: str, label: str = "prompt") -> list[Chunk]:
     """The chunks of a plain prompt (emphasis syntax allowed; prompt editing already resolved)."""
     fragments = parse_emphasis(text, label)
     texts = [fragment.text for fragment in fragments if not fragment.is_break]
-    ids = iter(tokenizer(texts, add_special_tokens=False).input_ids)
+    # verbose=False: the tokenizer would warn that a run longer than 77 tokens cannot be encoded; chunks can.
+    ids = iter(tokenizer(texts, add_special_tokens=False, verbose=False).input_ids)
     pieces = [None if fragment.is_break else (next(ids), fragment.weight) for fragment in fragments]
     comma = tokenizer.convert_tokens_to_ids(",</w>")  # not get_vocab(): that copies all 49,408 entries each call
     if comma == tokenizer.unk_token_id:
