@@ -31,6 +31,9 @@ _EMPHASIS_PIECE = re.compile(
     re.X,
 )
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
+# Brackets nested deeper than this are refused: nobody means 100 levels, and the schedule's tree is walked
+# recursively.
+MAX_NESTING = 100
 # A `when` of prompt editing: a whole step number, or a fraction with a decimal point.
 _WHEN = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
 
@@ -89,6 +92,10 @@ def parse_emphasis(text: str, label: str = "prompt") -> list[Fragment]:
             runs.append([piece[1:], 1.0, False])
         elif piece in ("(", "["):
             open_brackets.append((piece, position, len(runs)))
+            if len(open_brackets) > MAX_NESTING:
+                raise UserError(
+                    f"The {label} has brackets nested more than {MAX_NESTING} deep at character {position + 1}."
+                )
         elif weight is not None:
             _, _, first = close(")", position + len(piece) - 1)
             try:

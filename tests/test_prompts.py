@@ -69,6 +69,7 @@ def test_emphasis_matches_a1111(text, expected):
         ("((a][:b:c [d:3]", "']' at character 4 where the '(' at character 2 needs its ')'"),
         ("(a:1.2.3)", "weight ':1.2.3' at character 4, which is not a number"),
         ("(a BREAK b)", "BREAK inside the '(' at character 1"),
+        ("(" * 101 + "a" + ")" * 101, "nested more than 100 deep at character 101"),
     ],
 )
 def test_emphasis_errors_name_the_position(text, message):
