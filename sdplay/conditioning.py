@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import DiffusionPipeline
 
-from sdplay.prompts import ScheduledPrompt, parse_emphasis, prompt_schedule
+from sdplay.prompts import ScheduledPrompt, parse_emphasis, prompt_at, prompt_schedule
 
 CHUNK_TOKENS = 75  # the text encoder reads 77 positions: start, 75 tokens, end
 # A1111's default "comma_padding_backtrack": a chunk that fills up within this many tokens of a comma ends at the
@@ -115,21 +115,21 @@ def encode(pipe: DiffusionPipeline, chunks: list[Chunk], n_chunks: int) -> torch
 
 @dataclass(frozen=True)
 class PromptConditioning:
-    """A request's prompt and negative prompt as embeddings, each a schedule of (last step, embeddings)."""
+    """A request's prompt and negative prompt: their schedules of plain prompts, and each plain prompt's embeddings
+    [1, 77 × chunks, dim] (all padded to the same number of chunks)."""
 
-    positive: list[tuple[int, torch.Tensor]]
-    negative: list[tuple[int, torch.Tensor]]
-    schedules: tuple[list[ScheduledPrompt], list[ScheduledPrompt]]  # the plain prompts behind them
-    chunks: tuple[dict[str, list[Chunk]], int]  # each plain prompt's chunks, and the chunk count all are padded to
+    schedules: tuple[list[ScheduledPrompt], list[ScheduledPrompt]]  # (prompt, negative prompt)
+    embeddings: dict[str, torch.Tensor]  # plain prompt -> its embeddings
 
     @property
     def scheduled(self) -> bool:
         """Whether the conditioning changes during the run (prompt editing or alternation)."""
-        return len(self.positive) > 1 or len(self.negative) > 1
+        return any(len({entry.text for entry in schedule}) > 1 for schedule in self.schedules)
 
     def at(self, call: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positive and negative embeddings [1, T, dim] for denoiser call `call` (0-based), as A1111 picks them."""
-        return _pick(self.positive, call), _pick(self.negative, call)
+        """Positive and negative embeddings for denoiser call `call` (0-based), as A1111 picks them."""
+        positive, negative = (self.embeddings[prompt_at(schedule, call)] for schedule in self.schedules)
+        return positive, negative
 
     def pipe_kwargs(self) -> dict[str, torch.Tensor]:
         """The arguments that replace diffusers' `prompt=` and `negative_prompt=`: the first call's embeddings."""
@@ -155,13 +155,6 @@ class PromptConditioning:
         return on_step_end
 
 
-def _pick(schedule: list[tuple[int, torch.Tensor]], call: int) -> torch.Tensor:
-    for end, embeds in schedule:
-        if call <= end:
-            return embeds
-    return schedule[-1][1]
-
-
 def encode_prompts(pipe: DiffusionPipeline, prompt: str, negative_prompt: str, steps: int) -> PromptConditioning:
     """Parse and encode both prompts for a run of `steps`; `UserError` (naming the character) for bad syntax.
 
@@ -175,6 +168,4 @@ def encode_prompts(pipe: DiffusionPipeline, prompt: str, negative_prompt: str, s
             if entry.text not in chunks:
                 chunks[entry.text] = tokenize(pipe.tokenizer, entry.text, label)
     n_chunks = max(len(c) for c in chunks.values())
-    embeds = {text: encode(pipe, text_chunks, n_chunks) for text, text_chunks in chunks.items()}
-    positive, negative = ([(e.end_at_step, embeds[e.text]) for e in schedule] for schedule in schedules)
-    return PromptConditioning(positive, negative, schedules, (chunks, n_chunks))
+    return PromptConditioning(schedules, {text: encode(pipe, c, n_chunks) for text, c in chunks.items()})
