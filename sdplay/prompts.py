@@ -328,8 +328,3 @@ def prompt_at(schedule: list[ScheduledPrompt], call: int) -> str:
         if call <= entry.end_at_step:
             return entry.text
     return schedule[-1].text
-
-
-def has_syntax(text: str) -> bool:
-    """Whether `text` uses any prompt syntax (brackets, escapes or BREAK); plain text is encoded as it is."""
-    return bool(re.search(r"[()\[\]\\]", text) or _BREAK.search(text))
