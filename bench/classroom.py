@@ -32,7 +32,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
-from startup import free_port  # noqa: E402
+from startup import free_port, wait_for_page  # noqa: E402
 
 from sdplay.explain import export  # noqa: E402
 
@@ -431,17 +431,11 @@ def classroom_app(temp: Path, log: Path) -> Iterator[tuple[str, psutil.Process]]
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=results.ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + START_TIMEOUT
         try:
-            while True:
-                try:
-                    if requests.get(url, timeout=5).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"python app.py did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.2)
+            try:
+                wait_for_page(url, process, START_TIMEOUT)
+            except RuntimeError as error:
+                raise RuntimeError(f"{error}:\n{log.read_text()[-3000:]}") from None
             yield url, psutil.Process(process.pid)
         finally:
             process.terminate()

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import requests
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 from gradio_client import Client
@@ -33,7 +32,7 @@ from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
-from startup import free_port  # noqa: E402
+from startup import free_port, wait_for_page  # noqa: E402
 
 from sdplay.generate import generate  # noqa: E402
 from sdplay.models import DTYPES, ModelManager, pick_device, pick_dtype  # noqa: E402
@@ -309,17 +308,8 @@ def served_app(*command: str) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + START_TIMEOUT
     try:
-        while True:
-            try:
-                if requests.get(url, timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"python app.py did not start (exit code {process.poll()})")
-            time.sleep(0.2)
+        wait_for_page(url, process, START_TIMEOUT)
         yield url
     finally:
         process.terminate()

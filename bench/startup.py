@@ -47,6 +47,20 @@ class Launch:
     log: list[str]  # what it printed, stdout and stderr
 
 
+def wait_for_page(url: str, process: subprocess.Popen, timeout: float) -> None:
+    """Poll `url` until it answers 200; RuntimeError if `process` exits or `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"python app.py did not start (exit code {process.poll()})")
+        time.sleep(0.2)
+
+
 def launch_once(model: Path, python_flags: tuple[str, ...] = ()) -> Launch:
     """Time one fresh `python app.py` until it prints the loading line and until its page answers HTTP 200."""
     port = free_port()
