@@ -54,15 +54,6 @@ def test_weight_one_embeds_exactly_as_diffusers(manager):
         assert torch.equal(kwargs["negative_prompt_embeds"], expected_negative)
 
 
-def test_weight_one_gives_bit_identical_pixels_and_a_weight_changes_them(manager):
-    def run(prompt: str) -> np.ndarray:
-        return pixels(generate(manager, GenerationRequest(prompt=prompt, steps=3, seed=5)))
-
-    plain = run("a red circle")
-    assert np.array_equal(run("a (red:1.0) circle"), plain)
-    assert not np.array_equal(run("a (red:1.5) circle"), plain)
-
-
 def test_weights_keep_each_chunks_mean(manager):
     pipe = manager.pipeline(Task.TXT2IMG, "Euler")
     plain = encode_prompts(pipe, "a red cat", "", 10).pipe_kwargs()["prompt_embeds"]
@@ -154,10 +145,14 @@ def shapes() -> ModelManager:
     return manager
 
 
-def test_weight_one_is_bit_identical_on_the_bundled_model(shapes):
+@pytest.mark.parametrize(("model", "steps", "weight"), [("manager", 3, 1.5), ("shapes", 8, 1.4)])
+def test_weight_one_gives_bit_identical_pixels_and_a_weight_changes_them(request, model, steps, weight):
+    """On the tiny random model and on the bundled one."""
+    manager = request.getfixturevalue(model)
+
     def run(prompt: str) -> np.ndarray:
-        return pixels(generate(shapes, GenerationRequest(prompt=prompt, steps=8, seed=4)))
+        return pixels(generate(manager, GenerationRequest(prompt=prompt, steps=steps, seed=4)))
 
     plain = run("a red circle")
     assert np.array_equal(run("a (red:1.0) circle"), plain)
-    assert not np.array_equal(run("a (red:1.4) circle"), plain)
+    assert not np.array_equal(run(f"a (red:{weight}) circle"), plain)
