@@ -4,6 +4,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -245,8 +246,9 @@ def logged_in(url: str, user: str, password: str) -> requests.Session:
 
 def load_model(session: requests.Session, url: str, name: str) -> str:
     """Press Load by script, as `/gradio_api/call/load_model` allows: the last event, "complete: [outputs]" or
-    "error: {message}"."""
-    started = session.post(f"{url}gradio_api/call/load_model", json={"data": [name]})
+    "error: {message}". Each press is its own session, as a page's would be: requests without one share a single
+    place in the queue, which the previous press may hold until Gradio has finished it."""
+    started = session.post(f"{url}gradio_api/call/load_model", json={"data": [name], "session_hash": uuid.uuid4().hex})
     assert started.status_code == 200, started.text
     stream = session.get(f"{url}gradio_api/call/load_model/{started.json()['event_id']}").text
     event, data = stream.strip().split("\n\n")[-1].split("\n")
