@@ -4,12 +4,14 @@ Its next job is refused at once, saying where the first one is, so that one stud
 """
 
 import asyncio
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 from gradio import route_utils
+from gradio.server_messages import ProcessCompletedMessage
 
 from sdplay.ui.common import from_web_page
 
@@ -31,8 +33,9 @@ class QueuedJob:
     inputs: list[Any]  # the payload of its inputs: a file input is a dict with the file's "path" on the server
 
 
-def queued_jobs(demo: gr.Blocks) -> list[QueuedJob]:
-    """The jobs in `demo`'s queue: those running, then those waiting, in the order they will run.
+def queued_jobs(demo: gr.Blocks, finished: weakref.WeakSet | None = None) -> list[QueuedJob]:
+    """The jobs in `demo`'s queue: those running, then those waiting, in the order they will run; running events in
+    `finished` (whose result is already sent) are left out.
 
     Gradio has no public view of its queue. This is the one place that reads its internals, as Gradio's own hot
     reload does (gradio/utils.py): `Queue.active_jobs` (per worker, None or the list of events it runs),
@@ -42,7 +45,7 @@ def queued_jobs(demo: gr.Blocks) -> list[QueuedJob]:
     loop changes them while another thread (the disk cap's) reads.
     """
     queue = demo._queue
-    running = [event for job in list(queue.active_jobs) if job for event in list(job)]
+    running = [event for job in list(queue.active_jobs) if job for event in list(job) if event not in (finished or ())]
     waiting = [event for line in list(queue.event_queue_per_concurrency_id.values()) for event in list(line.queue)]
 
     def job(event, is_running: bool) -> QueuedJob:
@@ -83,6 +86,15 @@ def one_job_per_session(demo: gr.Blocks, concurrency_id: str) -> None:
     queue = demo._queue
     push: Callable = queue.push
     joining = asyncio.Lock()
+    # Gradio sends a job's result a moment before it takes the job off its worker (`Queue.process_events`): a
+    # session that sends its next job as soon as it has the result must not find its last one still counted.
+    finished: weakref.WeakSet = weakref.WeakSet()
+    send_message: Callable = queue.send_message
+
+    def send_and_note_results(event, message) -> None:
+        if isinstance(message, ProcessCompletedMessage):
+            finished.add(event)
+        send_message(event, message)
 
     async def push_one_per_session(body, request, username):
         try:
@@ -93,7 +105,7 @@ def one_job_per_session(demo: gr.Blocks, concurrency_id: str) -> None:
             return await push(body=body, request=request, username=username)
         web_page = from_web_page(request)
         async with joining:
-            message = refusal(queued_jobs(demo), body.session_hash, concurrency_id, web_page)
+            message = refusal(queued_jobs(demo, finished), body.session_hash, concurrency_id, web_page)
             if message is None:
                 return await push(body=body, request=request, username=username)
         if web_page:  # the page shows an "error" refusal's text as an error toast, as it shows a gr.Error
@@ -101,3 +113,4 @@ def one_job_per_session(demo: gr.Blocks, concurrency_id: str) -> None:
         return False, [gr.validate(False, message) | {"parameter_name": REFUSAL_NAME}], "validator_error"
 
     queue.push = push_one_per_session
+    queue.send_message = send_and_note_results
