@@ -77,6 +77,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="largest width or height a user may ask for [SDPLAY_MAX_SIZE]",
     )
     parser.add_argument(
+        "--max-plot-cells",
+        type=int,
+        default=int(env("SDPLAY_MAX_PLOT_CELLS", "64")),
+        help="most cells an X/Y/Z plot may have, checked before it runs [SDPLAY_MAX_PLOT_CELLS]",
+    )
+    parser.add_argument(
+        "--max-plot-megapixels",
+        type=float,
+        default=float(env("SDPLAY_MAX_PLOT_MEGAPIXELS", "64")),
+        help="most megapixels an X/Y/Z plot's images may have in all [SDPLAY_MAX_PLOT_MEGAPIXELS]",
+    )
+    parser.add_argument(
         "--max-disk",
         type=_size,
         default=env("SDPLAY_MAX_DISK", DEFAULT_MAX_DISK),
@@ -110,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"{flag} takes user:password.")
     if args.auth and args.admin and args.auth.partition(":")[0] == args.admin.partition(":")[0]:
         parser.error("--admin needs a user name of its own, not --auth's.")
+    if args.max_plot_cells < 1 or not args.max_plot_megapixels > 0:
+        parser.error("--max-plot-cells and --max-plot-megapixels must be positive.")
     if args.models is None:  # switching changes the model for everyone: only the listed ones where strangers meet
         args.models = "catalog" if os.environ.get("SPACE_ID") or not _is_loopback(args.host) else "any"
     elif args.models not in MODEL_POLICIES:  # argparse checks the choices of flags, not of defaults
@@ -155,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     from sdplay.ui.cache import CacheCap
     from sdplay.ui.layout import build_demo
     from sdplay.ui.style import CSS, JS
+    from sdplay.xyz import PlotLimits
 
     try:
         memory = MemoryOptions(args.cpu_offload, args.vae_tiling, args.attention_slicing)
@@ -169,7 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         local[BUNDLED_MODEL.name] = DEFAULT_MODEL
     models = local | {hub_id: hub_id for hub_id in ([] if args.offline else HUB_MODELS)}
     admin = args.admin.partition(":")[0] if args.admin else None
-    demo = build_demo(manager, Limits(max_size=args.max_size), ModelSwitch(models, SwitchPolicy(args.models), admin))
+    switch = ModelSwitch(models, SwitchPolicy(args.models), admin)
+    plot_limits = PlotLimits(args.max_plot_cells, args.max_plot_megapixels)
+    demo = build_demo(manager, Limits(max_size=args.max_size), switch, plot_limits)
     CacheCap(demo, args.max_disk).start()
     demo.launch(
         server_name=args.host,

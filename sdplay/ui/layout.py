@@ -13,9 +13,10 @@ from sdplay.metadata import parse_infotext, read_infotext, settings_from_infotex
 from sdplay.models import LoadedModel, ModelManager, ModelSwitch, SwitchPolicy
 from sdplay.requests import Limits
 from sdplay.samplers import schedule_names
-from sdplay.ui import explain, img2img, inpaint, pnginfo, txt2img
+from sdplay.ui import explain, img2img, inpaint, pnginfo, txt2img, xyz
 from sdplay.ui.common import GPU, Controls, Results, from_web_page, mask_brush, user_errors, without_paths
 from sdplay.ui.fair_share import one_job_per_session
+from sdplay.xyz import PlotLimits
 
 # The controls an infotext restores, by their `Controls` field names.
 CONTROL_FIELDS = [
@@ -101,7 +102,9 @@ def model_bar(demo: gr.Blocks, manager: ModelManager, switch: ModelSwitch, tabs:
     gr.Timer(30).tick(manager.status, None, status, **quiet)
 
 
-def build_demo(manager: ModelManager, limits: Limits, switch: ModelSwitch) -> gr.Blocks:
+def build_demo(
+    manager: ModelManager, limits: Limits, switch: ModelSwitch, plot_limits: PlotLimits = PlotLimits()
+) -> gr.Blocks:
     with gr.Blocks(title="sdplay", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# sdplay · a Stable Diffusion playground")
         model_slot = gr.Column()
@@ -112,12 +115,14 @@ def build_demo(manager: ModelManager, limits: Limits, switch: ModelSwitch) -> gr
                 i2i_image, i2i, i2i_results = img2img.build(manager, limits)
             with gr.Tab("Inpaint", id="inpaint"):
                 inp_image, inp, inp_results = inpaint.build(manager, limits)
+            with gr.Tab("X/Y/Z plot", id="xyz"):
+                plot = xyz.build(manager, limits, switch, plot_limits)
             with gr.Tab("Explain", id="explain"):
                 explained = explain.build(manager, limits)
             with gr.Tab("PNG Info", id="pnginfo"):
                 info_image, info_text, send = pnginfo.build()
         with model_slot:
-            model_bar(demo, manager, switch, [t2i[0], i2i, inp, explained])
+            model_bar(demo, manager, switch, [t2i[0], i2i, inp, plot, explained])
 
         targets = {"txt2img": (t2i[0], None), "img2img": (i2i, i2i_image), "inpaint": (inp, inp_image)}
         for results in (t2i[1], i2i_results, inp_results):
@@ -126,6 +131,7 @@ def build_demo(manager: ModelManager, limits: Limits, switch: ModelSwitch) -> gr
             _wire_restore(button, tab, *targets[tab], info_image, info_text, tabs)
     demo.queue(api_open=False, max_size=32)
     one_job_per_session(demo, GPU["concurrency_id"])  # so that one session cannot fill the queue of 32
+    one_job_per_session(demo, xyz.PLOT["concurrency_id"])  # and one plot per session (its cells join the GPU's)
     # Gradio's queue looks for new events every millisecond, also while a job runs: a thread of the job's process
     # waking 1000 times a second slowed generation on a CPU by ~6%. Every 10 ms is still instant to people.
     demo._queue.sleep_when_free = 0.01
