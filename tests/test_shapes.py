@@ -15,15 +15,20 @@ from transformers import CLIPTokenizer
 from sdplay.generate import generate
 from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Task
-from sdplay.shapes.evaluate import measure
+from sdplay.shapes.evaluate import measure, measure_objects
 from sdplay.shapes.world import (
     BACKGROUNDS,
     COLORS,
+    HALF_MARGIN,
+    OPPOSITE_POSITIONS,
     POSITION_JITTER,
     POSITIONS,
     SIZES,
     VOCABULARY,
+    region,
     render,
+    render_pair,
+    sample_pair,
     sample_scene,
 )
 
@@ -66,6 +71,75 @@ def test_placement_follows_the_grammar() -> None:
             assert low - 1e-9 <= centre <= high + 1e-9, scene
         assert scene.background != scene.color
         assert set(scene.prompt().split()) <= set(VOCABULARY)
+
+
+def test_a_one_object_prompt_reads_as_before() -> None:
+    rng = np.random.default_rng(2)
+    scene = sample_scene(rng)
+    words = scene.prompt().split()
+    assert words == [
+        "a",
+        scene.size,
+        scene.color,
+        scene.shape,
+        *scene.position.split(),
+        "on",
+        "a",
+        scene.background,
+        "background",
+    ]
+    assert "and" not in scene.prompt(np.random.default_rng(3), drop=0.5)
+
+
+def test_two_object_scenes_follow_the_grammar() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        pair = sample_pair(rng)
+        first, second = pair.objects
+        assert (first.position, second.position) in [*OPPOSITE_POSITIONS, *(p[::-1] for p in OPPOSITE_POSITIONS)]
+        assert len({first.color, second.color, pair.background}) == 3
+        assert first.background == second.background == pair.background
+        for obj in pair.objects:
+            low, high = SIZES[obj.size]
+            assert low <= obj.side <= min(high, 0.5 - 2 * HALF_MARGIN)
+            # The whole object lies in its half, HALF_MARGIN from its edges: the two never touch.
+            half = region(obj.position, 1000)
+            for x, y in [
+                (obj.cx - obj.side / 2, obj.cy - obj.side / 2),
+                (obj.cx + obj.side / 2, obj.cy + obj.side / 2),
+            ]:
+                assert half[int(y * 999), int(x * 999)], pair
+        assert set(pair.prompt().split()) <= set(VOCABULARY)
+        assert pair.prompt().startswith(f"a {first.size} {first.color} {first.shape} {first.position} and a ")
+        # Leaving phrases out never drops a position: it is what tells the two objects apart.
+        kept = pair.prompt(np.random.default_rng(5), drop=0.9).split()
+        assert {POSITIONS[o.position][0] for o in pair.objects} <= set(kept) and kept.count("and") == 1
+
+
+def test_each_object_of_a_pair_has_its_own_word_masks() -> None:
+    rng = np.random.default_rng(6)
+    for _ in range(50):
+        pair = sample_pair(rng)
+        image, masks = render_pair(pair, 64)
+        own = [m[o.shape] for m, o in zip(masks, pair.objects, strict=True)]
+        assert not (own[0] & own[1]).any() and own[0].any() and own[1].any()
+        for obj, words, mask in zip(pair.objects, masks, own, strict=True):
+            assert words[obj.color] is mask and words[obj.size] is mask
+            assert np.linalg.norm(np.median(image[mask], axis=0) - COLORS[obj.color]) < 2
+            assert words[POSITIONS[obj.position][0]][int(obj.cy * 64), int(obj.cx * 64)]
+            assert np.array_equal(words["background"], ~(own[0] | own[1]))
+        # The tagged words name the same masks: "red" in the first phrase is object 1's, not object 2's.
+        tags = dict(pair.tagged_words()[1:4])
+        assert tags == {pair.first.size: "object 1", pair.first.color: "object 1", pair.first.shape: "object 1"}
+
+
+def test_the_evaluation_reads_both_objects_of_rendered_pairs() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        pair = sample_pair(rng)
+        found = measure_objects(render_pair(pair, 64)[0])
+        assert {(f.color, f.shape, f.size) for f in found} == {(o.color, o.shape, o.size) for o in pair.objects}
+        assert found[0].background == pair.background
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from sdplay.shapes.world import BACKGROUNDS, COLORS, POSITIONS, SIZES
 OBJECT_DISTANCE = 60.0  # RGB distance from the border colour above which a pixel belongs to the object
 SIZE_THRESHOLD = (SIZES["small"][1] + SIZES["large"][0]) / 2  # between the two size ranges
 DAAM_THRESHOLD = 0.4  # DAAM's threshold on min-max normalised maps
+MIN_OBJECT_PIXELS = 12  # smaller parts of the foreground are specks, not objects (a small triangle has ~100 pixels)
 
 
 @dataclasses.dataclass
@@ -34,12 +35,21 @@ def nearest(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
 
 def measure(image: np.ndarray) -> Measured:
     """Segment by colour: the border's colour is the background, pixels far from it are the object."""
-    h, w, _ = image.shape
-    border = np.concatenate([image[:2].reshape(-1, 3), image[-2:].reshape(-1, 3), image[:, :2].reshape(-1, 3)])
-    border = np.concatenate([border, image[:, -2:].reshape(-1, 3)]).astype(float)
-    background_rgb = np.median(border, axis=0)
+    background_rgb = border_colour(image)
     mask = np.linalg.norm(image.astype(float) - background_rgb, axis=-1) > OBJECT_DISTANCE
-    background = nearest(background_rgb, BACKGROUNDS)
+    return describe(image, mask, nearest(background_rgb, BACKGROUNDS))
+
+
+def border_colour(image: np.ndarray) -> np.ndarray:
+    """The median colour of the two-pixel frame around the image: the background's, as no object touches it."""
+    border = np.concatenate([image[:2].reshape(-1, 3), image[-2:].reshape(-1, 3), image[:, :2].reshape(-1, 3)])
+    return np.median(np.concatenate([border, image[:, -2:].reshape(-1, 3)]).astype(float), axis=0)
+
+
+def describe(image: np.ndarray, mask: np.ndarray, background: str) -> Measured:
+    """Name the object that `mask` covers: its colour, its shape from how much of its bounding box it fills, its
+    size from the box's longer side, and the position nearest to the box's centre."""
+    h, w, _ = image.shape
     if mask.sum() < 4:
         return Measured(None, background, None, None, None, mask)
     ys, xs = np.nonzero(mask)
@@ -51,6 +61,34 @@ def measure(image: np.ndarray) -> Measured:
     position = min(POSITIONS, key=lambda p: (POSITIONS[p][1] - cx) ** 2 + (POSITIONS[p][2] - cy) ** 2)
     color = nearest(np.median(image[mask].astype(float), axis=0), COLORS)
     return Measured(color, background, shape, size, position, mask)
+
+
+def measure_objects(image: np.ndarray) -> list[Measured]:
+    """Segment an image with any number of objects: each 4-connected part of the pixels far from the background
+    colour that has at least `MIN_OBJECT_PIXELS` is one object, largest first."""
+    background_rgb = border_colour(image)
+    foreground = np.linalg.norm(image.astype(float) - background_rgb, axis=-1) > OBJECT_DISTANCE
+    background = nearest(background_rgb, BACKGROUNDS)
+    parts = [part for part in components(foreground) if part.sum() >= MIN_OBJECT_PIXELS]
+    return [describe(image, part, background) for part in parts]
+
+
+def components(mask: np.ndarray) -> list[np.ndarray]:
+    """The 4-connected components of a boolean mask, largest first (a flood fill: images here are 64x64)."""
+    labels = np.zeros(mask.shape, dtype=int)
+    h, w = mask.shape
+    for start in zip(*np.nonzero(mask), strict=True):
+        if labels[start]:
+            continue
+        label = labels.max() + 1
+        labels[start], stack = label, [start]
+        while stack:
+            y, x = stack.pop()
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = label
+                    stack.append((ny, nx))
+    return sorted((labels == label for label in range(1, labels.max() + 1)), key=lambda part: -part.sum())
 
 
 def daam_iou(heatmap: torch.Tensor, mask: np.ndarray) -> float:

@@ -1,6 +1,8 @@
 """Train the bundled shapes model: a tiny Stable Diffusion (VAE, CLIP text encoder, UNet) on the synthetic world.
 
 Run `python -m sdplay.shapes.train [--key=value ...]`; it resumes from `out_dir` and finally writes `final_dir`.
+With `--init_from=assets/shapes` it fine-tunes a trained model instead: its VAE is kept, and its text encoder and
+UNet start the second phase (words new to the grammar start at the mean of the known words' embeddings).
 """
 
 # ruff: noqa: E402  (the OpenMP setting must precede importing torch)
@@ -31,8 +33,8 @@ from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from sdplay.catalog import SETTINGS_FILE
-from sdplay.shapes.evaluate import measure
-from sdplay.shapes.world import POSITIONS, RECOMMENDED_SETTINGS, VOCABULARY, render, sample_scene
+from sdplay.shapes.evaluate import measure, measure_objects
+from sdplay.shapes.world import MASKS, RECOMMENDED_SETTINGS, VOCABULARY, paint, sample_pair, sample_scene
 from sdplay.tokenizer import build_clip_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -41,11 +43,13 @@ seed = 0
 threads = 2
 out_dir = "/root/.cache/sdplay/shapes-run"  # checkpoints and cached latents, outside the repo
 final_dir = "assets/shapes"  # the diffusers folder the app loads
+init_from = ""  # a trained shapes model folder to fine-tune (skips the VAE phase); empty: train from nothing
 checkpoint_minutes = 3.0
 # data
 resolution = 64
-num_scenes = 16_000  # rendered once; the prompt of each scene is redrawn every time it is used
-phrase_drop = 0.2  # chance of leaving out each phrase but the shape, so short prompts work too
+num_scenes = 16_000  # one-object scenes, rendered once; a scene's prompt is redrawn every time it is used
+num_pairs = 16_000  # two-object scenes, as many: single objects must stay as good as they were
+phrase_drop = 0.2  # chance of leaving out each phrase but the shape (and a pair's positions), so short prompts work
 empty_prompt = 0.1  # chance of an empty prompt, for classifier-free guidance
 # VAE (4x downsampling: 64x64x3 images <-> 16x16x4 latents)
 vae_steps = 4000
@@ -76,35 +80,32 @@ checkpoint_path = run / "checkpoint.pt"
 # -----------------------------------------------------------------------------
 # data: a fixed pool of rendered scenes, with the masks of their words for the grounding loss
 data_rng = np.random.default_rng(seed + 1)
-scenes = [sample_scene(data_rng) for _ in range(num_scenes)]
-rendered = [render(s, resolution) for s in scenes]
-images = np.stack([image for image, _ in rendered])
-objects = np.stack([masks[s.shape] for s, (_, masks) in zip(scenes, rendered, strict=True)])
-regions = np.stack([masks[POSITIONS[s.position][0]] for s, (_, masks) in zip(scenes, rendered, strict=True)])
+scenes = [sample_scene(data_rng) for _ in range(num_scenes)] + [sample_pair(data_rng) for _ in range(num_pairs)]
+painted = [paint(s, resolution) for s in scenes]
+images = np.stack([image for image, _ in painted])
+# Every scene's masks in the order of MASKS; a one-object scene has no "object 2" or "region 2" (all False).
+empty = np.zeros((resolution, resolution), bool)
+masks = np.stack([np.stack([named.get(key, empty) for key in MASKS]) for _, named in painted])
 images = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # [-1, 1]
-objects, regions = (torch.from_numpy(m).float()[:, None] for m in (objects, regions))
-print(f"rendered {num_scenes} scenes at {resolution}x{resolution}")
+masks = torch.from_numpy(masks)  # (N, len(MASKS), H, W) bool
+del painted
+print(f"rendered {num_scenes} one-object and {num_pairs} two-object scenes at {resolution}x{resolution}")
 
 tokenizer = build_clip_tokenizer(run / "tokenizer", VOCABULARY)
-# Which mask a prompt token is grounded to (0: none). A position word's mask is the region it names, not the
-# object: attending to "the left half" needs features that know where they are, which is what placing an object
-# on the left needs too.
-OBJECT, BACKGROUND, REGION = 1, 2, 3
 
 
 def draw_prompts(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids (B, 77) of freshly drawn prompts, and each token's grounding role (B, 77)."""
-    prompts, roles = [], torch.zeros(len(index), tokenizer.model_max_length, dtype=torch.long)
+    """Token ids (B, 77) of freshly drawn prompts, and the mask each token is grounded to (B, 77): 0 for none,
+    k for MASKS[k - 1]. A position word's mask is the region it names, not the object: attending to "the left
+    half" needs features that know where they are, which is what placing an object on the left needs too."""
+    prompts, grounding = [], torch.zeros(len(index), tokenizer.model_max_length, dtype=torch.long)
     for row, i in enumerate(index):
-        scene = scenes[i]
-        prompt = "" if rng.random() < empty_prompt else scene.prompt(rng, phrase_drop)
-        grounded = {scene.size: OBJECT, scene.color: OBJECT, scene.shape: OBJECT, POSITIONS[scene.position][0]: REGION}
-        grounded |= {scene.background: BACKGROUND, "background": BACKGROUND}
-        for slot, word in enumerate(prompt.split(), start=1):  # every grammar word is one token; slot 0 is BOS
-            roles[row, slot] = grounded.get(word, 0)
-        prompts.append(prompt)
+        words = [] if rng.random() < empty_prompt else scenes[i].tagged_words(rng, phrase_drop)
+        for slot, (_, key) in enumerate(words, start=1):  # every grammar word is one token; slot 0 is BOS
+            grounding[row, slot] = 0 if key is None else MASKS.index(key) + 1
+        prompts.append(" ".join(word for word, _ in words))
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
-    return ids.input_ids, roles
+    return ids.input_ids, grounding
 
 
 def cosine_lr(step: int, total: int, peak: float) -> float:
@@ -202,18 +203,19 @@ class GroundedCrossAttention:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def grounding_loss(
-    maps: list[torch.Tensor], roles: torch.Tensor, objects: torch.Tensor, regions: torch.Tensor
-) -> torch.Tensor:
-    """KL(mask || attention) per grounded token: pulls a word's attention onto its mask, spread over all of it."""
+def grounding_loss(maps: list[torch.Tensor], grounding: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """KL(mask || attention) per grounded token: pulls a word's attention onto its mask, spread over all of it.
+
+    In a two-object scene each object's words have their own object's mask, so "red" is pulled to the red object
+    and away from the other one: the maps show which object each word went to.
+    """
     losses = []
-    grounded = roles > 0
+    grounded = grounding > 0
     for probs in maps:  # (B, pixels, tokens)
         side = math.isqrt(probs.shape[1])
-        obj = F.adaptive_avg_pool2d(objects, side).flatten(1)[:, :, None]  # (B, pixels, 1)
-        place = F.adaptive_avg_pool2d(regions, side).flatten(1)[:, :, None]
-        role = roles[:, None, :]
-        target = torch.where(role == OBJECT, obj, torch.where(role == REGION, place, 1 - obj))
+        pooled = F.adaptive_avg_pool2d(masks, side).flatten(2)  # (B, masks, pixels)
+        pooled = torch.cat([torch.zeros_like(pooled[:, :1]), pooled], dim=1)  # index 0: no mask
+        target = torch.gather(pooled, 1, grounding[:, :, None].expand(-1, -1, pooled.shape[2])).transpose(1, 2)
         target = target / target.sum(1, keepdim=True).clamp_min(1e-6)
         attention = probs / probs.sum(1, keepdim=True)
         kl = (target * (torch.log(target + 1e-8) - torch.log(attention + 1e-8))).sum(1)  # (B, tokens)
@@ -228,7 +230,31 @@ def save_checkpoint(state: dict) -> None:
     tmp.replace(checkpoint_path)
 
 
-state = torch.load(checkpoint_path, weights_only=False) if checkpoint_path.exists() else {"phase": "vae", "step": 0}
+def fine_tuned_start(folder: pathlib.Path) -> dict:
+    """The VAE, text encoder and UNet of a trained model, as a state that starts training from them: the VAE phase
+    first (`vae_steps` more steps: its GroupNorm statistics meet scenes it has not seen), then the second phase."""
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    text = pipe.text_encoder.state_dict()
+    known = pipe.tokenizer.get_vocab()
+    embedding = next(key for key in text if key.endswith("token_embedding.weight"))
+    table = text[embedding]
+    rows = [
+        table[known[token]] if token in known else table.mean(0)
+        for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    ]
+    text[embedding] = torch.stack(rows)
+    unet, vae = pipe.unet.state_dict(), pipe.vae.state_dict()
+    start = {"phase": "vae", "step": 0, "vae": vae, "init_text": text, "init_unet": unet}
+    return start | {"scaling_factor": pipe.vae.config.scaling_factor}
+
+
+if checkpoint_path.exists():
+    state = torch.load(checkpoint_path, weights_only=False)
+elif init_from:
+    state = fine_tuned_start(pathlib.Path(init_from))
+    print(f"fine-tuning {init_from}")
+else:
+    state = {"phase": "vae", "step": 0}
 if "rng" in state:
     rng.bit_generator.state = state["rng"]
     torch.set_rng_state(state["torch_rng"])
@@ -248,8 +274,8 @@ if state["phase"] == "vae":
     for step in bar:
         for group in vae_opt.param_groups:
             group["lr"] = cosine_lr(step, vae_steps, vae_lr)
-        index = rng.integers(0, num_scenes, vae_batch)
-        x, obj = images[index], objects[index]
+        index = rng.integers(0, len(scenes), vae_batch)
+        x, obj = images[index], (~masks[index, MASKS.index("background"), None]).float()
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         # The object and the background weigh the same in every image: with a plain mean, a small shape is a few
@@ -266,47 +292,64 @@ if state["phase"] == "vae":
         bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.1f}")
         if time.time() - last_save > checkpoint_minutes * 60:
             save_checkpoint(
-                {"phase": "vae", "step": step + 1, "vae": vae.state_dict(), "vae_opt": vae_opt.state_dict()}
+                state | {"phase": "vae", "step": step + 1, "vae": vae.state_dict(), "vae_opt": vae_opt.state_dict()}
             )
             last_save = time.time()
-    state = {"phase": "latents", "step": 0, "vae": vae.state_dict()}
+    state = {key: value for key, value in state.items() if key != "vae_opt"}
+    state |= {"phase": "latents", "step": 0, "vae": vae.state_dict()}
     save_checkpoint(state)
 
 # cache the latents once: the UNet phase never runs the VAE
 latents_path = run / "latents.pt"
 vae.eval()
-if latents_path.exists():
-    latents = torch.load(latents_path)
+if latents_path.exists() and len(latents := torch.load(latents_path)) == len(images):
+    pass
 else:
     with torch.no_grad():
         chunks = [vae.encode(x).latent_dist.mean for x in tqdm(images.split(256), desc="encode latents")]
     latents = torch.cat(chunks)
     torch.save(latents, latents_path)
-scaling_factor = 1 / latents.std().item()
+# Unit variance; a fine-tuned model keeps its own factor, which its UNet was trained with.
+scaling_factor = state.get("scaling_factor", 1 / latents.std().item())
 vae.register_to_config(scaling_factor=scaling_factor)
 latents = latents * scaling_factor
 with torch.no_grad():
-    recon = torch.cat([vae.decode(z / scaling_factor).sample for z in latents[:512].split(128)])
-psnr = 10 * math.log10(4 / F.mse_loss(recon, images[:512]).item())
+    recon = torch.cat([vae.decode(z / scaling_factor).sample for z in latents[: min(512, num_scenes)].split(128)])
+psnr = 10 * math.log10(4 / F.mse_loss(recon, images[: len(recon)]).item())
 print(f"VAE reconstruction PSNR {psnr:.2f} dB, latent scaling factor {scaling_factor:.3f}")
 # The evaluation's segmentation on reconstructions of real scenes: an upper bound on what the UNet can score.
 read_back = [
     measure(image) for image in recon.add(1).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 ]
-pairs = list(zip(read_back, scenes[:512], strict=True))
+read_back = list(zip(read_back, scenes[: len(recon)], strict=True))
 print(
     "VAE round trip, read back by the evaluation: "
     + ", ".join(
-        f"{name} {np.mean([getattr(got, name) == getattr(scene, name) for got, scene in pairs]):.2f}"
+        f"{name} {np.mean([getattr(got, name) == getattr(scene, name) for got, scene in read_back]):.2f}"
         for name in ("color", "background", "shape", "size", "position")
     )
 )
+if num_pairs:
+    with torch.no_grad():
+        recon = torch.cat([vae.decode(z / scaling_factor).sample for z in latents[num_scenes:][:512].split(128)])
+    found = [
+        {(got.color, got.shape) for got in measure_objects(image)}
+        for image in recon.add(1).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    ]
+    truth = [{(o.color, o.shape) for o in s.objects} for s in scenes[num_scenes:][:512]]
+    bound = np.mean([got == want for got, want in zip(found, truth, strict=True)])
+    print(f"VAE round trip of two-object scenes: both objects read back with their colour and shape {bound:.2f}")
 
 # -----------------------------------------------------------------------------
 # phase 2: the text encoder and the UNet together, on cached latents
 params = [*unet.parameters(), *text_encoder.parameters()]
 opt = torch.optim.AdamW(params, lr=unet_lr, weight_decay=0.01)
 ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+if "init_unet" in state:
+    unet.load_state_dict(state["init_unet"])
+    text_encoder.load_state_dict(state["init_text"])
+    ema_unet.load_state_dict(state["init_unet"])
+    ema_text.load_state_dict(state["init_text"])
 if state["phase"] == "unet":
     for module, key in [
         (unet, "unet"),
@@ -346,15 +389,15 @@ bar = tqdm(range(start, unet_steps), initial=start, total=unet_steps, desc="unet
 for step in bar:
     for group in opt.param_groups:
         group["lr"] = cosine_lr(step, unet_steps, unet_lr)
-    index = rng.integers(0, num_scenes, unet_batch)
-    ids, roles = draw_prompts(index)
+    index = rng.integers(0, len(scenes), unet_batch)
+    ids, grounding = draw_prompts(index)
     z0 = latents[index]
     noise = torch.randn_like(z0)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (unet_batch,))
     maps.clear()
     prediction = unet(noise_scheduler.add_noise(z0, noise, t), t, text_encoder(ids).last_hidden_state).sample
     diffusion = F.mse_loss(prediction, noise_scheduler.get_velocity(z0, noise, t))
-    ground = grounding_loss(maps, roles, objects[index], regions[index])
+    ground = grounding_loss(maps, grounding, masks[index].float())
     loss = diffusion + ground_weight * ground
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -369,7 +412,7 @@ for step in bar:
     if time.time() - last_save > checkpoint_minutes * 60 or step + 1 == unet_steps:
         models = {"unet": unet, "text": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text, "opt": opt}
         save_checkpoint(
-            {"phase": "unet", "step": step + 1, "vae": vae.state_dict()}
+            {"phase": "unet", "step": step + 1, "vae": vae.state_dict(), "scaling_factor": scaling_factor}
             | {k: m.state_dict() for k, m in models.items()}
         )
         save_pipeline(run / "preview")  # the model so far, for a look or `bench/shapes_eval.py --model` mid-run
