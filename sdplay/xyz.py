@@ -26,6 +26,11 @@ from sdplay.samplers import AUTOMATIC
 
 RECIPE_KEY = "sdplay_xyz"  # the grid PNG's text chunk with the plot's recipe (JSON)
 NOTHING = "Nothing"
+# The request fields a plot's recipe records (inpainting's are not a plot's; the start image is a server file).
+PLOT_FIELDS = (
+    "task", "prompt", "negative_prompt", "sampler", "schedule", "steps", "guidance_scale", "seed", "width", "height",
+    "batch_size", "strength",
+)  # fmt: skip
 
 # A1111's range syntax (scripts/xyz_grid.py): "1-5", "1-5 (+2)" (a step), "1-5 [3]" (a count, both ends included).
 _NUMBER = r"([+-]?\s*\d+(?:\.\d*)?)"
@@ -115,11 +120,8 @@ class Cell:
 
     def parameters(self) -> dict[str, Any]:
         """The cell's settings as JSON-able data (the tab's cell list and the API's JSON)."""
-        request = {
-            key: value
-            for key, value in asdict(self.request).items()
-            if key not in ("image", "mask") and value is not None
-        }
+        fields = [name for name in PLOT_FIELDS if name != "strength" or self.request.task != Task.TXT2IMG]
+        request = {name: getattr(self.request, name) for name in fields}
         return {"x": self.position[0], "y": self.position[1], "z": self.position[2], "model": self.model, **request}
 
 
@@ -476,9 +478,7 @@ def grid_image(cells: list[Cell], images: dict[int, Image.Image], axes: tuple[Ax
 def recipe(base: GenerationRequest, axes: tuple[Axis, Axis, Axis], cells: list[Cell], model: str) -> dict[str, Any]:
     """What the plot was: the base settings (with the seed it used), the axes as typed, and every cell's settings."""
     first = cells[0].request if cells else base
-    settings = {
-        key: value for key, value in asdict(replace(base, seed=first.seed)).items() if key not in ("image", "mask")
-    }
+    settings = {key: value for key, value in asdict(replace(base, seed=first.seed)).items() if key in PLOT_FIELDS}
     return {
         "base": settings,
         "model": model,

@@ -1,9 +1,12 @@
 """The X/Y/Z plot: A1111's value syntax, the caps, the cells' order, the grid and its recipe, and that every cell is
 the very image a single run with its settings makes (through the functions the app uses, and through /xyz)."""
 
+import io
 import json
+import re
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -338,3 +341,26 @@ def test_other_sessions_jobs_run_between_the_cells_of_a_plot(app_url: str):
     other.predict(**XYZ_ARGS, api_name="/txt2img")
     assert not plot.done(), "the single image waited for the whole plot"
     assert len(plot.result()[2]) == 6
+
+
+def test_the_tab_draws_a_2x2_plot_in_the_browser(page, page_errors: list[str]):
+    from playwright.sync_api import expect
+
+    tab = page.get_by_role("tab", name="X/Y/Z plot", exact=True)
+    tab.click()
+    panel = page.get_by_role("tabpanel").filter(visible=True)
+    panel.get_by_label("Prompt", exact=True).fill("a red cat")
+    panel.get_by_label("X values", exact=True).fill("2, 3")
+    panel.get_by_label("Y type", exact=True).click()
+    page.get_by_role("option", name="CFG Scale", exact=True).click()
+    panel.get_by_label("Y values", exact=True).fill("1, 7")
+    panel.get_by_role("button", name="Generate").click()
+    cells = panel.locator(".gallery-item img, button.thumbnail-item img")
+    expect(cells).to_have_count(4, timeout=60_000)
+    grid = panel.locator(".xyz-grid img")
+    expect(grid).to_have_attribute("src", re.compile(r"/gradio_api/file=.*\.png$"))
+    served = Image.open(io.BytesIO(page.request.get(grid.get_attribute("src")).body()))
+    assert served.width > 2 * 64 and served.height > 2 * 64  # two cells each way, with their labels
+    assert json.loads(served.text[RECIPE_KEY])["axes"][1]["type"] == "CFG Scale"
+    page.screenshot(path=Path(__file__).parent / "artifacts" / "xyz.png", full_page=True)  # git-ignored
+    assert page_errors == []

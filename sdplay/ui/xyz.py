@@ -84,7 +84,9 @@ def build(manager: ModelManager, limits: Limits, switch: ModelSwitch, plot_limit
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_classes="generate")
                 stop = gr.Button("Stop", variant="stop")
-            grid = gr.Image(label="Grid", format="png", type="pil", interactive=False, height=520)
+            grid = gr.Image(
+                label="Grid", format="png", type="pil", interactive=False, height=520, elem_classes="xyz-grid"
+            )
             gallery = gr.Gallery(label="Cells", format="png", columns=4, height=300, interactive=False)
             cells_json = gr.JSON(label="Cell parameters")
 
