@@ -1,0 +1,178 @@
+"""Same-seed A/B and word ablation (sdplay/compare.py) on the tiny random model: B differs in one field only,
+identical runs measure zero, different prompts do not, and weight 1 is the original to the bit."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdplay.compare import (
+    ABLATIONS,
+    SD_CONTRASTS,
+    SHAPES_CONTRASTS,
+    Comparison,
+    ablate,
+    aligned_words,
+    attention_shift,
+    difference_image,
+    presets_for,
+    prompt_words,
+    split_step,
+    variant,
+    with_seed,
+    x0_difference,
+)
+from sdplay.errors import UserError
+from sdplay.explain.capture import explain
+from sdplay.explain.render import COLORMAPS, words_of
+from sdplay.requests import GenerationRequest, validated
+
+A = validated(GenerationRequest(prompt="a red cat on a dog", sampler="Euler", steps=4, guidance_scale=4, seed=7))
+
+
+@pytest.fixture(scope="module")
+def run_a(manager):
+    return explain(manager, A)
+
+
+def fields_that_differ(a: GenerationRequest, b: GenerationRequest) -> set[str]:
+    return {name for name in a.__dataclass_fields__ if getattr(a, name) != getattr(b, name)}
+
+
+@pytest.mark.parametrize(
+    "field, value, changed, expected",
+    [
+        ("guidance_scale", "8", "guidance_scale", 8.0),
+        ("steps", 6, "steps", 6),
+        ("sampler", "DDIM", "sampler", "DDIM"),
+        ("negative_prompt", "dog", "negative_prompt", "dog"),
+        ("word", "red -> blue", "prompt", "a blue cat on a dog"),
+        ("word", "a → the", "prompt", "the red cat on the dog"),
+    ],
+)
+def test_variant_keeps_the_seed_and_changes_one_field(field, value, changed, expected):
+    b = variant(A, field, value)
+    assert b.seed == A.seed == 7
+    assert fields_that_differ(A, b) == {changed}
+    assert getattr(b, changed) == expected
+
+
+def test_variant_refuses_bad_values_with_clear_messages():
+    with pytest.raises(UserError, match="no word 'green'"):
+        variant(A, "word", "green -> blue")
+    with pytest.raises(UserError, match="'old -> new'"):
+        variant(A, "word", "red blue")
+    with pytest.raises(UserError, match="guidance_scale"):
+        variant(A, "guidance_scale", "lots")
+    with pytest.raises(UserError, match="B may differ in one of"):
+        variant(A, "width", 128)
+
+
+def test_a_random_seed_is_drawn_once_for_both():
+    drawn = with_seed(GenerationRequest(prompt="a cat", seed=-1))
+    assert 0 <= drawn.seed
+    assert variant(drawn, "guidance_scale", 2).seed == drawn.seed
+
+
+def test_presets_fit_the_model_vocabulary():
+    assert presets_for(()) == list(SD_CONTRASTS)
+    one_shape = ("a", "on", "background", "large", "small", "red", "blue", "circle", "square", "gray", "left")
+    one_shape += ("right", "the", "in", "center")
+    names = [p.name for p in presets_for(one_shape)]
+    assert "red vs blue" in names and "left vs right" in names
+    assert "two objects, colours swapped" not in names  # "and" is unknown to a one-object model
+    assert "two objects, colours swapped" in [p.name for p in presets_for((*one_shape, "and"))]
+    for preset in (*SHAPES_CONTRASTS, *SD_CONTRASTS):  # every preset makes a valid B from its A
+        a = GenerationRequest(prompt=preset.prompt, guidance_scale=float(preset.a_value or 7), seed=1)
+        assert fields_that_differ(a, variant(a, preset.field, preset.value)) - {"sampler", "schedule"}
+
+
+def test_identical_runs_measure_zero_everywhere(manager, run_a):
+    again = explain(manager, A)
+    assert np.array_equal(run_a.image, again.image)
+    difference = np.asarray(difference_image(run_a.image, again.image))
+    assert (difference == COLORMAPS["inferno"][0]).all()  # the colour of zero everywhere
+    assert x0_difference(run_a, again).tolist() == [0.0] * run_a.steps
+    assert split_step(x0_difference(run_a, again)) is None
+    shifts = attention_shift(run_a, again)
+    assert [s.word for s in shifts] == ["a", "red", "cat", "on", "a", "dog"]
+    assert all(s.shift == 0 for s in shifts)
+    assert Comparison(run_a, again).summary()["pixel_difference"] == {"mean": 0.0, "changed_share": 0.0}
+
+
+def test_difference_image_is_black_where_equal_and_bright_where_not():
+    a = np.zeros((8, 8, 3), np.uint8)
+    b = a.copy()
+    b[:4] = 50
+    diff = np.asarray(difference_image(Image.fromarray(a), Image.fromarray(b)))
+    assert diff.shape == (8, 8, 3)
+    assert diff[4:].max() < 10  # inferno's black
+    assert (diff[:4] == COLORMAPS["inferno"][200]).all()  # 50 levels × 4: near the (yellow) top of the map
+    with pytest.raises(UserError, match="different sizes"):
+        difference_image(a, np.zeros((4, 8, 3), np.uint8))
+
+
+def test_a_different_prompt_splits_the_trajectories(manager, run_a):
+    b = explain(manager, variant(A, "word", "red -> dog"))
+    differences = x0_difference(run_a, b)
+    assert (differences > 0).all()
+    assert 1 <= split_step(differences) <= run_a.steps
+    compared = Comparison(run_a, b)
+    summary = compared.summary()
+    assert summary["pixel_difference"]["mean"] > 0
+    assert summary["a"]["seed"] == summary["b"]["seed"] == 7
+    # The swapped word is compared with its replacement; the others with themselves.
+    assert aligned_words(compared.views[0].words, compared.views[1].words)[2] == 2
+    x0_a, x0_b = compared.x0_at(1)
+    heat_a, heat_b = compared.attention_at(1, 2)
+    assert x0_a.size == x0_b.size == heat_a.size == heat_b.size
+    assert "part at" in compared.describe()
+
+
+def test_steps_of_different_counts_pair_by_their_place_in_the_run(manager, run_a):
+    b = explain(manager, variant(A, "steps", 6))
+    assert len(x0_difference(run_a, b)) == run_a.steps
+    assert Comparison(run_a, b).x0_at(run_a.steps - 1)[1] is not None
+
+
+def test_ablation_at_weight_one_is_the_original_bit_for_bit(manager, run_a):
+    same = ablate(A, 1, "1")
+    assert same.prompt == "a (red:1) cat on a dog"
+    again = explain(manager, same)
+    assert np.array_equal(run_a.image, again.image)
+    assert all(s.shift == 0 for s in attention_shift(run_a, again))
+
+
+def test_ablation_removes_or_reweights_one_word(manager, run_a):
+    assert [m.group() for m in prompt_words("a (red:1.2) cat BREAK on [a|dog]")] == [
+        "a",
+        "red",
+        "cat",
+        "on",
+        "a",
+        "dog",
+    ]
+    assert ablate(A, "red", "removed").prompt == "a cat on a dog"
+    assert ablate(A, 5, "removed").prompt == "a red cat on a"
+    assert ablate(A, "cat", "0.5").prompt == "a red (cat:0.5) on a dog"
+    assert ablate(replace_prompt(A, "a (red:1.2) cat"), "red", "0.5").prompt == "a ((red:0.5):1.2) cat"
+    assert {ablate(A, 1, mode).seed for mode in ABLATIONS} == {A.seed}
+    with pytest.raises(UserError, match="no word 'green'"):
+        ablate(A, "green", "removed")
+    with pytest.raises(UserError, match="weight such as 0, 0.5 or 1.5"):
+        ablate(A, 1, "half")
+
+    removed = explain(manager, ablate(A, "red", "removed"))
+    assert [w.text for w in words_of(removed.tokens) if not w.special] == ["a", "cat", "on", "a", "dog"]
+    shifts = {s.word: s for s in attention_shift(run_a, removed)}
+    assert shifts["red"].index_b is None and shifts["red"].shift is None
+    assert shifts["cat"].shift > 0  # every other word's attention moves when one is gone
+
+    zero = explain(manager, ablate(A, "red", "0"))
+    assert zero.tokens == run_a.tokens  # reweighting keeps the tokens, and changes what they mean
+    assert x0_difference(run_a, zero)[-1] > 0
+    maps = Comparison(run_a, zero).change_maps()
+    assert len(maps) == 6 and all(image.size == (128, 128) for image, _ in maps)
+
+
+def replace_prompt(request: GenerationRequest, prompt: str) -> GenerationRequest:
+    return validated(GenerationRequest(**{**request.__dict__, "prompt": prompt}))
