@@ -114,6 +114,25 @@ def variant(request: GenerationRequest, field: str, value: object, limits: Limit
     return validated(changed, limits)
 
 
+def pair_labels(a: GenerationRequest, b: GenerationRequest, field: str) -> tuple[str, str]:
+    """Short names for A and B that say how they differ: 'red' and 'blue', 'CFG scale 1' and 'CFG scale 4'."""
+    if field == "word":
+        before = a.prompt.split()
+        after = b.prompt.split()
+        changed = [(x, y) for x, y in zip(before, after, strict=False) if x != y]
+        if len(before) == len(after) and changed:
+            return changed[0]
+    if field in ("prompt", "negative_prompt", "word"):
+        return "A", "B"
+    name = next(label for label, value in FIELDS.items() if value == field)
+
+    def shown(request: GenerationRequest) -> str:
+        value = getattr(request, field)
+        return f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+
+    return shown(a), shown(b)
+
+
 def _swap_parts(value: str) -> tuple[str, str]:
     parts = SWAP.split(value.strip(), maxsplit=1)
     if len(parts) != 2 or not parts[0]:
@@ -246,8 +265,9 @@ class WordShift:
     """How one word of A attends in B: its share of all attention in each, and the mean |Δ| of its map."""
 
     word: str
+    word_b: str | None  # the word in its place in B: itself, a swap's new word, or None where B removed it
     index_a: int
-    index_b: int | None  # None: B does not have it (removed)
+    index_b: int | None
     mass_a: float
     mass_b: float | None
     shift: float | None  # mean over pixels of |map_B − map_A|
@@ -270,6 +290,7 @@ def attention_shift(a: ExplainRun, b: ExplainRun) -> list[WordShift]:
         shifts.append(
             WordShift(
                 word=word.text,
+                word_b=words_b[j].text if j is not None else None,
                 index_a=i,
                 index_b=j,
                 mass_a=float(maps_a[i].mean()),
@@ -332,6 +353,11 @@ class Comparison:
     def difference(self) -> Image.Image:
         return difference_image(self.a.image, self.b.image)
 
+    def shown(self) -> tuple[tuple[Image.Image, Image.Image], Image.Image]:
+        """A and B, and their difference, at the panel size (a tiny model's 64 px would be blurred by a browser)."""
+        a, b = self.views
+        return (a.image, b.image), self.difference().resize(a.size, Image.Resampling.NEAREST)
+
     def word_choices(self) -> list[tuple[str, int]]:
         """A's real words, as (label, index) for a dropdown."""
         view = self.views[0]
@@ -368,7 +394,7 @@ class Comparison:
             "x0_difference": [round(float(d), 6) for d in self.differences],
             "split_step": split,
             "words": [
-                {"word": s.word, "attention_a": s.mass_a, "attention_b": s.mass_b, "shift": s.shift}
+                {"word": s.word, "word_b": s.word_b, "attention_a": s.mass_a, "attention_b": s.mass_b, "shift": s.shift}
                 for s in self.shifts
             ],
         }

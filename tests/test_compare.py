@@ -120,6 +120,7 @@ def test_a_different_prompt_splits_the_trajectories(manager, run_a):
     summary = compared.summary()
     assert summary["pixel_difference"]["mean"] > 0
     assert summary["a"]["seed"] == summary["b"]["seed"] == 7
+    assert [(w["word"], w["word_b"]) for w in summary["words"]][1:3] == [("red", "dog"), ("cat", "cat")]
     # The swapped word is compared with its replacement; the others with themselves.
     assert aligned_words(compared.views[0].words, compared.views[1].words)[2] == 2
     x0_a, x0_b = compared.x0_at(1)

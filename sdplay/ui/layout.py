@@ -13,7 +13,7 @@ from sdplay.metadata import parse_infotext, read_infotext, settings_from_infotex
 from sdplay.models import LoadedModel, ModelManager, ModelSwitch, SwitchPolicy
 from sdplay.requests import Limits
 from sdplay.samplers import schedule_names
-from sdplay.ui import explain, img2img, inpaint, pnginfo, txt2img, xyz
+from sdplay.ui import compare, explain, img2img, inpaint, pnginfo, txt2img, xyz
 from sdplay.ui.common import GPU, Controls, Results, from_web_page, mask_brush, user_errors, without_paths
 from sdplay.ui.fair_share import one_job_per_session
 from sdplay.xyz import PlotLimits
@@ -119,10 +119,12 @@ def build_demo(
                 plot = xyz.build(manager, limits, switch, plot_limits)
             with gr.Tab("Explain", id="explain"):
                 explained = explain.build(manager, limits)
+            with gr.Tab("Compare", id="compare"):
+                compared = compare.build(manager, limits)
             with gr.Tab("PNG Info", id="pnginfo"):
                 info_image, info_text, send = pnginfo.build()
         with model_slot:
-            model_bar(demo, manager, switch, [t2i[0], i2i, inp, plot, explained])
+            model_bar(demo, manager, switch, [t2i[0], i2i, inp, plot, explained, compared])
 
         targets = {"txt2img": (t2i[0], None), "img2img": (i2i, i2i_image), "inpaint": (inp, inp_image)}
         for results in (t2i[1], i2i_results, inp_results):
