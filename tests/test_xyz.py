@@ -314,10 +314,11 @@ def test_xyz_api_returns_the_grid_the_cells_and_their_parameters_and_each_cell_e
     assert json.loads(saved.text[RECIPE_KEY])["axes"][1] == {"name": "Y", "type": "Seed", "values": "5-6"}
     assert len(gallery) == len(cells) == 4
     assert [(c["guidance_scale"], c["seed"]) for c in cells] == [(1.0, 5), (7.0, 5), (1.0, 6), (7.0, 6)]
-    last = cells[3]
-    single, infotext, _ = client.predict(**{**XYZ_ARGS, "guidance_scale": 7, "seed": 6}, api_name="/txt2img")
-    assert np.array_equal(pixels(Image.open(gallery[3]["image"])), pixels(Image.open(single[0]["image"])))
-    assert last["infotext"] == infotext == read_infotext(Image.open(gallery[3]["image"]))
+    for cell, item in zip(cells, gallery, strict=True):
+        settings = {"guidance_scale": cell["guidance_scale"], "seed": cell["seed"]}
+        single, infotext, _ = client.predict(**{**XYZ_ARGS, **settings}, api_name="/txt2img")
+        assert np.array_equal(pixels(Image.open(item["image"])), pixels(Image.open(single[0]["image"])))
+        assert cell["infotext"] == infotext == read_infotext(Image.open(item["image"]))
 
 
 def test_xyz_api_refuses_a_plot_too_big_or_wrong_with_the_reason_and_keeps_serving(client: Client):
