@@ -365,3 +365,28 @@ def test_the_tab_draws_a_2x2_plot_in_the_browser(page, page_errors: list[str]):
     assert json.loads(served.text[RECIPE_KEY])["axes"][1]["type"] == "CFG Scale"
     page.screenshot(path=Path(__file__).parent / "artifacts" / "xyz.png", full_page=True)  # git-ignored
     assert page_errors == []
+
+
+def test_stop_in_the_browser_ends_the_plot_in_its_cell_and_keeps_the_finished_ones(page, page_errors: list[str]):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="X/Y/Z plot", exact=True).click()
+    panel = page.get_by_role("tabpanel").filter(visible=True)
+    panel.get_by_label("Prompt", exact=True).fill("a red cat")
+    for name, value in {"Width": "512", "Height": "512"}.items():  # slow enough to stop in the second cell
+        panel.get_by_label(f"number input for {name}").fill(value)
+    panel.get_by_label("X values", exact=True).fill("2, 150")
+    panel.get_by_role("button", name="Generate").click()
+    progress = panel.get_by_role("progressbar", name=re.compile(r"^Cell 2 of 2 · Step \d+\/150 · about"))
+    expect(progress).to_be_visible(timeout=60_000)
+    panel.get_by_role("button", name="Stop").click()
+    message = re.compile(
+        r"^Stopped at cell 2 of 2 \(Stopped at step \d+ of 150\.\)\. The grid keeps the 1 finished cell\.$"
+    )
+    expect(page.get_by_text(message)).to_be_visible(timeout=60_000)
+    expect(panel.locator(".gallery-item img, button.thumbnail-item img")).to_have_count(1)
+    expect(panel.get_by_role("img", name="Steps: 2", exact=True)).to_be_visible()
+    grid = panel.locator(".xyz-grid img")
+    served = Image.open(io.BytesIO(page.request.get(grid.get_attribute("src")).body()))
+    assert [cell["steps"] for cell in json.loads(served.text[RECIPE_KEY])["cells"]] == [2, 150]  # the plot it was
+    assert page_errors == []

@@ -132,7 +132,7 @@ def build(manager: ModelManager, limits: Limits, switch: ModelSwitch, plot_limit
             )
             model = manager.model
             models = allowed_models(switch, user)
-            cells = plan(base, axes, model.name, models, limits, plot_limits, model.settings.size or model.native_size)
+            cells = plan(base, axes, model.name, models, limits, plot_limits, model.native_size)
             for warning in warnings_before(model, base, limits):
                 gr.Warning(warning)
 
@@ -178,7 +178,8 @@ def build(manager: ModelManager, limits: Limits, switch: ModelSwitch, plot_limit
                 where = f"Stopped at cell {len(images) + 1} of {len(cells)}"
                 if not watched:  # an API caller: a stopped plot has no result, and must not look like one
                     raise gr.Error(f"{where}.") from None
-                gr.Info(f"{where} ({stopped}); the {len(images)} finished cells are kept.")
+                kept = f"{len(images)} finished cell{'' if len(images) == 1 else 's'}"
+                gr.Info(f"{where} ({stopped}). The grid keeps the {kept}.")
             except UserError as error:  # the model was switched under the plot: keep what it made on the page
                 if not watched or not images:
                     raise
