@@ -30,8 +30,9 @@ FIELDS = {
 }
 # A word swap is written "old -> new" (or with an arrow), as one value, like every other field.
 SWAP = re.compile(r"\s*(?:->|→)\s*")
-# The difference image multiplies |A − B| by this: a fixed gain, so that two comparisons read on one scale.
-DIFFERENCE_GAIN = 4
+# The difference image multiplies |A − B| by a power of two up to this: enough to see a small change, and a power of
+# two so that the label's "×8" is easy to compare between two comparisons.
+MAX_DIFFERENCE_GAIN = 32
 # A pixel counts as changed when a channel moved by more than this (of 255): below it is JPEG-like noise to the eye.
 CHANGED_LEVELS = 8
 # Ablation modes: the word deleted from the prompt, or given an A1111 emphasis weight.
@@ -202,13 +203,28 @@ def _pixels(image: Image.Image | np.ndarray) -> np.ndarray:
     return np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.int16)
 
 
-def difference_image(a: Image.Image | np.ndarray, b: Image.Image | np.ndarray) -> Image.Image:
-    """|A − B| per pixel (the largest of its channels) × DIFFERENCE_GAIN through the inferno colour map: black where
-    the images agree, yellow where they differ most."""
+def _difference(a: Image.Image | np.ndarray, b: Image.Image | np.ndarray) -> np.ndarray:
+    """[H, W]: |A − B| per pixel, the largest of its channels (0–255)."""
     pa, pb = _pixels(a), _pixels(b)
     if pa.shape != pb.shape:
         raise UserError(f"A and B have different sizes ({pa.shape[1]}×{pa.shape[0]}, {pb.shape[1]}×{pb.shape[0]}).")
-    levels = np.clip(np.abs(pa - pb).max(-1) * DIFFERENCE_GAIN, 0, 255).astype(np.uint8)
+    return np.abs(pa - pb).max(-1)
+
+
+def difference_gain(a: Image.Image | np.ndarray, b: Image.Image | np.ndarray) -> int:
+    """The power of two (1 to MAX_DIFFERENCE_GAIN) that brings the 99th percentile of |A − B| nearest to full scale
+    without passing it: a faint change is amplified until it shows, a large one is not clipped away."""
+    typical = float(np.percentile(_difference(a, b), 99))
+    if typical <= 0:
+        return 1
+    return int(min(MAX_DIFFERENCE_GAIN, max(1, 2 ** np.floor(np.log2(255 / typical)))))
+
+
+def difference_image(a: Image.Image | np.ndarray, b: Image.Image | np.ndarray, gain: int | None = None) -> Image.Image:
+    """|A − B| per pixel (the largest of its channels) × `gain` (None: `difference_gain`) through the inferno colour
+    map: black where the images agree, yellow where they differ most."""
+    gain = difference_gain(a, b) if gain is None else gain
+    levels = np.clip(_difference(a, b) * gain, 0, 255).astype(np.uint8)
     return Image.fromarray(COLORMAPS["inferno"][levels])
 
 
@@ -350,8 +366,12 @@ class Comparison:
     def images(self) -> tuple[Image.Image, Image.Image]:
         return Image.fromarray(self.a.image), Image.fromarray(self.b.image)
 
+    @cached_property
+    def gain(self) -> int:
+        return difference_gain(self.a.image, self.b.image)
+
     def difference(self) -> Image.Image:
-        return difference_image(self.a.image, self.b.image)
+        return difference_image(self.a.image, self.b.image, self.gain)
 
     def shown(self) -> tuple[tuple[Image.Image, Image.Image], Image.Image]:
         """A and B, and their difference, at the panel size (a tiny model's 64 px would be blurred by a browser)."""
@@ -391,6 +411,7 @@ class Comparison:
             "a": {"label": self.label_a, **self.a.recipe},
             "b": {"label": self.label_b, **self.b.recipe},
             "pixel_difference": pixel_difference(self.a.image, self.b.image),
+            "difference_gain": self.gain,
             "x0_difference": [round(float(d), 6) for d in self.differences],
             "split_step": split,
             "words": [

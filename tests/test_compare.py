@@ -1,6 +1,8 @@
 """Same-seed A/B and word ablation (sdplay/compare.py) on the tiny random model: B differs in one field only,
 identical runs measure zero, different prompts do not, and weight 1 is the original to the bit."""
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,6 +15,7 @@ from sdplay.compare import (
     ablate,
     aligned_words,
     attention_shift,
+    difference_gain,
     difference_image,
     presets_for,
     prompt_words,
@@ -107,6 +110,10 @@ def test_difference_image_is_black_where_equal_and_bright_where_not():
     assert diff.shape == (8, 8, 3)
     assert diff[4:].max() < 10  # inferno's black
     assert (diff[:4] == COLORMAPS["inferno"][200]).all()  # 50 levels × 4: near the (yellow) top of the map
+    assert difference_gain(a, b) == 4  # 50 levels: ×4 is the largest power of two that stays under 255
+    assert difference_gain(a, a) == 1
+    b[:4] = 1
+    assert difference_gain(a, b) == 32  # a one-level change is amplified as far as allowed
     with pytest.raises(UserError, match="different sizes"):
         difference_image(a, np.zeros((4, 8, 3), np.uint8))
 
@@ -177,3 +184,43 @@ def test_ablation_removes_or_reweights_one_word(manager, run_a):
 
 def replace_prompt(request: GenerationRequest, prompt: str) -> GenerationRequest:
     return validated(GenerationRequest(**{**request.__dict__, "prompt": prompt}))
+
+
+API_A = ("a red cat on a dog", "", "Euler", 3, 4, 11, 64, 64, "Automatic")
+
+
+def test_api_compare_and_ablate_return_both_images_and_a_summary(client):
+    images, difference, summary = client.predict(*API_A, "CFG scale", "8", api_name="/compare")
+    assert len(images) == 2 and all(Image.open(path).size == (64, 64) for path in images)
+    assert Image.open(difference).size == (64, 64)
+    assert summary["a"]["seed"] == summary["b"]["seed"] == 11
+    assert (summary["a"]["guidance_scale"], summary["b"]["guidance_scale"]) == (4.0, 8.0)
+    assert len(summary["x0_difference"]) == 3 and summary["x0_difference"][-1] > 0
+
+    images, _, summary = client.predict(*API_A, "red", "1", api_name="/ablate")
+    assert summary["b"]["prompt"] == "a (red:1) cat on a dog"
+    assert np.array_equal(np.asarray(Image.open(images[0])), np.asarray(Image.open(images[1])))
+    assert summary["pixel_difference"]["mean"] == 0 and summary["split_step"] is None
+
+    _, _, summary = client.predict(*API_A, "cat", "removed", api_name="/ablate")
+    assert summary["b"]["prompt"] == "a red on a dog"
+    assert [w["word_b"] for w in summary["words"]] == ["a", "red", None, "on", "a", "dog"]
+
+
+BAD_INPUT = [
+    ("/compare", ("Word", "green -> blue"), "no word 'green' to swap"),
+    ("/compare", ("Width", "128"), "B may differ in one of"),
+    ("/compare", ("Steps", "1000"), "steps must be between 1 and 150"),
+    ("/ablate", ("green", "removed"), "no word 'green' to ablate"),
+    ("/ablate", ("red", "lots"), "weight such as 0, 0.5 or 1.5"),
+]
+
+
+def test_api_bad_input_is_a_clear_error_and_the_server_keeps_serving(client):
+    from gradio_client.exceptions import AppError
+
+    for endpoint, extra, message in BAD_INPUT:
+        with pytest.raises(AppError, match=re.escape(message)) as raised:
+            client.predict(*API_A, *extra, api_name=endpoint)
+        assert "/" not in str(raised.value).replace("->", "")  # no server path
+    assert client.predict(*API_A, "Seed", "12", api_name="/compare")[2]["b"]["seed"] == 12

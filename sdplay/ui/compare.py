@@ -154,12 +154,14 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
         with gr.Column(scale=2):
             slider = gr.ImageSlider(label="A | B", type="pil", format="png", elem_classes="ab-slider", max_height=420)
             difference = gr.Image(
-                label="Difference |A − B| ×4", format="png", interactive=False, height=PANEL_HEIGHT,
+                label="Difference |A − B| (amplified)", format="png", interactive=False, height=PANEL_HEIGHT,
                 elem_classes="ab-difference",
             )  # fmt: skip
             step = gr.Slider(1, 2, value=1, step=1, label="Step", interactive=False)
             with gr.Row():
-                x0_a = gr.Image(label="x̂₀ · A", format="jpeg", interactive=False, height=PANEL_HEIGHT)
+                x0_a = gr.Image(
+                    label="x̂₀ · A", format="jpeg", interactive=False, height=PANEL_HEIGHT, elem_classes="x0-a"
+                )
                 x0_b = gr.Image(label="x̂₀ · B", format="jpeg", interactive=False, height=PANEL_HEIGHT)
             word = gr.Dropdown([], label="Word of A (B: the word in its place)", value=None)
             with gr.Row():
@@ -193,7 +195,7 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
             label="A | ablated", type="pil", format="png", elem_classes="ablation-slider", max_height=360
         )
         ablation_difference = gr.Image(
-            label="Difference |A − ablated| ×4", format="png", interactive=False, height=PANEL_HEIGHT,
+            label="Difference |A − ablated| (amplified)", format="png", interactive=False, height=PANEL_HEIGHT,
             elem_classes="ablation-difference",
         )  # fmt: skip
     with gr.Row():
@@ -246,7 +248,7 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
             comparison: pair,
             last_a: Recorded(a, pair.a),
             slider: gr.ImageSlider(value=images, label=f"A: {pair.label_a} | B: {pair.label_b}"),
-            difference: diff,
+            difference: gr.Image(diff, label=f"Difference |A − B| ×{pair.gain}"),
             status: pair.describe(),
             step: step_slider(pair.a.steps),
             word: gr.Dropdown(choices=pair.word_choices(), value=chosen),
@@ -305,7 +307,7 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
         images, diff = pair.shown()
         return {
             ablation_slider: gr.ImageSlider(value=images, label=f"A | {label}"),
-            ablation_difference: diff,
+            ablation_difference: gr.Image(diff, label=f"Difference |A − ablated| ×{pair.gain}"),
             ablation_status: pair.describe(),
             shifts: shift_table(pair).dropna(),
             table: shift_table(pair).round(4),
@@ -365,8 +367,9 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
     ):
         """Same-seed A/B: A is a text-to-image request with /txt2img's parameters, B the same with one field changed
         (`differs_in`: Word, Prompt, Negative prompt, CFG scale, Sampler, Schedule type, Steps or Seed; a Word is
-        written 'old -> new'). Returns the two images, their difference (×4) and a JSON summary: both recipes, the
-        pixel difference, the per-step x̂₀ difference, the step where they part, and each word's attention."""
+        written 'old -> new'). Returns the two images, their difference (amplified by the JSON's difference_gain) and
+        a JSON summary: both recipes, the pixel difference, the per-step x̂₀ difference, the step where they part,
+        and each word's attention."""
         with user_errors():
             a = with_seed(a_request(prompt, negative_prompt, sampler, steps, guidance_scale, seed, width, height,
                                     schedule, limits))  # fmt: skip
@@ -395,8 +398,8 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
     ):
         """What if this word weren't there: A (/txt2img's parameters) and A again, same seed, with `word` (a word of
         the prompt, its first occurrence, or its 0-based index among the prompt's words) removed (`mode` 'removed')
-        or at an emphasis weight (`mode` '0', '0.5', '1.5', ...). Returns both images, their difference (×4) and a
-        JSON summary with every word's attention in A and in the ablated run and how much it moved."""
+        or at an emphasis weight (`mode` '0', '0.5', '1.5', ...). Returns both images, their difference (amplified)
+        and a JSON summary with every word's attention in A and in the ablated run and how much it moved."""
         with user_errors():
             a = with_seed(a_request(prompt, negative_prompt, sampler, steps, guidance_scale, seed, width, height,
                                     schedule, limits))  # fmt: skip
