@@ -292,6 +292,19 @@ def test_model_cells_load_each_model_once_equal_single_runs_and_the_first_model_
                 manager.load(str(two_models["other"]))
 
 
+def test_the_caps_are_flags_with_environment_variables(monkeypatch, capsys):
+    from app import parse_args
+
+    assert (parse_args([]).max_plot_cells, parse_args([]).max_plot_megapixels) == (64, 64.0)
+    monkeypatch.setenv("SDPLAY_MAX_PLOT_CELLS", "9")
+    assert (
+        parse_args(["--max-plot-megapixels", "2.5"]).max_plot_megapixels == 2.5 and parse_args([]).max_plot_cells == 9
+    )
+    with pytest.raises(SystemExit):
+        parse_args(["--max-plot-cells", "0"])
+    assert "--max-plot-cells and --max-plot-megapixels must be positive" in capsys.readouterr().err
+
+
 # The API, on `python app.py` with the tiny model (the session's served app).
 XYZ_ARGS = dict(
     prompt="a red cat", negative_prompt="", sampler="Euler", steps=3, guidance_scale=7, seed=5, width=64, height=64

@@ -163,11 +163,13 @@ def build(manager: ModelManager, limits: Limits, switch: ModelSwitch, plot_limit
                             fraction = (item.index + step.step / max(1, step.total)) / item.total
                             progress(fraction, desc=item.describe())
                             shown = time.monotonic()
-                        if step.previews and watched:
-                            preview = f"Cell {item.index + 1} of {item.total}: {captions[item.index]}"
-                            yield gr.skip(), [(step.previews[0], preview)], gr.skip()
-                        elif not watched:  # a yield all the same: Gradio cancels a job only there
+                        if not step.previews:  # none was due at this step
+                            continue
+                        if not watched:  # no preview for an API caller, but a yield: Gradio cancels a job only there
                             yield gr.skip(), gr.skip(), gr.skip()
+                            continue
+                        preview = f"Cell {item.index + 1} of {item.total}: {captions[item.index]}"
+                        yield gr.skip(), [(step.previews[0], preview)], gr.skip()
                         continue
                     assert isinstance(item, CellDone)
                     images[item.index] = item.result.images[0]
