@@ -18,7 +18,14 @@ def image_src(panel, css: str) -> str:
 
 
 def test_compare_a_preset_pair_and_ablate_a_word(page: Page, page_errors: list[str]) -> None:  # noqa: F811
-    panel = open_tab(page, "Compare")
+    # Explain's prompt and settings open in Compare with one click.
+    explain = open_tab(page, "Explain")
+    explain.get_by_label("Prompt", exact=True).fill("a red cat on a mat")
+    explain.get_by_role("button", name=re.compile("open this prompt in Compare")).click()
+    expect(page.get_by_role("tab", name="Compare", exact=True)).to_have_attribute("aria-selected", "true")
+    panel = page.get_by_role("tabpanel").filter(visible=True)
+    expect(panel.get_by_label("Prompt", exact=True)).to_have_value("a red cat on a mat")
+
     # The tiny model has an open vocabulary: the Stable Diffusion pairs are offered.
     panel.get_by_label("Preset contrast pair", exact=True).click()
     page.get_by_role("option", name="SD: red vs blue", exact=True).click()

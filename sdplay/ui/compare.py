@@ -30,7 +30,7 @@ from sdplay.explain.render import content_word
 from sdplay.generate import StepUpdate
 from sdplay.models import LoadedModel, ModelManager
 from sdplay.requests import GenerationRequest, Limits, Task, validated
-from sdplay.samplers import AUTOMATIC
+from sdplay.samplers import AUTOMATIC, schedule_names
 from sdplay.ui.common import GPU, Controls, controls, run, user_errors, wire_stop
 
 PANEL_HEIGHT = 260
@@ -65,6 +65,22 @@ class Recorded:
     def matches(self, request: GenerationRequest) -> bool:
         """Whether `request` is this A (a random seed, -1, matches the seed it was given)."""
         return (replace(request, seed=self.request.seed) if request.seed == -1 else request) == self.request
+
+
+def send_settings(button: gr.Button, source: Controls, target: Controls, tabs: gr.Tabs) -> None:
+    """`button` (in another tab: Explain) copies that tab's prompt and settings into Compare's A and opens Compare,
+    where B and the ablation are a click away."""
+    fields = ["prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "seed", "width", "height"]
+
+    def send(*values):
+        *settings, schedule = values
+        with user_errors():
+            offered = schedule_names(settings[fields.index("sampler")])
+        return *settings, gr.Dropdown(choices=offered, value=schedule), gr.Tabs(selected="compare")
+
+    inputs = [*(getattr(source, name) for name in fields), source.schedule]
+    outputs = [*(getattr(target, name) for name in fields), target.schedule, tabs]
+    button.click(send, inputs, outputs, queue=False, api_visibility="private")
 
 
 def preset_names(model: LoadedModel) -> list[str]:

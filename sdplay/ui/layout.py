@@ -119,6 +119,7 @@ def build_demo(
                 plot = xyz.build(manager, limits, switch, plot_limits)
             with gr.Tab("Explain", id="explain"):
                 explained = explain.build(manager, limits)
+                to_compare = gr.Button("Compare with a change, or ablate a word: open this prompt in Compare")
             with gr.Tab("Compare", id="compare"):
                 compared = compare.build(manager, limits)
             with gr.Tab("PNG Info", id="pnginfo"):
@@ -131,6 +132,7 @@ def build_demo(
             _wire_send(results, tabs, targets)
         for tab, button in send.items():
             _wire_restore(button, tab, *targets[tab], info_image, info_text, tabs)
+        compare.send_settings(to_compare, explained, compared, tabs)
     demo.queue(api_open=False, max_size=32)
     one_job_per_session(demo, GPU["concurrency_id"])  # so that one session cannot fill the queue of 32
     one_job_per_session(demo, xyz.PLOT["concurrency_id"])  # and one plot per session (its cells join the GPU's)
