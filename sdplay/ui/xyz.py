@@ -43,6 +43,10 @@ from sdplay.xyz import (
 # whose job thread runs jobs in the order they come, so that other users' single images run between two cells
 # instead of after the whole grid. The model itself still runs one job at a time.
 PLOT = {"concurrency_id": "xyz", "concurrency_limit": 4}
+# The grid shown while a plot runs: small, and at most every 2 s. Encoding it is paid before the next cell starts,
+# and a PNG of 64 cells of 512² takes seconds (0.5 s made small to 1024 px, on a 2-core CPU).
+PARTIAL_GRID = 768
+PARTIAL_GRID_EVERY = 2.0
 
 
 def allowed_models(switch: ModelSwitch, user: str | None) -> list[str]:
@@ -146,13 +150,15 @@ def build(manager: ModelManager, limits: Limits, switch: ModelSwitch, plot_limit
             images: dict[int, Image.Image] = {}
             done: list[dict] = []
             captions = _captions(cells, axes)
-            shown = -math.inf
+            shown = grid_shown = -math.inf  # when the progress bar and the grid last changed
             progress(0, desc=f"Cell 1 of {len(cells)}")
 
             def outputs(final: bool) -> tuple:
-                grid = with_recipe(grid_image(cells, images, axes), recipe(base, axes, cells, model.name))
+                grid = grid_image(cells, images, axes)
                 if not final:
+                    grid.thumbnail((PARTIAL_GRID, PARTIAL_GRID))
                     return grid, gr.skip(), done
+                grid = with_recipe(grid, recipe(base, axes, cells, model.name))
                 return grid, [(images[i], captions[i]) for i in sorted(images)], done
 
             try:
@@ -174,7 +180,8 @@ def build(manager: ModelManager, limits: Limits, switch: ModelSwitch, plot_limit
                     assert isinstance(item, CellDone)
                     images[item.index] = item.result.images[0]
                     done.append({**cells[item.index].parameters(), "infotext": item.result.infotexts[0]})
-                    if watched and item.index + 1 < item.total:  # the grid so far, for the page
+                    if watched and item.index + 1 < item.total and time.monotonic() - grid_shown >= PARTIAL_GRID_EVERY:
+                        grid_shown = time.monotonic()
                         yield outputs(final=False)
             except Cancelled as stopped:
                 where = f"Stopped at cell {len(images) + 1} of {len(cells)}"
