@@ -339,6 +339,8 @@ def test_xyz_api_refuses_a_plot_too_big_or_wrong_with_the_reason_and_keeps_servi
         client.predict(**XYZ_ARGS, x_type="Seed", x_values="1-9", y_type="Steps", y_values="1-9", api_name="/xyz")
     with pytest.raises(AppError, match="Prompt S/R: the first value 'dog' is not in the prompt"):
         client.predict(**XYZ_ARGS, x_type="Prompt S/R", x_values="dog, cat", api_name="/xyz")
+    with pytest.raises(AppError, match="Unknown model 'nobody/else' on the Model axis. Choose among: tiny"):
+        client.predict(**XYZ_ARGS, x_type="Model", x_values="nobody/else", api_name="/xyz")
     _, _, cells = client.predict(**XYZ_ARGS, x_type="Steps", x_values="1-2", api_name="/xyz")
     assert [c["steps"] for c in cells] == [1, 2]
 
