@@ -28,6 +28,7 @@ from sdplay.images import mask_from_editor
 from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits, Task
 from sdplay.samplers import AUTOMATIC
+from sdplay.ui import presentation
 from sdplay.ui.common import GPU, Controls, controls, mask_editor, run, user_errors, wire_stop
 
 TASKS = [("Text-to-Image", Task.TXT2IMG.value), ("Image-to-Image", Task.IMG2IMG.value), ("Inpaint", Task.INPAINT.value)]
@@ -107,6 +108,7 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
     gr.Markdown(texts["overview"].short)
     with gr.Accordion("How does Stable Diffusion make an image?", open=False):
         gr.Markdown(texts["overview"].more)
+    presenting = presentation.toggle()
 
     # Settings on the left, the scrubber, the image and the word maps on the right.
     with gr.Row():
@@ -380,6 +382,8 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
         )  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="sdplay-explain-") as folder:
             yield from run(manager, job, limits, request, progress, job=explain, show=partial(api_results, folder))
+
+    presentation.build(presenting, view, step, chips, colormap, opacity, normalisation, SHARED)
 
     gr.on([], explain_api, [*c.inputs(), c.width, c.height, c.schedule], [final, export], api_name="explain", **GPU)
     return c

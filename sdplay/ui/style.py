@@ -10,6 +10,39 @@ CSS = """
 .block.status:has(.progress-bar-wrap) { min-height: 4.5rem; }
 """
 
+# The Explain tab's presentation mode (ui/presentation.py): hidden until its toggle is on, then alone on the page
+# (its script hides everything around it), filling the window without scrolling, in projector-sized type. Panel
+# images take what the window's height leaves after the text rows, and at most a fifth of its width.
+# Gradio adds a copy of each rule under its container's classes, which outweighs a rule starting at `html`: so the
+# hiding rule is the one that names html, not the showing one.
+CSS += """
+html:not(.sdplay-presenting) .sdplay-presentation { display: none !important; }
+.sdplay-offstage { display: none !important; }
+html.sdplay-presenting, html.sdplay-presenting body { overflow: hidden; }
+html.sdplay-presenting .sdplay-presentation {
+    display: flex !important; position: fixed; inset: 0; z-index: 50; overflow: hidden; gap: 4px;
+    padding: 6px 16px; background: #fff; color: #000;
+}
+.sdplay-presentation .prose, .sdplay-presentation .prose * {
+    font-size: 20px !important; line-height: 1.25; color: #000;
+}
+.sdplay-presentation .sdplay-step-label .prose, .sdplay-presentation .sdplay-step-label .prose * {
+    font-size: 24px !important;
+}
+.sdplay-presentation .sdplay-keys .prose { color: #333; }
+.sdplay-presentation button { font-size: 22px !important; }
+.sdplay-presentation .sdplay-words label { font-size: 20px !important; color: #000; }
+.sdplay-presentation .sdplay-panels { flex-wrap: nowrap; gap: 12px; }
+.sdplay-presentation .sdplay-panel, .sdplay-presentation .sdplay-panel .image-container {
+    height: min(18vw, calc(100vh - 470px)) !important; min-height: 120px;
+}
+.sdplay-presentation .sdplay-filmstrip, .sdplay-presentation .sdplay-filmstrip .image-container {
+    height: 84px !important;
+}
+.sdplay-presentation > * { flex-shrink: 0; }
+.sdplay-presentation .block { padding: 2px; border-color: transparent !important; box-shadow: none !important; }
+"""
+
 # A 64×64 result or an Explain panel of a small run fills a box several times its size. Smoothing blurs it, and a
 # fractional factor draws some pixels a screen pixel wider than others. So each image at least twice smaller than
 # its box is drawn at the largest whole factor that fits, with square pixels (image-rendering: pixelated), centred

@@ -1,0 +1,239 @@
+"""The Explain tab's presentation mode: one screen for a projector, with the step slider and Play on top, the five
+panels that tell the story in large type, the x̂₀ filmstrip, and keys (←/→ step, space play, 1–9 a word, Esc exit).
+
+It shows the run on the Explain tab, recorded or replayed, and draws only what it shows (`slide`), so that
+scrubbing stays fast. Its look (large type, one screen, no scrolling) is `PRESENTATION_CSS` in ui/style.py.
+"""
+
+from dataclasses import dataclass
+
+import gradio as gr
+from PIL import Image
+
+from sdplay.explain.filmstrip import filmstrip, strip_layout
+from sdplay.explain.render import COLORMAPS, ExplainView, HeatmapSettings, content_word
+
+PLAY_SECONDS = 0.8  # as the Explain tab's own Play
+# One short line per panel, read from the back of a room (the Explain tab's captions explain more).
+CAPTIONS = {
+    "final": "Where the run ends.",
+    "x0": "The model's guess of the end result, now.",
+    "x_t": "What the model is cleaning now.",
+    "heatmap": "Bright: the parts that look at the word.",
+    "guidance": "What the prompt adds (grey: nothing).",
+}
+LABELS = {
+    "final": "Final image",
+    "x0": "x̂₀ · prediction",
+    "x_t": "x_t · noisy",
+    "heatmap": "Word heatmap",
+    "guidance": "Guidance term",
+}
+KEYS = "Keys: ← → step · space play/pause · 1–9 pick a word · Esc leave"
+
+# Runs in the page when the toggle changes: shows the presentation alone (everything around it is hidden, not just
+# covered, so that the page cannot scroll), and installs the keys once. Keys do nothing while typing in a text box;
+# they are caught on their way down, before a focused slider or button acts on them itself.
+SWITCH_JS = """
+(on) => {
+    const stage = document.querySelector(".sdplay-presentation");
+    document.documentElement.classList.toggle("sdplay-presenting", Boolean(on));
+    document.querySelectorAll(".sdplay-offstage").forEach((node) => node.classList.remove("sdplay-offstage"));
+    for (let node = stage; on && node && node.parentElement && node !== document.body; node = node.parentElement) {
+        for (const sibling of node.parentElement.children) {
+            // Fixed elements (Gradio's toasts: errors, infos) take no room and must stay visible.
+            if (sibling !== node && getComputedStyle(sibling).position !== "fixed") {
+                sibling.classList.add("sdplay-offstage");
+            }
+        }
+    }
+    if (window.sdplayPresentationKeys) return [];
+    window.sdplayPresentationKeys = true;
+    const typing = "textarea, select, [contenteditable], "
+        + "input:not([type=range]):not([type=radio]):not([type=checkbox])";
+    const press = (selector) => stage.querySelector(`${selector} button, button${selector}`)?.click();
+    const handle = (event) => {
+        if (!document.documentElement.classList.contains("sdplay-presenting")) return;
+        if (event.ctrlKey || event.metaKey || event.altKey || event.target.closest?.(typing)) return;
+        if (event.key === " ") {
+            event.preventDefault();  // no page scroll, and no click on a focused button at key up
+            if (event.type === "keydown" && !event.repeat) press(".sdplay-play");
+            return;
+        }
+        if (event.type !== "keydown") return;
+        let done = true;
+        if (event.key === "ArrowLeft") press(".sdplay-previous");
+        else if (event.key === "ArrowRight") press(".sdplay-next");
+        else if (event.key === "Escape") press(".sdplay-exit");
+        else if (/^[1-9]$/.test(event.key)) {
+            stage.querySelectorAll(".sdplay-words input[type=radio]")[Number(event.key) - 1]?.click();
+        } else done = false;
+        if (done) event.preventDefault();
+    };
+    document.addEventListener("keydown", handle, true);
+    document.addEventListener("keyup", handle, true);
+    return [];
+}
+"""
+# ◀ and ▶ step in the page itself: the slider's change then draws the step, in one round trip.
+SLIDER = ".sdplay-present-step input[type=range]"
+PREVIOUS_JS = f"(at) => Math.max(Number(document.querySelector('{SLIDER}')?.min ?? 1), at - 1)"
+NEXT_JS = f"(at) => Math.min(Number(document.querySelector('{SLIDER}')?.max ?? at), at + 1)"
+
+
+@dataclass
+class Slide:
+    """What the presentation shows for one step."""
+
+    label: str  # markdown: step k of S, t, σ
+    x_t: Image.Image
+    x0: Image.Image
+    heatmap: Image.Image
+    guidance: Image.Image
+    filmstrip: Image.Image
+
+
+def slide(view: ExplainView, step: int, settings: HeatmapSettings) -> Slide:
+    """The presentation's panels at a 0-based `step`: only these, not the whole Explain view."""
+    return Slide(
+        label=view.step_label(step),
+        x_t=view.preview("x_t", step),
+        x0=view.x0(step),
+        heatmap=view.heatmap(step, settings)[0],
+        guidance=view.noise(step)[2],
+        filmstrip=filmstrip(view, step),
+    )
+
+
+def words(view: ExplainView) -> list[tuple[str, int]]:
+    """The prompt's words (no start and end tokens) as (label, index into `view.words`): key n picks the n-th."""
+    return [(label, i) for label, i in view.chips() if not view.words[i].special]
+
+
+def shown_word(view: ExplainView, chosen: int | None) -> int:
+    """The word to show: the Explain tab's if it is a real word, else the prompt's first content word."""
+    real = {i for _, i in words(view)}
+    if chosen in real:
+        return chosen
+    return content_word(view.words)
+
+
+def toggle() -> gr.Checkbox:
+    """The switch into presentation mode, placed where the Explain tab wants it."""
+    return gr.Checkbox(
+        False, label="Presentation", info="One screen for a projector: ← → step, space plays, 1–9 pick a word.",
+        elem_classes="sdplay-present-toggle",
+    )  # fmt: skip
+
+
+def panel(name: str, format: str = "jpeg") -> gr.Image:
+    """A panel: its label above it (Gradio's own floats over the image's corner), the image, its caption."""
+    gr.Markdown(f"**{LABELS[name]}**", elem_classes="sdplay-label")
+    picture = gr.Image(
+        label=LABELS[name], show_label=False, format=format, interactive=False, buttons=[],
+        elem_classes=f"sdplay-panel sdplay-panel-{name}",
+    )  # fmt: skip
+    gr.Markdown(CAPTIONS[name], elem_classes="sdplay-caption")
+    return picture
+
+
+def build(
+    switch: gr.Checkbox,
+    view: gr.State,
+    step: gr.Slider,
+    chips: gr.Radio,
+    colormap: gr.Dropdown,
+    opacity: gr.Slider,
+    normalisation: gr.Radio,
+    shared: str,
+) -> None:
+    """The presentation screen (hidden until `switch` is on) and its wiring to the Explain tab's run (`view`), step,
+    word and heatmap settings. Entering takes the tab's step and word; leaving gives them back."""
+    with gr.Column(elem_classes="sdplay-presentation"):
+        with gr.Row(elem_classes="sdplay-bar", equal_height=True):
+            previous = gr.Button("◀", elem_classes="sdplay-previous", scale=0, min_width=64)
+            at = gr.Slider(
+                1, 2, value=1, step=1, label="Presentation step", show_label=False, elem_classes="sdplay-present-step"
+            )
+            following = gr.Button("▶", elem_classes="sdplay-next", scale=0, min_width=64)
+            play = gr.Button("▶ Play", elem_classes="sdplay-play", scale=0, min_width=130)
+            leave = gr.Button("✕ Leave", elem_classes="sdplay-exit", scale=0, min_width=150)
+        label = gr.Markdown(elem_classes="sdplay-step-label")
+        word = gr.Radio([], label="Word", show_label=False, elem_classes="sdplay-words")
+        with gr.Row(elem_classes="sdplay-panels"):
+            with gr.Column(min_width=0):
+                final = panel("final", "png")
+            with gr.Column(min_width=0):
+                x0 = panel("x0")
+            with gr.Column(min_width=0):
+                x_t = panel("x_t")
+            with gr.Column(min_width=0):
+                heatmap = panel("heatmap")
+            with gr.Column(min_width=0):
+                guidance = panel("guidance")
+        gr.Markdown("**x̂₀ at every step**: coarse first, details last (click a frame)", elem_classes="sdplay-label")
+        strip = gr.Image(
+            label="x̂₀ at every step", show_label=False, format="jpeg", interactive=False, buttons=[],
+            elem_classes="sdplay-filmstrip",
+        )  # fmt: skip
+        gr.Markdown(KEYS, elem_classes="sdplay-keys")
+        timer = gr.Timer(PLAY_SECONDS, active=False)
+
+    quiet = {"show_progress": "hidden", "api_visibility": "private"}
+    drawn = [label, x0, x_t, heatmap, guidance, strip]
+
+    def draw(shown: ExplainView | None, value: int, chosen: int | None, cmap: str, alpha: float, scaling: str):
+        if shown is None:
+            return [gr.skip()] * len(drawn)
+        steps = shown.run.steps
+        settings = HeatmapSettings(
+            shown_word(shown, chosen), cmap if cmap in COLORMAPS else "viridis", alpha, scaling == shared
+        )
+        s = slide(shown, min(max(int(value), 1), steps) - 1, settings)
+        return [s.label, s.x0, s.x_t, s.heatmap, s.guidance, s.filmstrip]
+
+    draw_event = dict(fn=draw, inputs=[view, at, word, colormap, opacity, normalisation], outputs=drawn, **quiet)
+    gr.on([at.change, word.change], **draw_event)
+
+    def enter(on: bool, shown: ExplainView | None, value: int, chosen: int | None, here: int, here_word: int | None):
+        """Entering shows the tab's run at its step and word; leaving gives the tab this screen's step and word
+        (the tab then redraws itself) and stops playing."""
+        stopped = (gr.Timer(active=False), gr.Button("▶ Play"))
+        if shown is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), *stopped
+        steps = shown.run.steps
+        if not on:
+            given = here_word if here_word is not None else gr.skip()
+            return min(int(here), steps), gr.skip(), gr.skip(), gr.skip(), given, *stopped
+        scrubbing = steps > 1  # Gradio refuses a slider from 1 to 1
+        slider = gr.Slider(minimum=1, maximum=max(steps, 2), value=min(int(value), steps), interactive=scrubbing)
+        chips_now = gr.Radio(choices=words(shown), value=shown_word(shown, chosen))
+        return gr.skip(), slider, chips_now, shown.image, gr.skip(), *stopped
+
+    switch.change(None, switch, None, js=SWITCH_JS, queue=False, **quiet)
+    entered = switch.change(
+        enter, [switch, view, step, chips, at, word], [step, at, word, final, chips, timer, play], **quiet
+    )
+    entered.then(**draw_event)
+    leave.click(None, None, switch, js="() => false", **quiet)
+    previous.click(None, at, at, js=PREVIOUS_JS, **quiet)
+    following.click(None, at, at, js=NEXT_JS, **quiet)
+
+    def playing(text: str):
+        on = text.startswith("▶")
+        return gr.Timer(active=on), gr.Button("⏸ Pause" if on else "▶ Play")
+
+    play.click(playing, play, [timer, play], **quiet)
+
+    def advance(shown: ExplainView | None, value: int):
+        return int(value) % shown.run.steps + 1 if shown else gr.skip()
+
+    timer.tick(advance, [view, at], at, **quiet)
+
+    def jump(shown: ExplainView | None, event: gr.SelectData):
+        """A click on the filmstrip shows the step of the frame clicked."""
+        if shown is None or not event.index:
+            return gr.skip()
+        return strip_layout(shown).step_at(event.index[0]) + 1
+
+    strip.select(jump, view, at, **quiet)

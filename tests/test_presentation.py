@@ -1,0 +1,201 @@
+"""The Explain tab's presentation mode: the x̂₀ filmstrip and the slide drawn from a real run, and, in Chromium at a
+projector's sizes, one screen without scrolling that the keys drive, on a replayed run of the bundled model."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import Page, expect
+
+from sdplay.explain.capture import explain
+from sdplay.explain.filmstrip import BACKGROUND, BORDER, MAX_FRAME, MIN_FRAME, filmstrip, strip_layout
+from sdplay.explain.render import CHOSEN_COLOUR, ExplainView, HeatmapSettings
+from sdplay.requests import GenerationRequest
+from sdplay.ui.presentation import shown_word, slide, words
+from tests.test_browser import GENERATE_TIMEOUT_MS, open_tab
+from tests.test_browser_explain import shapes_run
+from tests.test_explain import synthetic_run
+
+ARTIFACTS = Path(__file__).parent / "artifacts"  # git-ignored
+STEPS = 5
+REQUEST = GenerationRequest(prompt="a red cat sitting", negative_prompt="dog", sampler="Euler", steps=STEPS, seed=3)
+# The five panels and the slider that must all be on screen, by the class each has in presentation mode.
+ON_SCREEN = [".sdplay-present-step", ".sdplay-panel-final", ".sdplay-panel-x0", ".sdplay-panel-x_t"]
+ON_SCREEN += [".sdplay-panel-heatmap", ".sdplay-panel-guidance", ".sdplay-filmstrip"]
+
+
+@pytest.fixture(scope="module")
+def view(manager) -> ExplainView:
+    return ExplainView(explain(manager, REQUEST))
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def test_the_filmstrip_shows_every_steps_x0_in_a_row_and_frames_the_shown_step(view: ExplainView) -> None:
+    shown = 2
+    strip = filmstrip(view, shown)
+    layout = strip_layout(view)
+    frame_width, frame_height = layout.frame
+    assert frame_height == MAX_FRAME  # a short run gets the largest frames
+    assert frame_width / frame_height == pytest.approx(view.size[0] / view.size[1], abs=0.02)
+    assert strip.size == (STEPS * (frame_width + 2 * BORDER), frame_height + 2 * BORDER)
+
+    frames = []
+    for step in range(STEPS):
+        left, top, right, bottom = layout.box(step)
+        assert (left, top) == (step * (frame_width + 2 * BORDER) + BORDER, BORDER)
+        frame = pixels(strip.crop((left, top, right, bottom)))
+        expected = pixels(view.x0(step).resize(layout.frame, Image.Resampling.BILINEAR))
+        np.testing.assert_array_equal(frame, expected)
+        frames.append(frame)
+        # The border around the frame: the highlight colour for the shown step only.
+        border = pixels(strip)[top - BORDER, left - BORDER : right + BORDER]
+        colour = CHOSEN_COLOUR if step == shown else BACKGROUND
+        assert (border == colour).all(), step
+    assert not np.array_equal(frames[0], frames[-1])  # the run moves: coarse first, details last
+
+    # A click lands on the step of the cell under it, clamped to the run.
+    cell = frame_width + 2 * BORDER
+    assert [layout.step_at(step * cell + cell / 2) for step in range(STEPS)] == list(range(STEPS))
+    assert (layout.step_at(-5), layout.step_at(STEPS * cell + 40)) == (0, STEPS - 1)
+
+
+def test_the_filmstrip_shows_decoded_steps_and_stays_small_for_long_runs(view: ExplainView) -> None:
+    decoded = Image.new("RGB", (32, 32), (255, 0, 255))
+    view.keep_decoded(1, decoded)
+    try:
+        layout = strip_layout(view)
+        left, top, right, bottom = layout.box(1)
+        assert (pixels(filmstrip(view, 0).crop((left, top, right, bottom))) == (255, 0, 255)).all()
+    finally:
+        view._decoded.clear()  # the module's view is shared
+    long = strip_layout(ExplainView(synthetic_run(steps=150, tokens=4)))
+    assert long.frame[1] == MIN_FRAME and long.size[0] == 150 * (MIN_FRAME + 2 * BORDER)
+
+
+def test_a_slide_draws_what_the_explain_view_draws_for_its_panels(view: ExplainView) -> None:
+    word = words(view)[1][1]  # "red"
+    settings = HeatmapSettings(word=word, colormap="inferno", opacity=0.5)
+    drawn = view.draw(3, settings)
+    shown = slide(view, 3, settings)
+    assert shown.label == drawn.label and shown.label.startswith(f"**Step 4 of {STEPS}**")
+    for name in ("x_t", "x0", "heatmap", "guidance"):
+        np.testing.assert_array_equal(pixels(getattr(shown, name)), pixels(getattr(drawn, name)), err_msg=name)
+    np.testing.assert_array_equal(pixels(shown.filmstrip), pixels(filmstrip(view, 3)))
+
+
+def test_the_words_to_pick_are_the_prompts_words(view: ExplainView) -> None:
+    listed = words(view)
+    assert [label for label, _ in listed][:2] == ["a", "red"]
+    assert all(not view.words[index].special for _, index in listed)
+    assert shown_word(view, listed[1][1]) == listed[1][1]
+    # The start token is no choice here: the prompt's first content word is shown instead.
+    assert view.words[shown_word(view, 0)].text == "sitting"  # the head of "a red cat sitting"
+
+
+# In Chromium ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replay_file(tmp_path_factory) -> Path:
+    """A run of the bundled model saved the evening before: the app serving it has another model loaded."""
+    return shapes_run(tmp_path_factory.mktemp("runs"), steps=8)
+
+
+def present(page: Page, path: Path):
+    """Replay `path` on the Explain tab and switch presentation mode on; returns the presentation's root."""
+    panel = open_tab(page, "Explain")
+    panel.locator("input[type=file]").last.set_input_files(str(path))
+    expect(panel.get_by_text(re.compile(r"^Step 8 of 8$"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
+    panel.get_by_label("Presentation", exact=True).check()
+    stage = page.locator(".sdplay-presentation")
+    expect(stage.get_by_text(re.compile(r"^Step 8 of 8"))).to_be_visible()
+    expect(stage.locator(".sdplay-filmstrip img")).to_be_visible()
+    return stage
+
+
+@pytest.mark.parametrize("width, height", [(1280, 720), (1024, 768)])
+def test_presentation_fits_one_screen(page: Page, page_errors: list[str], replay_file, width, height) -> None:
+    page.set_viewport_size({"width": width, "height": height})
+    stage = present(page, replay_file)
+    for selector in ON_SCREEN:
+        box = page.locator(selector).bounding_box()
+        assert box is not None and box["width"] > 50 and box["height"] > 50, (selector, box)
+        inside = box["x"] >= 0 and box["y"] >= 0
+        inside &= box["x"] + box["width"] <= width and box["y"] + box["height"] <= height
+        assert inside, (selector, box)
+    for image in stage.locator("img").all():
+        expect(image).to_have_js_property("complete", True)
+    scroll, inner = page.evaluate("[document.scrollingElement.scrollHeight, window.innerHeight]")
+    assert scroll <= inner
+    # Large type: every caption, label and the step line at least 20 px.
+    sizes = stage.locator(".prose").evaluate_all("nodes => nodes.map(n => parseFloat(getComputedStyle(n).fontSize))")
+    assert sizes and min(sizes) >= 20, sizes
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"presentation-{width}x{height}.png")
+    assert page_errors == []
+
+
+def test_presentation_keys_filmstrip_and_leaving(page: Page, page_errors: list[str], replay_file) -> None:
+    page.set_viewport_size({"width": 1024, "height": 768})
+    stage = present(page, replay_file)
+    words = stage.locator(".sdplay-words")
+    expect(words.get_by_label("circle", exact=True)).to_be_checked()  # "a large red circle on the left"
+    heatmap = stage.locator(".sdplay-panel-heatmap img")
+    before = heatmap.get_attribute("src")
+
+    page.keyboard.press("ArrowLeft")
+    expect(stage.get_by_text(re.compile(r"^Step 7 of 8"))).to_be_visible()
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowRight")
+    expect(stage.get_by_text(re.compile(r"^Step 7 of 8"))).to_be_visible()
+    page.keyboard.press("2")
+    expect(words.get_by_label("large", exact=True)).to_be_checked()
+    expect(heatmap).not_to_have_attribute("src", before)
+
+    # Typing in a box is typing: the slider's number box keeps the arrow keys.
+    number = stage.get_by_label("number input for Presentation step")
+    number.focus()
+    number.press("ArrowRight")
+    number.press("3")
+    number.blur()
+    expect(stage.get_by_text(re.compile(r"^Step 7 of 8"))).to_be_visible()
+    expect(words.get_by_label("large", exact=True)).to_be_checked()
+
+    # A click on the filmstrip's first frame shows step 1.
+    strip = stage.locator(".sdplay-filmstrip img")
+    box = strip.bounding_box()
+    natural = strip.evaluate("img => img.naturalWidth")
+    shown = min(box["width"], natural * box["height"] / strip.evaluate("img => img.naturalHeight"))
+    strip.click(position={"x": (box["width"] - shown) / 2 + shown / 16, "y": box["height"] / 2})
+    expect(stage.get_by_text(re.compile(r"^Step 1 of 8"))).to_be_visible()
+
+    # Space plays and pauses.
+    page.keyboard.press(" ")
+    expect(stage.get_by_role("button", name="⏸ Pause")).to_be_visible()
+    expect(stage.get_by_text(re.compile(r"^Step [2-8] of 8"))).to_be_visible()
+    page.keyboard.press(" ")
+    expect(stage.get_by_role("button", name="▶ Play")).to_be_visible()
+
+    label = stage.locator(".prose.sdplay-step-label")
+    page.wait_for_timeout(1000)  # a tick sent before the pause may still land
+    paused = label.inner_text()
+    page.wait_for_timeout(2000)  # more than two ticks of Play
+    assert label.inner_text() == paused
+
+    # Esc leaves: the Explain tab is back, at the presentation's step and word.
+    at = min(int(re.search(r"Step (\d) of 8", paused).group(1)) + 1, 8)  # → stops at the last step
+    page.keyboard.press("ArrowRight")
+    expect(label).to_have_text(re.compile(rf"^\s*Step {at} of 8"))
+    page.keyboard.press("Escape")
+    expect(stage).to_be_hidden()
+    panel = page.get_by_role("tabpanel").filter(visible=True)
+    expect(panel.get_by_text(re.compile(rf"^Step {at} of 8")).filter(visible=True)).to_be_visible()
+    expect(panel.locator(".chips").get_by_label("large", exact=True)).to_be_checked()
+    expect(panel.get_by_label("Presentation", exact=True)).not_to_be_checked()
+    assert page.evaluate("document.scrollingElement.scrollHeight") > 768  # the long page is back
+    assert page_errors == []
