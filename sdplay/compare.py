@@ -241,21 +241,31 @@ def paired_step(step: int, steps_a: int, steps_b: int) -> int:
     return round(step * (steps_b - 1) / max(steps_a - 1, 1))
 
 
-def x0_difference(a: ExplainRun, b: ExplainRun) -> np.ndarray:
-    """[A's steps]: mean |x̂₀_A − x̂₀_B| of the predicted clean latents at each step (B's step at the same point of
-    its run): how early the two trajectories split. Zero for identical runs."""
-    if a.x0.shape[1:] != b.x0.shape[1:]:
+def latent_difference(a: ExplainRun, b: ExplainRun, name: str = "x0") -> np.ndarray:
+    """[A's steps]: the mean |A − B| of a per-step latent tensor of the runs ("x0": the predicted clean latents x̂₀;
+    "latents": x_t, the trajectory itself), B's step taken at the same point of its run. Zero for identical runs."""
+    ours, theirs = getattr(a, name), getattr(b, name)
+    if ours.shape[1:] != theirs.shape[1:]:
         raise UserError("A and B have latents of different sizes: compare runs of one size and model.")
     pairs = [paired_step(s, a.steps, b.steps) for s in range(a.steps)]
-    return (a.x0.float() - b.x0[pairs].float()).abs().mean((1, 2, 3)).numpy()
+    return (ours.float() - theirs[pairs].float()).abs().mean((1, 2, 3)).numpy()
+
+
+def x0_difference(a: ExplainRun, b: ExplainRun) -> np.ndarray:
+    """[A's steps]: mean |x̂₀_A − x̂₀_B| at each step: how early the two runs' predictions of the image part."""
+    return latent_difference(a, b, "x0")
 
 
 def split_step(differences: np.ndarray) -> int | None:
-    """The first step (1-based) where x̂₀ differs by half its final difference: where A and B part. None if equal."""
-    final = float(differences[-1]) if len(differences) else 0.0
-    if final <= 0:
+    """The first step (1-based) where x̂₀ differs by at least half as much as it ever does in the run: where A and B
+    part. None if they never differ.
+
+    Not half the final difference: on the bundled model's contrast pairs x̂₀ is apart from the first step and the
+    difference then shrinks (CFG 1 vs 4) or wanders, so "half the final" named step 1 for every pair."""
+    largest = float(differences.max()) if len(differences) else 0.0
+    if largest <= 0:
         return None
-    return int(np.argmax(differences >= final / 2)) + 1
+    return int(np.argmax(differences >= largest / 2)) + 1
 
 
 def word_attention(run: ExplainRun) -> tuple[list[Word], np.ndarray]:
@@ -360,6 +370,11 @@ class Comparison:
         return x0_difference(self.a, self.b)
 
     @cached_property
+    def trajectory(self) -> np.ndarray:
+        """The mean |x_t,A − x_t,B| entering each step: 0 at step 1 with one seed, then growing as the paths part."""
+        return latent_difference(self.a, self.b, "latents")
+
+    @cached_property
     def shifts(self) -> list[WordShift]:
         return attention_shift(self.a, self.b)
 
@@ -413,6 +428,7 @@ class Comparison:
             "pixel_difference": pixel_difference(self.a.image, self.b.image),
             "difference_gain": self.gain,
             "x0_difference": [round(float(d), 6) for d in self.differences],
+            "x_t_difference": [round(float(d), 6) for d in self.trajectory],
             "split_step": split,
             "words": [
                 {"word": s.word, "word_b": s.word_b, "attention_a": s.mass_a, "attention_b": s.mass_b, "shift": s.shift}
@@ -431,6 +447,8 @@ class Comparison:
         if split is None:
             return text + "x̂₀ is the same at every step: the two runs never part."
         return text + (
-            f"x̂₀ differs by {self.differences[0]:.3f} at step 1 and {self.differences[-1]:.3f} at the end "
-            f"(latent units); the trajectories part at **step {split} of {self.a.steps}** (half the final difference)."
+            f"x̂₀ differs by {self.differences[0]:.3f} at step 1, {self.differences.max():.3f} at most and "
+            f"{self.differences[-1]:.3f} at the end (latent units): the predictions part at **step {split} of "
+            f"{self.a.steps}** (half their largest difference). The noisy latents x_t, the same at step 1 when the "
+            f"seed is, end {self.trajectory[-1]:.3f} apart."
         )

@@ -37,7 +37,7 @@ def test_compare_a_preset_pair_and_ablate_a_word(page: Page, page_errors: list[s
 
     # Both images in the slider, labelled by what differs, and the difference image.
     summary = panel.locator(".prose.compare-summary")
-    expect(summary).to_contain_text("the trajectories part at", timeout=GENERATE_TIMEOUT_MS)
+    expect(summary).to_contain_text("the predictions part at", timeout=GENERATE_TIMEOUT_MS)
     expect(panel.locator(".ab-slider img")).to_have_count(2)
     expect(panel.get_by_text("A: red | B: blue")).to_be_visible()
     image_src(panel, ".ab-difference")

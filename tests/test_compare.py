@@ -96,6 +96,7 @@ def test_identical_runs_measure_zero_everywhere(manager, run_a):
     assert (difference == COLORMAPS["inferno"][0]).all()  # the colour of zero everywhere
     assert x0_difference(run_a, again).tolist() == [0.0] * run_a.steps
     assert split_step(x0_difference(run_a, again)) is None
+    assert Comparison(run_a, again).summary()["x_t_difference"] == [0.0] * run_a.steps
     shifts = attention_shift(run_a, again)
     assert [s.word for s in shifts] == ["a", "red", "cat", "on", "a", "dog"]
     assert all(s.shift == 0 for s in shifts)
@@ -123,8 +124,11 @@ def test_a_different_prompt_splits_the_trajectories(manager, run_a):
     differences = x0_difference(run_a, b)
     assert (differences > 0).all()
     assert 1 <= split_step(differences) <= run_a.steps
+    assert split_step(np.array([0.0, 1.0, 4.0, 2.0])) == 3  # the first step at half the largest difference
     compared = Comparison(run_a, b)
     summary = compared.summary()
+    trajectory = summary["x_t_difference"]
+    assert trajectory[0] == 0 and trajectory[-1] > 0  # one seed: the paths start together, then part
     assert summary["pixel_difference"]["mean"] > 0
     assert summary["a"]["seed"] == summary["b"]["seed"] == 7
     assert [(w["word"], w["word_b"]) for w in summary["words"]][1:3] == [("red", "dog"), ("cat", "cat")]

@@ -132,7 +132,12 @@ def step_slider(steps: int) -> gr.Slider:
 
 
 def difference_plot(pair: Comparison) -> pd.DataFrame:
-    return pd.DataFrame({"step": range(1, pair.a.steps + 1), "x̂₀ difference": pair.differences})
+    steps = list(range(1, pair.a.steps + 1))
+    series = {"x̂₀ (the prediction)": pair.differences, "x_t (the path)": pair.trajectory}
+    rows = [
+        (step, name, float(value)) for name, values in series.items() for step, value in zip(steps, values, strict=True)
+    ]
+    return pd.DataFrame(rows, columns=["step", "series", "mean |A − B|"])
 
 
 def shift_table(pair: Comparison) -> pd.DataFrame:
@@ -188,7 +193,7 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
                     label="Where the word looks · B", format="jpeg", interactive=False, height=PANEL_HEIGHT
                 )
             split = gr.LinePlot(
-                x="step", y="x̂₀ difference", title="How far apart A and B are, step by step (latent x̂₀)",
+                x="step", y="mean |A − B|", color="series", title="How far apart A and B are, step by step (latents)",
                 height=240,
             )  # fmt: skip
             summary = gr.JSON(label="Comparison (JSON)", open=False)
