@@ -2,6 +2,7 @@
 identical runs measure zero, different prompts do not, and weight 1 is the original to the bit."""
 
 import re
+import time
 
 import numpy as np
 import pytest
@@ -228,3 +229,15 @@ def test_api_bad_input_is_a_clear_error_and_the_server_keeps_serving(client):
             client.predict(*API_A, *extra, api_name=endpoint)
         assert "/" not in str(raised.value).replace("->", "")  # no server path
     assert client.predict(*API_A, "Seed", "12", api_name="/compare")[2]["b"]["seed"] == 12
+
+
+def test_cancel_stops_a_comparison_and_frees_the_model(client):
+    long = ("a red cat", "", "Euler", 150, 4, 1, 768, 768, "Automatic", "CFG scale", "8")
+    job = client.submit(*long, api_name="/compare")
+    deadline = time.monotonic() + 60
+    while job.status().code.name not in ("PROGRESS", "ITERATING") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.cancel()
+    started = time.monotonic()
+    assert client.predict(*API_A, "Seed", "3", api_name="/compare")[2]["b"]["seed"] == 3
+    assert time.monotonic() - started < 45  # not after two runs of 150 steps at 768²
