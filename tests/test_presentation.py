@@ -10,7 +10,7 @@ from PIL import Image
 from playwright.sync_api import Page, expect
 
 from sdplay.explain.capture import explain
-from sdplay.explain.filmstrip import BACKGROUND, BORDER, MAX_FRAME, MIN_FRAME, filmstrip, strip_layout
+from sdplay.explain.filmstrip import BACKGROUND, BORDER, MAX_FRAME, MIN_FRAME, Filmstrip, filmstrip, strip_layout
 from sdplay.explain.render import CHOSEN_COLOUR, ExplainView, HeatmapSettings
 from sdplay.requests import GenerationRequest
 from sdplay.ui.presentation import shown_word, slide, words
@@ -65,12 +65,14 @@ def test_the_filmstrip_shows_every_steps_x0_in_a_row_and_frames_the_shown_step(v
 
 
 def test_the_filmstrip_shows_decoded_steps_and_stays_small_for_long_runs(view: ExplainView) -> None:
-    decoded = Image.new("RGB", (32, 32), (255, 0, 255))
-    view.keep_decoded(1, decoded)
+    kept = Filmstrip(view)  # as a page keeps it while scrubbing
+    box = kept.layout.box(1)
+    before = pixels(kept.draw(0).crop(box))
+    view.keep_decoded(1, Image.new("RGB", (32, 32), (255, 0, 255)))
     try:
-        layout = strip_layout(view)
-        left, top, right, bottom = layout.box(1)
-        assert (pixels(filmstrip(view, 0).crop((left, top, right, bottom))) == (255, 0, 255)).all()
+        assert (pixels(kept.draw(0).crop(box)) == (255, 0, 255)).all()  # the kept frames follow the decoding
+        assert (pixels(filmstrip(view, 0).crop(box)) == (255, 0, 255)).all()
+        assert not (before == (255, 0, 255)).all()
     finally:
         view._decoded.clear()  # the module's view is shared
     long = strip_layout(ExplainView(synthetic_run(steps=150, tokens=4)))
@@ -86,6 +88,11 @@ def test_a_slide_draws_what_the_explain_view_draws_for_its_panels(view: ExplainV
     for name in ("x_t", "x0", "heatmap", "guidance"):
         np.testing.assert_array_equal(pixels(getattr(shown, name)), pixels(getattr(drawn, name)), err_msg=name)
     np.testing.assert_array_equal(pixels(shown.filmstrip), pixels(filmstrip(view, 3)))
+    kept = Filmstrip(view)
+    for step in (3, 0):  # a kept strip's frames serve every step
+        np.testing.assert_array_equal(
+            pixels(slide(view, step, settings, kept).filmstrip), pixels(filmstrip(view, step))
+        )
 
 
 def test_the_words_to_pick_are_the_prompts_words(view: ExplainView) -> None:

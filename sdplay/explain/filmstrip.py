@@ -50,15 +50,38 @@ def strip_layout(view: ExplainView) -> StripLayout:
     return StripLayout(steps, (max(1, round(frame_height * width / height)), frame_height))
 
 
+class Filmstrip:
+    """The filmstrip of one view, its frames drawn once (again only when more steps are decoded): a step change
+    then only moves the outline, which keeps scrubbing fast on long runs."""
+
+    def __init__(self, view: ExplainView) -> None:
+        self.view = view
+        self.layout = strip_layout(view)
+        self._frames: Image.Image | None = None
+        self._decoded: frozenset[int] = frozenset()
+
+    def frames(self) -> Image.Image:
+        """Every step's x̂₀ (as `view.x0` shows it: VAE-decoded where it was, else the preview) side by side."""
+        if self._frames is None or self.view.decoded_steps != self._decoded:
+            self._decoded = self.view.decoded_steps
+            strip = Image.new("RGB", self.layout.size, BACKGROUND)
+            for s in range(self.layout.steps):
+                strip.paste(
+                    self.view.x0(s).resize(self.layout.frame, Image.Resampling.BILINEAR), self.layout.box(s)[:2]
+                )
+            self._frames = strip
+        return self._frames
+
+    def draw(self, step: int) -> Image.Image:
+        """The strip with the 0-based `step` framed in the highlight colour."""
+        strip = self.frames().copy()
+        left, top, right, bottom = self.layout.box(step)
+        ImageDraw.Draw(strip).rectangle(
+            [left - BORDER, top - BORDER, right + BORDER - 1, bottom + BORDER - 1], outline=CHOSEN_COLOUR, width=BORDER
+        )
+        return strip
+
+
 def filmstrip(view: ExplainView, step: int) -> Image.Image:
-    """Every step's x̂₀ (as `view.x0` shows it: VAE-decoded where it was, else the preview) side by side, the
-    0-based `step` framed in the highlight colour."""
-    layout = strip_layout(view)
-    strip = Image.new("RGB", layout.size, BACKGROUND)
-    for s in range(layout.steps):
-        strip.paste(view.x0(s).resize(layout.frame, Image.Resampling.BILINEAR), layout.box(s)[:2])
-    left, top, right, bottom = layout.box(step)
-    ImageDraw.Draw(strip).rectangle(
-        [left - BORDER, top - BORDER, right + BORDER - 1, bottom + BORDER - 1], outline=CHOSEN_COLOUR, width=BORDER
-    )
-    return strip
+    """The filmstrip of `view` at the 0-based `step`, drawn from scratch (a `Filmstrip` keeps its frames)."""
+    return Filmstrip(view).draw(step)

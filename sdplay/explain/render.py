@@ -291,6 +291,11 @@ class ExplainView:
         """Show `image`, x̂₀ of `step` decoded by the VAE (sdplay/explain/decoding.py), from now on."""
         self._decoded[step] = image.convert("RGB").resize(self.size, Image.Resampling.LANCZOS)
 
+    @property
+    def decoded_steps(self) -> frozenset[int]:
+        """The steps whose x̂₀ `x0` shows decoded: what a picture made of x̂₀s must redraw when it grows."""
+        return frozenset(self._decoded)
+
     def noise(self, step: int) -> tuple[Image.Image, Image.Image, Image.Image, str]:
         """ε_uncond, ε_cond and the guidance term through the colour map without its offset (grey = 0).
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import gradio as gr
 from PIL import Image
 
-from sdplay.explain.filmstrip import filmstrip, strip_layout
+from sdplay.explain.filmstrip import Filmstrip, strip_layout
 from sdplay.explain.render import COLORMAPS, ExplainView, HeatmapSettings, content_word
 
 PLAY_SECONDS = 0.8  # as the Explain tab's own Play
@@ -93,15 +93,16 @@ class Slide:
     filmstrip: Image.Image
 
 
-def slide(view: ExplainView, step: int, settings: HeatmapSettings) -> Slide:
-    """The presentation's panels at a 0-based `step`: only these, not the whole Explain view."""
+def slide(view: ExplainView, step: int, settings: HeatmapSettings, strip: Filmstrip | None = None) -> Slide:
+    """The presentation's panels at a 0-based `step`: only these, not the whole Explain view. Pass the view's
+    `strip` to reuse its frames."""
     return Slide(
         label=view.step_label(step),
         x_t=view.preview("x_t", step),
         x0=view.x0(step),
         heatmap=view.heatmap(step, settings)[0],
         guidance=view.noise(step)[2],
-        filmstrip=filmstrip(view, step),
+        filmstrip=(strip or Filmstrip(view)).draw(step),
     )
 
 
@@ -178,21 +179,32 @@ def build(
         )  # fmt: skip
         gr.Markdown(KEYS, elem_classes="sdplay-keys")
         timer = gr.Timer(PLAY_SECONDS, active=False)
+        strips = gr.State(None)  # the shown run's Filmstrip, which keeps its frames
 
     quiet = {"show_progress": "hidden", "api_visibility": "private"}
-    drawn = [label, x0, x_t, heatmap, guidance, strip]
+    drawn = [label, x0, x_t, heatmap, guidance, strip, strips]
 
-    def draw(shown: ExplainView | None, value: int, chosen: int | None, cmap: str, alpha: float, scaling: str):
+    def draw(
+        shown: ExplainView | None,
+        value: int,
+        chosen: int | None,
+        cmap: str,
+        alpha: float,
+        scaling: str,
+        kept: Filmstrip | None,
+    ):
         if shown is None:
             return [gr.skip()] * len(drawn)
+        kept = kept if kept is not None and kept.view is shown else Filmstrip(shown)
         steps = shown.run.steps
         settings = HeatmapSettings(
             shown_word(shown, chosen), cmap if cmap in COLORMAPS else "viridis", alpha, scaling == shared
         )
-        s = slide(shown, min(max(int(value), 1), steps) - 1, settings)
-        return [s.label, s.x0, s.x_t, s.heatmap, s.guidance, s.filmstrip]
+        s = slide(shown, min(max(int(value), 1), steps) - 1, settings, kept)
+        return [s.label, s.x0, s.x_t, s.heatmap, s.guidance, s.filmstrip, kept]
 
-    draw_event = dict(fn=draw, inputs=[view, at, word, colormap, opacity, normalisation], outputs=drawn, **quiet)
+    inputs = [view, at, word, colormap, opacity, normalisation, strips]
+    draw_event = dict(fn=draw, inputs=inputs, outputs=drawn, **quiet)
     gr.on([at.change, word.change], **draw_event)
 
     def enter(on: bool, shown: ExplainView | None, value: int, chosen: int | None, here: int, here_word: int | None):

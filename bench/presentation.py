@@ -1,0 +1,165 @@
+"""Explain's presentation mode: how fast a step change redraws (issue 12 bar: ≤ 150 ms on the bundled model).
+
+Run `python bench/presentation.py` (CPU, the bundled model in assets/shapes). It measures the server's part (drawing the
+slide, `sdplay.ui.presentation.slide`, and encoding its images as the page gets them) and, in Chromium, the whole
+path: from pressing → in presentation mode to the new x̂₀ shown, on `python app.py` serving a replayed run.
+`--no-browser` skips the second part; `--no-write` prints without writing bench/RESULTS.md (for trials).
+"""
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import results  # noqa: E402
+from startup import free_port, wait_for_page  # noqa: E402
+
+from sdplay.explain.capture import ExplainRun, explain  # noqa: E402
+from sdplay.explain.export import save_run  # noqa: E402
+from sdplay.explain.filmstrip import Filmstrip  # noqa: E402
+from sdplay.explain.render import ExplainView, HeatmapSettings, content_word  # noqa: E402
+from sdplay.models import ModelManager  # noqa: E402
+from sdplay.requests import GenerationRequest  # noqa: E402
+from sdplay.ui.presentation import slide  # noqa: E402
+
+# Configuration
+SHAPES = results.ROOT / "assets" / "shapes"
+PROMPT = "a large red circle on the left on a gray background"
+STEPS = 20  # the bundled model's recommended steps (its sampler and CFG are the model's too)
+SEED = 1234
+PASSES = 3  # server: redraws of every step, in order, as ◀ ▶ or Play do
+PRESSES = 30  # browser: step changes timed
+BAR_MS = 150.0
+FORMAT = "jpeg"  # how the presentation sends its step images
+VIEWPORT = {"width": 1024, "height": 768}
+CHROMIUM = "/usr/bin/chromium"
+
+
+def record() -> ExplainRun:
+    manager = ModelManager("cpu", "float32")
+    manager.load(str(SHAPES))
+    settings = manager.model.settings
+    request = GenerationRequest(
+        prompt=PROMPT, sampler=settings.sampler, steps=STEPS, guidance_scale=settings.guidance_scale, seed=SEED
+    )
+    return explain(manager, request)
+
+
+def server_times(run: ExplainRun, passes: int) -> dict[str, list[float]]:
+    """Milliseconds per step change: drawing the slide, and encoding its images."""
+    view = ExplainView(run)
+    strip = Filmstrip(view)  # as the page's session keeps it
+    settings = HeatmapSettings(word=content_word(view.words))
+    times: dict[str, list[float]] = {"draw": [], "encode": []}
+    for _ in range(passes):
+        for step in range(run.steps):
+            start = time.perf_counter()
+            shown = slide(view, step, settings, strip)
+            times["draw"].append((time.perf_counter() - start) * 1e3)
+            start = time.perf_counter()
+            for image in (shown.x0, shown.x_t, shown.heatmap, shown.guidance, shown.filmstrip):
+                image.save(BytesIO(), format=FORMAT)
+            times["encode"].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def browser_times(path: Path, steps: int, presses: int) -> list[float]:
+    """Milliseconds from pressing ← or → in presentation mode to the new x̂₀ loaded in the page."""
+    from playwright.sync_api import expect, sync_playwright
+
+    port = free_port()
+    command = [sys.executable, "app.py", "--model", str(SHAPES), "--port", str(port), "--offline"]
+    app = subprocess.Popen(command, cwd=results.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    times = []
+    try:
+        wait_for_page(f"http://127.0.0.1:{port}/", app, 300)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport=VIEWPORT)
+            page.goto(f"http://127.0.0.1:{port}/", timeout=120_000)
+            page.get_by_role("tab", name="Explain", exact=True).click()
+            panel = page.get_by_role("tabpanel").filter(visible=True)
+            panel.locator("input[type=file]").last.set_input_files(str(path))
+            expect(panel.get_by_text(f"Step {steps} of {steps}", exact=True)).to_be_visible(timeout=120_000)
+            panel.get_by_label("Presentation", exact=True).check()
+            x0 = page.locator(".sdplay-panel-x0 img")
+            expect(x0).to_be_visible(timeout=60_000)
+            page.wait_for_timeout(1000)  # let the first draws settle
+            for press in range(presses):
+                before = x0.get_attribute("src")
+                key = "ArrowLeft" if (press // (steps - 1)) % 2 == 0 else "ArrowRight"  # back and forth
+                start = time.perf_counter()
+                page.keyboard.press(key)
+                page.wait_for_function(
+                    "before => { const img = document.querySelector('.sdplay-panel-x0 img');"
+                    " return img && img.src !== before && img.complete && img.naturalWidth > 0; }",
+                    arg=before,
+                    polling="raf",
+                    timeout=30_000,
+                )
+                times.append((time.perf_counter() - start) * 1e3)
+            browser.close()
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+    return times
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} ({max(values):.1f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--passes", type=int, default=PASSES, help="server: passes over every step")
+    parser.add_argument("--presses", type=int, default=PRESSES, help="browser: step changes timed")
+    parser.add_argument("--no-browser", action="store_true", help="measure the server's part only")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not write bench/RESULTS.md")
+    args = parser.parse_args()
+
+    load_before = results.cpu_load()
+    run = record()
+    server = server_times(run, args.passes)
+    total = [d + e for d, e in zip(server["draw"], server["encode"], strict=True)]
+    median = statistics.median(total)
+    verdict = "met" if median <= BAR_MS else "MISSED"
+    rows = [
+        "| part | ms, median (max) |",
+        "|---|---|",
+        f"| server: draw the slide (x̂₀, x_t, heatmap, guidance, filmstrip) | {summary(server['draw'])} |",
+        f"| server: encode its 5 images ({FORMAT}) | {summary(server['encode'])} |",
+        f"| server: draw + encode | **{summary(total)}** ≤ {BAR_MS:.0f}: {verdict} |",
+    ]
+    if not args.no_browser:
+        with tempfile.TemporaryDirectory() as scratch:
+            path = save_run(run, Path(scratch) / "presentation.safetensors")
+            pressed = browser_times(path, run.steps, args.presses)
+        verdict = "met" if statistics.median(pressed) <= BAR_MS else "MISSED"
+        rows.append(f"| Chromium: key press → new x̂₀ loaded | **{summary(pressed)}** ≤ {BAR_MS:.0f}: {verdict} |")
+    load_after = results.cpu_load()
+    body = "\n".join(
+        [
+            *rows,
+            "",
+            f"Bundled model, {run.steps} steps ({run.recipe['sampler']}, CFG {run.recipe['guidance_scale']}), "
+            f"{run.image.shape[1]}×{run.image.shape[0]}, seed {SEED}, prompt “{PROMPT}”. Server: {args.passes} passes "
+            f"over every step. Chromium ({VIEWPORT['width']}×{VIEWPORT['height']}): `python app.py` on the bundled "
+            f"model replays the run, presentation mode on, {args.presses} presses of ← / →, each timed until the "
+            "x̂₀ image with the new step has loaded (one round trip: the page steps the slider, its change draws).",
+            "",
+            f"- CPU load before: {load_before}",
+            f"- CPU load after: {load_after}",
+        ]
+    )
+    print(body)
+    if not args.no_write:
+        results.write_section("Explain: presentation mode", body)
+
+
+if __name__ == "__main__":
+    main()
