@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from sdplay.explain.capture import explain
 from sdplay.explain.filmstrip import BACKGROUND, BORDER, MAX_FRAME, MIN_FRAME, Filmstrip, filmstrip, strip_layout
@@ -125,6 +125,30 @@ def present(page: Page, path: Path):
     return stage
 
 
+def click_frame(strip: Locator, step: int, of: int) -> None:
+    """Click the middle of a 1-based step's frame in a filmstrip image shown scaled to fit its box (centred)."""
+    box = strip.bounding_box()
+    width, height = strip.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    scale = min(box["width"] / width, box["height"] / height)
+    left = (box["width"] - width * scale) / 2
+    strip.click(position={"x": left + (step - 0.5) * width * scale / of, "y": box["height"] / 2})
+
+
+def test_the_filmstrip_on_the_page_follows_the_step(page: Page, page_errors: list[str], replay_file) -> None:
+    panel = open_tab(page, "Explain")
+    panel.locator("input[type=file]").last.set_input_files(str(replay_file))
+    label = panel.get_by_text(re.compile(r"^Step \d of 8$")).filter(visible=True)
+    expect(label).to_have_text("Step 8 of 8", timeout=GENERATE_TIMEOUT_MS)
+    strip = panel.locator(".sdplay-filmstrip-page img")
+    strip.scroll_into_view_if_needed()  # the page's images load lazily
+    expect(strip).to_have_js_property("naturalWidth", 8 * (MAX_FRAME + 2 * BORDER))
+    first = strip.get_attribute("src")
+    click_frame(strip, 3, of=8)
+    expect(label).to_have_text("Step 3 of 8")
+    expect(strip).not_to_have_attribute("src", first)  # the outline moved
+    assert page_errors == []
+
+
 @pytest.mark.parametrize("width, height", [(1280, 720), (1024, 768)])
 def test_presentation_fits_one_screen(page: Page, page_errors: list[str], replay_file, width, height) -> None:
     page.set_viewport_size({"width": width, "height": height})
@@ -174,11 +198,7 @@ def test_presentation_keys_filmstrip_and_leaving(page: Page, page_errors: list[s
     expect(words.get_by_label("large", exact=True)).to_be_checked()
 
     # A click on the filmstrip's first frame shows step 1.
-    strip = stage.locator(".sdplay-filmstrip img")
-    box = strip.bounding_box()
-    natural = strip.evaluate("img => img.naturalWidth")
-    shown = min(box["width"], natural * box["height"] / strip.evaluate("img => img.naturalHeight"))
-    strip.click(position={"x": (box["width"] - shown) / 2 + shown / 16, "y": box["height"] / 2})
+    click_frame(stage.locator(".sdplay-filmstrip img"), 1, of=8)
     expect(stage.get_by_text(re.compile(r"^Step 1 of 8"))).to_be_visible()
 
     # Space plays and pauses.

@@ -170,6 +170,7 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
             guidance = image("Guidance term", PANEL_FORMATS["guidance"])
             caption("guidance")
     eps_note = gr.Markdown()
+    presentation.filmstrip_panel(view, step, final)
     with gr.Row():
         with gr.Column(scale=2):
             channels = gr.Image(label="Latent channels", format=PANEL_FORMATS["channels"], interactive=False)

@@ -138,6 +138,36 @@ def panel(name: str, format: str = "jpeg") -> gr.Image:
     return picture
 
 
+def filmstrip_panel(view: gr.State, step: gr.Slider, final: gr.Image) -> gr.Image:
+    """The x̂₀ filmstrip for the Explain tab's own page, following its step slider (and each new run, whose final
+    image changes); a click on a frame moves the slider there. Its box is lower than the strip (104 px): Gradio
+    maps a click to the image's pixels right only for an image shown at most at its own size."""
+    gr.Markdown("**x̂₀ at every step**: coarse first, details last (click a frame to go to its step)")
+    strip = gr.Image(
+        label="x̂₀ at every step", show_label=False, format="jpeg", interactive=False, buttons=[], height=90,
+        elem_classes="sdplay-filmstrip-page",
+    )  # fmt: skip
+    strips = gr.State(None)
+    quiet = {"show_progress": "hidden", "api_visibility": "private"}
+
+    def draw(shown: ExplainView | None, value: int, kept: Filmstrip | None):
+        if shown is None:
+            return gr.skip(), gr.skip()
+        kept = kept if kept is not None and kept.view is shown else Filmstrip(shown)
+        return kept.draw(min(max(int(value), 1), shown.run.steps) - 1), kept
+
+    gr.on([step.change, final.change], draw, [view, step, strips], [strip, strips], **quiet)
+    strip.select(jump, view, step, **quiet)
+    return strip
+
+
+def jump(shown: ExplainView | None, event: gr.SelectData):
+    """A click on a filmstrip: the 1-based step of the frame clicked."""
+    if shown is None or not event.index:
+        return gr.skip()
+    return strip_layout(shown).step_at(event.index[0]) + 1
+
+
 def build(
     switch: gr.Checkbox,
     view: gr.State,
@@ -241,11 +271,5 @@ def build(
         return int(value) % shown.run.steps + 1 if shown else gr.skip()
 
     timer.tick(advance, [view, at], at, **quiet)
-
-    def jump(shown: ExplainView | None, event: gr.SelectData):
-        """A click on the filmstrip shows the step of the frame clicked."""
-        if shown is None or not event.index:
-            return gr.skip()
-        return strip_layout(shown).step_at(event.index[0]) + 1
 
     strip.select(jump, view, at, **quiet)
