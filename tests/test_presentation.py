@@ -226,3 +226,27 @@ def test_presentation_keys_filmstrip_and_leaving(page: Page, page_errors: list[s
     expect(panel.get_by_label("Presentation", exact=True)).not_to_be_checked()
     assert page.evaluate("document.scrollingElement.scrollHeight") > 768  # the long page is back
     assert page_errors == []
+
+
+def test_presenting_without_a_run_and_a_one_step_run(page: Page, page_errors: list[str], tmp_path) -> None:
+    """Before any run the screen says what to do; a one-step run (SD-Turbo's use) shows with nothing to scrub."""
+    panel = open_tab(page, "Explain")
+    toggle = panel.get_by_label("Presentation", exact=True)
+    toggle.check()
+    stage = page.locator(".sdplay-presentation")
+    expect(stage.get_by_text("Press Explain to record a run, or replay a saved one")).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(stage).to_be_hidden()
+
+    panel.locator("input[type=file]").last.set_input_files(str(shapes_run(tmp_path, steps=1)))
+    expect(panel.get_by_text(re.compile(r"1 steps · CFG [\d.]+ · seed 1 ·"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
+    toggle.check()
+    expect(stage.get_by_text(re.compile(r"^Step 1 of 1"))).to_be_visible()
+    for name in ("◀", "▶", "▶ Play"):
+        expect(stage.get_by_role("button", name=name, exact=True)).to_be_disabled()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press(" ")
+    page.wait_for_timeout(1000)
+    expect(stage.get_by_text(re.compile(r"^Step 1 of 1"))).to_be_visible()
+    expect(stage.locator(".sdplay-filmstrip img")).to_have_js_property("naturalWidth", MAX_FRAME + 2 * BORDER)
+    assert page_errors == []

@@ -29,6 +29,7 @@ LABELS = {
     "heatmap": "Word heatmap",
     "guidance": "Guidance term",
 }
+NO_RUN = "Press **Explain** to record a run, or replay a saved one, then present it."
 KEYS = "Keys: ← → step · space play/pause · 1–9 pick a word · Esc leave"
 
 # Runs in the page when the toggle changes: shows the presentation alone (everything around it is hidden, not just
@@ -224,7 +225,7 @@ def build(
         kept: Filmstrip | None,
     ):
         if shown is None:
-            return [gr.skip()] * len(drawn)
+            return [NO_RUN] + [gr.skip()] * (len(drawn) - 1)
         kept = kept if kept is not None and kept.view is shown else Filmstrip(shown)
         steps = shown.run.steps
         settings = HeatmapSettings(
@@ -240,21 +241,27 @@ def build(
     def enter(on: bool, shown: ExplainView | None, value: int, chosen: int | None, here: int, here_word: int | None):
         """Entering shows the tab's run at its step and word; leaving gives the tab this screen's step and word
         (the tab then redraws itself) and stops playing."""
-        stopped = (gr.Timer(active=False), gr.Button("▶ Play"))
+        # Stop playing; ◀ ▶ and Play as they were, but for a one-step run (SD-Turbo): nothing to scrub.
+        stopped = [gr.Timer(active=False), gr.skip(), gr.skip(), gr.Button("▶ Play")]
         if shown is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), *stopped
         steps = shown.run.steps
         if not on:
             given = here_word if here_word is not None else gr.skip()
             return min(int(here), steps), gr.skip(), gr.skip(), gr.skip(), given, *stopped
-        scrubbing = steps > 1  # Gradio refuses a slider from 1 to 1
+        scrubbing = steps > 1  # and Gradio refuses a slider from 1 to 1
         slider = gr.Slider(minimum=1, maximum=max(steps, 2), value=min(int(value), steps), interactive=scrubbing)
         chips_now = gr.Radio(choices=words(shown), value=shown_word(shown, chosen))
-        return gr.skip(), slider, chips_now, shown.image, gr.skip(), *stopped
+        buttons = [gr.Button(interactive=scrubbing), gr.Button(interactive=scrubbing)]
+        buttons.append(gr.Button("▶ Play", interactive=scrubbing))
+        return gr.skip(), slider, chips_now, shown.image, gr.skip(), stopped[0], *buttons
 
     switch.change(None, switch, None, js=SWITCH_JS, queue=False, **quiet)
     entered = switch.change(
-        enter, [switch, view, step, chips, at, word], [step, at, word, final, chips, timer, play], **quiet
+        enter,
+        [switch, view, step, chips, at, word],
+        [step, at, word, final, chips, timer, previous, following, play],
+        **quiet,
     )
     entered.then(**draw_event)
     leave.click(None, None, switch, js="() => false", **quiet)
