@@ -330,8 +330,9 @@ def attention_shift(a: ExplainRun, b: ExplainRun) -> list[WordShift]:
 
 def change_image(change: np.ndarray, scale: float, size: tuple[int, int]) -> Image.Image:
     """A signed attention change as colour: red where B attends more, blue where less, black where equal; `scale`
-    is the change drawn at full strength (one scale for all words, so that they compare)."""
-    signed = np.clip(change / max(scale, 1e-8), -1, 1)
+    is the change drawn at full strength (one scale for all words, so that they compare). The square root of the
+    change is drawn: on one shared scale the words that moved little would otherwise all be black."""
+    signed = np.sign(change) * np.sqrt(np.clip(np.abs(change) / max(scale, 1e-8), 0, 1))
     pixels = np.zeros((*signed.shape, 3), dtype=np.float32)
     pixels[..., 0] = np.maximum(signed, 0) * 255
     pixels[..., 2] = np.maximum(-signed, 0) * 255

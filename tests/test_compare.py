@@ -3,6 +3,7 @@ identical runs measure zero, different prompts do not, and weight 1 is the origi
 
 import re
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -241,3 +242,13 @@ def test_cancel_stops_a_comparison_and_frees_the_model(client):
     started = time.monotonic()
     assert client.predict(*API_A, "Seed", "3", api_name="/compare")[2]["b"]["seed"] == 3
     assert time.monotonic() - started < 45  # not after two runs of 150 steps at 768²
+
+
+def test_an_ablation_reuses_the_a_just_compared_only_when_a_is_unchanged(run_a):
+    from sdplay.ui.compare import Recorded
+
+    recorded = Recorded(A, run_a)
+    assert recorded.matches(A)
+    assert recorded.matches(replace(A, seed=-1))  # a random seed: the one A was given
+    assert not recorded.matches(replace(A, seed=8))
+    assert not recorded.matches(replace(A, guidance_scale=5.0))

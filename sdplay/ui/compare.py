@@ -187,7 +187,11 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
             word = gr.Dropdown([], label="Word of A (B: the word in its place)", value=None)
             with gr.Row():
                 heat_a = gr.Image(
-                    label="Where the word looks · A", format="jpeg", interactive=False, height=PANEL_HEIGHT
+                    label="Where the word looks · A",
+                    format="jpeg",
+                    interactive=False,
+                    height=PANEL_HEIGHT,
+                    elem_classes="heat-a",
                 )
                 heat_b = gr.Image(
                     label="Where the word looks · B", format="jpeg", interactive=False, height=PANEL_HEIGHT
@@ -196,7 +200,8 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
                 x="step", y="mean |A − B|", color="series", title="How far apart A and B are, step by step (latents)",
                 height=240,
             )  # fmt: skip
-            summary = gr.JSON(label="Comparison (JSON)", open=False)
+            with gr.Accordion("Comparison as JSON (what /compare returns)", open=False):
+                summary = gr.JSON(label="Comparison (JSON)")
 
     gr.Markdown("## What if this word weren't there?")
     gr.Markdown(
@@ -223,8 +228,12 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
         shifts = gr.BarPlot(x="word", y="shift", title="How much each word's attention moved (mean |Δ|)", height=260)
         table = gr.Dataframe(label="Attention per word", interactive=False, elem_classes="shift-table")
     gr.Markdown("**Each word's attention change** (ablated − A, over all steps; one scale for all words)")
-    changes = gr.Gallery(show_label=False, format="png", columns=8, height=190, allow_preview=False, interactive=False)
-    ablation_json = gr.JSON(label="Ablation (JSON)", open=False)
+    changes = gr.Gallery(
+        show_label=False, format="png", columns=6, height="auto", allow_preview=False, interactive=False,
+        elem_classes="shift-maps",
+    )  # fmt: skip
+    with gr.Accordion("Ablation as JSON (what /ablate returns)", open=False):
+        ablation_json = gr.JSON(label="Ablation (JSON)")
 
     c = CompareControls(**{name: getattr(c, name) for name in Controls.__dataclass_fields__}, presets=presets)
 
@@ -320,18 +329,25 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
     )
     wire_stop(manager, stop, compared)
     redraw = dict(fn=draw, inputs=[comparison, step, word], outputs=[x0_a, x0_b, heat_a, heat_b])
-    gr.on([step.change, word.change], **redraw, show_progress="hidden", api_visibility="private")
+    # On the user's input only: a compare draws its own last step, and redraws triggered by its setting the step and
+    # the word (changes too) raced it, read the step from before the update, and could land last.
+    gr.on(
+        [step.input, word.input], **redraw, show_progress="hidden", api_visibility="private",
+        trigger_mode="always_last",
+    )  # fmt: skip
 
     # Ablating ------------------------------------------------------------------------------------------------
 
     def show_ablated(pair: Comparison, label: str) -> dict:
         images, diff = pair.shown()
+        words = shift_table(pair)
+        moved = words.dropna()  # a removed word has no shift
         return {
             ablation_slider: gr.ImageSlider(value=images, label=f"A | {label}"),
             ablation_difference: gr.Image(diff, label=f"Difference |A − ablated| ×{pair.gain}"),
             ablation_status: pair.describe(),
-            shifts: shift_table(pair).dropna(),
-            table: shift_table(pair).round(4),
+            shifts: gr.BarPlot(moved, sort=list(moved["word"])),  # in the prompt's order, not the alphabet's
+            table: words.round(4),
             changes: pair.change_maps(),
             ablation_json: pair.summary(),
         }
