@@ -252,3 +252,15 @@ def test_an_ablation_reuses_the_a_just_compared_only_when_a_is_unchanged(run_a):
     assert recorded.matches(replace(A, seed=-1))  # a random seed: the one A was given
     assert not recorded.matches(replace(A, seed=8))
     assert not recorded.matches(replace(A, guidance_scale=5.0))
+
+
+def test_compare_and_ablate_take_the_explain_parameters_and_their_own(client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    names = {name: [p["parameter_name"] for p in endpoints[name]["parameters"]] for name in endpoints}
+    assert names["/compare"] == [*names["/explain"], "differs_in", "b_value"]
+    assert names["/ablate"] == [*names["/explain"], "word", "mode"]
+    images, _, summary = client.predict(
+        prompt="a red cat", negative_prompt="", sampler="Euler", steps=2, guidance_scale=4, seed=2, width=64,
+        height=64, schedule="Automatic", word="cat", mode="0.5", api_name="/ablate",
+    )  # fmt: skip
+    assert summary["b"]["prompt"] == "a red (cat:0.5)" and len(images) == 2
