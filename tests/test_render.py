@@ -342,12 +342,12 @@ def shapes_view() -> ExplainView:
 
 
 def test_captions_state_the_bundled_models_numbers(shapes_view, tmp_path):
-    facts = ModelFacts(vae_factor=4, latent_channels=4, text_positions=77, embedding_size=64, vocabulary=604)
+    facts = ModelFacts(vae_factor=4, latent_channels=4, text_positions=77, embedding_size=64, vocabulary=606)
     assert shapes_view.facts == facts
     texts = captions(replay_view(save_run(shapes_view.run, tmp_path / "run.safetensors")).facts)
     assert "each 4×4 patch of pixels into 4 numbers" in texts["x_t"].more and "8×8" not in texts["x_t"].more
     assert "covering a 4×4 patch of pixels" in texts["channels"].more
-    assert "(64 numbers in this model)" in texts["tokens"].more and "vocabulary of 604:" in texts["tokens"].more
+    assert "(64 numbers in this model)" in texts["tokens"].more and "vocabulary of 606:" in texts["tokens"].more
     assert "768" not in texts["tokens"].more and "49,000" not in texts["tokens"].more
     # A run saved before the facts were recorded: the VAE's come from its shapes, the text encoder's are SD's.
     recipe = {k: v for k, v in shapes_view.run.recipe.items() if k != "model_facts"}
