@@ -4,6 +4,7 @@ Layout and wiring only: `sdplay.explain.capture` records the run and `sdplay.exp
 """
 
 import tempfile
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -42,6 +43,14 @@ PANEL_FORMATS = {
     "x_t": "jpeg", "x0": "jpeg", "eps_uncond": "jpeg", "eps_cond": "jpeg", "guidance": "jpeg", "channels": "png",
     "heatmap": "jpeg", "layers": "jpeg", "negative": "jpeg", "blended": "jpeg",
 }  # fmt: skip
+
+
+@dataclass
+class ExplainControls(Controls):
+    """Explain's controls, plus the run on screen and its step: the Inside tab shows its views of that run."""
+
+    view: gr.State | None = field(default=None)  # the ExplainView on screen (None before a run)
+    step: gr.Slider | None = field(default=None)  # 1-based
 
 
 def panel_caption(text: Caption) -> tuple[gr.Markdown, gr.Markdown]:
@@ -97,7 +106,7 @@ def gallery(label: str, format: str) -> gr.Gallery:
     )  # fmt: skip
 
 
-def build(manager: ModelManager, limits: Limits) -> Controls:
+def build(manager: ModelManager, limits: Limits) -> ExplainControls:
     view = gr.State(None)  # the ExplainView of the run on screen
     texts = captions(ModelFacts.of_pipeline(manager.model.pipe))  # each run then states its own model's numbers
     shown_captions: dict[str, tuple[gr.Markdown, gr.Markdown]] = {}
@@ -387,4 +396,4 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
     presentation.build(presenting, view, step, chips, colormap, opacity, normalisation, SHARED)
 
     gr.on([], explain_api, [*c.inputs(), c.width, c.height, c.schedule], [final, export], api_name="explain", **GPU)
-    return c
+    return ExplainControls(**{part.name: getattr(c, part.name) for part in fields(c)}, view=view, step=step)

@@ -13,7 +13,7 @@ from sdplay.metadata import parse_infotext, read_infotext, settings_from_infotex
 from sdplay.models import LoadedModel, ModelManager, ModelSwitch, SwitchPolicy
 from sdplay.requests import Limits
 from sdplay.samplers import schedule_names
-from sdplay.ui import compare, explain, img2img, inpaint, pnginfo, txt2img, xyz
+from sdplay.ui import compare, explain, img2img, inpaint, inside, pnginfo, txt2img, xyz
 from sdplay.ui.common import GPU, Controls, Results, from_web_page, mask_brush, user_errors, without_paths
 from sdplay.ui.fair_share import one_job_per_session
 from sdplay.xyz import PlotLimits
@@ -120,6 +120,8 @@ def build_demo(
             with gr.Tab("Explain", id="explain"):
                 explained = explain.build(manager, limits)
                 to_compare = gr.Button("Compare with a change, or ablate a word: open this prompt in Compare")
+            with gr.Tab("Inside", id="inside"):
+                inside.build(manager, limits, explained)
             with gr.Tab("Compare", id="compare"):
                 compared = compare.build(manager, limits)
             with gr.Tab("PNG Info", id="pnginfo"):

@@ -1,0 +1,25 @@
+"""The Inside tab: the model's parts (text encoder, UNet, VAE, attention) seen through the run on the Explain tab.
+
+Each section is a module of its own whose `build(manager, limits, explained)` lays it out and wires it; adding a
+section is one line in `SECTIONS`.
+"""
+
+from collections.abc import Callable
+
+import gradio as gr
+
+from sdplay.models import ModelManager
+from sdplay.requests import Limits
+from sdplay.ui.explain import ExplainControls
+
+Section = Callable[[ModelManager, Limits, ExplainControls], None]
+SECTIONS: list[Section] = []
+
+
+def build(manager: ModelManager, limits: Limits, explained: ExplainControls) -> None:
+    gr.Markdown(
+        "What happens inside the model for the run on the **Explain** tab: record one there, or replay a saved one. "
+        "Views that need the model run it again with the run's seed, on the model that made it."
+    )
+    for section in SECTIONS:
+        section(manager, limits, explained)
