@@ -1,6 +1,8 @@
 """The Explain tab's presentation mode: the x̂₀ filmstrip and the slide drawn from a real run, and, in Chromium at a
 projector's sizes, one screen without scrolling that the keys drive, on a replayed run of the bundled model."""
 
+import base64
+import io
 import re
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from sdplay.explain.capture import explain
 from sdplay.explain.filmstrip import BACKGROUND, BORDER, MAX_FRAME, MIN_FRAME, Filmstrip, filmstrip, strip_layout
 from sdplay.explain.render import CHOSEN_COLOUR, ExplainView, HeatmapSettings
 from sdplay.requests import GenerationRequest
-from sdplay.ui.presentation import shown_word, slide, words
+from sdplay.ui.presentation import REEL_PANELS, reel, shown_word, slide, words
 from tests.test_browser import GENERATE_TIMEOUT_MS, open_tab
 from tests.test_browser_explain import shapes_run
 from tests.test_explain import synthetic_run
@@ -87,12 +89,24 @@ def test_a_slide_draws_what_the_explain_view_draws_for_its_panels(view: ExplainV
     assert shown.label == drawn.label and shown.label.startswith(f"**Step 4 of {STEPS}**")
     for name in ("x_t", "x0", "heatmap", "guidance"):
         np.testing.assert_array_equal(pixels(getattr(shown, name)), pixels(getattr(drawn, name)), err_msg=name)
-    np.testing.assert_array_equal(pixels(shown.filmstrip), pixels(filmstrip(view, 3)))
+
+
+def test_the_reel_holds_every_steps_slide_for_the_page_to_step_through(view: ExplainView) -> None:
+    settings = HeatmapSettings(word=words(view)[1][1], colormap="inferno", opacity=0.5)
     kept = Filmstrip(view)
-    for step in (3, 0):  # a kept strip's frames serve every step
-        np.testing.assert_array_equal(
-            pixels(slide(view, step, settings, kept).filmstrip), pixels(filmstrip(view, step))
-        )
+    shown = reel(view, settings, kept)
+    assert shown["cell"] == list(kept.layout.cell)
+    assert len(shown["label"]) == STEPS and shown["label"][3].startswith(f"<strong>Step 4 of {STEPS}</strong> · t =")
+    for step in (0, 3):
+        for name in REEL_PANELS:
+            drawn = getattr(slide(view, step, settings), name)
+            header, encoded = shown[name][step].split(",", 1)
+            assert header == "data:image/jpeg;base64"
+            sent = Image.open(io.BytesIO(base64.b64decode(encoded)))
+            assert sent.size == drawn.size  # a small run's panels are not enlarged
+            # JPEG at quality 90: close to the drawn panel, not equal.
+            assert np.abs(pixels(sent) - pixels(drawn)).mean() < 4, (name, step)
+    assert shown["x0"][0] != shown["x0"][STEPS - 1]
 
 
 def test_the_words_to_pick_are_the_prompts_words(view: ExplainView) -> None:
@@ -134,6 +148,16 @@ def click_frame(strip: Locator, step: int, of: int) -> None:
     strip.click(position={"x": left + (step - 0.5) * width * scale / of, "y": box["height"] / 2})
 
 
+def framed_step(stage: Locator, of: int) -> int:
+    """The 1-based step whose filmstrip frame the page's outline is drawn over."""
+    strip = stage.locator(".sdplay-filmstrip img")
+    box, outline = strip.bounding_box(), stage.locator(".sdplay-strip-outline").bounding_box()
+    width, height = strip.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    scale = min(box["width"] / width, box["height"] / height)
+    left = box["x"] + (box["width"] - width * scale) / 2
+    return int((outline["x"] + outline["width"] / 2 - left) // (width * scale / of)) + 1
+
+
 def test_the_filmstrip_on_the_page_follows_the_step(page: Page, page_errors: list[str], replay_file) -> None:
     panel = open_tab(page, "Explain")
     panel.locator("input[type=file]").last.set_input_files(str(replay_file))
@@ -154,7 +178,7 @@ def test_presentation_fits_one_screen(page: Page, page_errors: list[str], replay
     page.set_viewport_size({"width": width, "height": height})
     stage = present(page, replay_file)
     for selector in ON_SCREEN:
-        box = page.locator(selector).bounding_box()
+        box = page.locator(f".block{selector}").bounding_box()  # gr.HTML repeats its classes inside
         assert box is not None and box["width"] > 50 and box["height"] > 50, (selector, box)
         inside = box["x"] >= 0 and box["y"] >= 0
         inside &= box["x"] + box["width"] <= width and box["y"] + box["height"] <= height
@@ -179,11 +203,16 @@ def test_presentation_keys_filmstrip_and_leaving(page: Page, page_errors: list[s
     heatmap = stage.locator(".sdplay-panel-heatmap img")
     before = heatmap.get_attribute("src")
 
+    # Stepping shows the reel the page was sent: no request to the server.
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
     page.keyboard.press("ArrowLeft")
     expect(stage.get_by_text(re.compile(r"^Step 7 of 8"))).to_be_visible()
+    assert framed_step(stage, of=8) == 7
     page.keyboard.press("ArrowLeft")
     page.keyboard.press("ArrowRight")
     expect(stage.get_by_text(re.compile(r"^Step 7 of 8"))).to_be_visible()
+    assert "/gradio_api/" not in " ".join(asked) and heatmap.get_attribute("src").startswith("data:image/jpeg")
     page.keyboard.press("2")
     expect(words.get_by_label("large", exact=True)).to_be_checked()
     expect(heatmap).not_to_have_attribute("src", before)
@@ -192,14 +221,16 @@ def test_presentation_keys_filmstrip_and_leaving(page: Page, page_errors: list[s
     number = stage.get_by_label("number input for Presentation step")
     number.focus()
     number.press("ArrowRight")
-    number.press("3")
+    number.press("Control+a")
+    number.press("5")  # the step typed, not the fifth word
     number.blur()
-    expect(stage.get_by_text(re.compile(r"^Step 7 of 8"))).to_be_visible()
+    expect(stage.get_by_text(re.compile(r"^Step 5 of 8"))).to_be_visible()
     expect(words.get_by_label("large", exact=True)).to_be_checked()
 
     # A click on the filmstrip's first frame shows step 1.
     click_frame(stage.locator(".sdplay-filmstrip img"), 1, of=8)
     expect(stage.get_by_text(re.compile(r"^Step 1 of 8"))).to_be_visible()
+    assert framed_step(stage, of=8) == 1
 
     # Space plays and pauses.
     page.keyboard.press(" ")

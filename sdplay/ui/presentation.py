@@ -1,10 +1,16 @@
 """The Explain tab's presentation mode: one screen for a projector, with the step slider and Play on top, the five
 panels that tell the story in large type, the x̂₀ filmstrip, and keys (←/→ step, space play, 1–9 a word, Esc exit).
 
-It shows the run on the Explain tab, recorded or replayed, and draws only what it shows (`slide`), so that
-scrubbing stays fast. Its look (large type, one screen, no scrolling) is `PRESENTATION_CSS` in ui/style.py.
+It shows the run on the Explain tab, recorded or replayed. On entering (and on picking a word) the server draws
+every step's panels once (`reel`) and sends them with the page, which then steps through them itself: scrubbing
+needs no round trip to the server. Its look (large type, one screen, no scrolling) is the presentation CSS in
+ui/style.py.
 """
 
+import base64
+import html
+import io
+import re
 from dataclasses import dataclass
 
 import gradio as gr
@@ -76,10 +82,60 @@ SWITCH_JS = """
     return [];
 }
 """
-# ◀ and ▶ step in the page itself: the slider's change then draws the step, in one round trip.
+# ◀ and ▶ step in the page itself: the slider's change then shows the step from the reel.
 SLIDER = ".sdplay-present-step input[type=range]"
 PREVIOUS_JS = f"(at) => Math.max(Number(document.querySelector('{SLIDER}')?.min ?? 1), at - 1)"
 NEXT_JS = f"(at) => Math.min(Number(document.querySelector('{SLIDER}')?.max ?? at), at + 1)"
+REEL_SIDE = 320  # pixels: a reel's frames at most this large (a projector shows a panel ~240 px wide)
+REEL_PANELS = ("x0", "x_t", "heatmap", "guidance")
+# Shows a 1-based step from the reel the page was sent (window.sdplayReel): each panel's image, the label, and an
+# outline over the filmstrip's frame (the strip is drawn once without one; Gradio shows it scaled to fit, centred).
+SHOW_JS = """
+(at) => {
+    if (!window.sdplayShow) {
+        window.sdplayShow = (at) => {
+            const reel = window.sdplayReel;
+            const stage = document.querySelector(".sdplay-presentation");
+            if (!reel || !stage || !reel.label.length) return;
+            const step = Math.min(Math.max(Math.round(Number(at)), 1), reel.label.length) - 1;
+            window.sdplayStep = step + 1;
+            for (const name of ["x0", "x_t", "heatmap", "guidance"]) {
+                const img = stage.querySelector(`.sdplay-panel-${name} img`);
+                if (img && img.getAttribute("src") !== reel[name][step]) img.src = reel[name][step];
+            }
+            const label = stage.querySelector(".sdplay-step-label .prose, .prose.sdplay-step-label");
+            if (label) label.innerHTML = reel.label[step];
+            const strip = stage.querySelector(".sdplay-filmstrip img");
+            if (!strip || !strip.naturalWidth) return;  // outlined when it loads
+            const box = strip.closest(".image-container") || strip.parentElement;
+            let outline = box.querySelector(".sdplay-strip-outline");
+            if (!outline) {
+                outline = document.createElement("div");
+                outline.className = "sdplay-strip-outline";
+                box.style.position = "relative";
+                box.appendChild(outline);
+            }
+            const shown = strip.getBoundingClientRect(), outer = box.getBoundingClientRect();
+            const scale = Math.min(shown.width / strip.naturalWidth, shown.height / strip.naturalHeight);
+            const left = shown.left - outer.left + (shown.width - strip.naturalWidth * scale) / 2;
+            const top = shown.top - outer.top + (shown.height - strip.naturalHeight * scale) / 2;
+            const cell = reel.cell[0] * scale;
+            Object.assign(outline.style, {
+                left: `${left + step * cell}px`, top: `${top}px`, width: `${cell}px`,
+                height: `${reel.cell[1] * scale}px`,
+            });
+        };
+        // The strip loads after the reel arrives, and its box changes with the window: outline it again then.
+        const again = () => window.sdplayStep && window.sdplayShow(window.sdplayStep);
+        document.addEventListener("load", (event) => {
+            if (event.target.closest?.(".sdplay-filmstrip")) again();
+        }, true);
+        window.addEventListener("resize", again);
+    }
+    window.sdplayShow(at);
+    return [];
+}
+"""
 
 
 @dataclass
@@ -91,20 +147,40 @@ class Slide:
     x0: Image.Image
     heatmap: Image.Image
     guidance: Image.Image
-    filmstrip: Image.Image
 
 
-def slide(view: ExplainView, step: int, settings: HeatmapSettings, strip: Filmstrip | None = None) -> Slide:
-    """The presentation's panels at a 0-based `step`: only these, not the whole Explain view. Pass the view's
-    `strip` to reuse its frames."""
+def slide(view: ExplainView, step: int, settings: HeatmapSettings) -> Slide:
+    """The presentation's panels at a 0-based `step`: only these, not the whole Explain view."""
     return Slide(
         label=view.step_label(step),
         x_t=view.preview("x_t", step),
         x0=view.x0(step),
         heatmap=view.heatmap(step, settings)[0],
         guidance=view.noise(step)[2],
-        filmstrip=(strip or Filmstrip(view)).draw(step),
     )
+
+
+def data_url(image: Image.Image) -> str:
+    """`image` as a JPEG data URL, shrunk to at most `REEL_SIDE` pixels a side (small runs are not enlarged: the
+    page's script draws them with square pixels)."""
+    image = image.copy()
+    image.thumbnail((REEL_SIDE, REEL_SIDE), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def label_html(markdown: str) -> str:
+    """A step label's markdown (plain text with **bold**) as HTML."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(markdown))
+
+
+def reel(view: ExplainView, settings: HeatmapSettings, strip: Filmstrip) -> dict[str, object]:
+    """Every step's slide, for the page to step through without the server: per panel a list of data URLs (one
+    per step), the labels as HTML, and the filmstrip's cell size (for its outline)."""
+    slides = [slide(view, step, settings) for step in range(view.run.steps)]
+    frames = {name: [data_url(getattr(s, name)) for s in slides] for name in REEL_PANELS}
+    return {"label": [label_html(s.label) for s in slides], **frames, "cell": list(strip.layout.cell)}
 
 
 def words(view: ExplainView) -> list[tuple[str, int]]:
@@ -128,13 +204,17 @@ def toggle() -> gr.Checkbox:
     )  # fmt: skip
 
 
-def panel(name: str, format: str = "jpeg") -> gr.Image:
-    """A panel: its label above it (Gradio's own floats over the image's corner), the image, its caption."""
+def panel(name: str) -> gr.Image | gr.HTML:
+    """A panel: its label above it (Gradio's own floats over the image's corner), the image, its caption. The final
+    image is Gradio's; the others are a plain image that the page's script shows each step of the reel in."""
     gr.Markdown(f"**{LABELS[name]}**", elem_classes="sdplay-label")
-    picture = gr.Image(
-        label=LABELS[name], show_label=False, format=format, interactive=False, buttons=[],
-        elem_classes=f"sdplay-panel sdplay-panel-{name}",
-    )  # fmt: skip
+    classes = f"sdplay-panel sdplay-panel-{name}"
+    if name in REEL_PANELS:
+        picture = gr.HTML(f'<img class="sdplay-reel-frame" alt="{LABELS[name]}">', elem_classes=classes, padding=False)
+    else:
+        picture = gr.Image(
+            label=LABELS[name], show_label=False, format="png", interactive=False, buttons=[], elem_classes=classes
+        )
     gr.Markdown(CAPTIONS[name], elem_classes="sdplay-caption")
     return picture
 
@@ -194,15 +274,15 @@ def build(
         word = gr.Radio([], label="Word", show_label=False, elem_classes="sdplay-words")
         with gr.Row(elem_classes="sdplay-panels"):
             with gr.Column(min_width=0):
-                final = panel("final", "png")
+                final = panel("final")
             with gr.Column(min_width=0):
-                x0 = panel("x0")
+                panel("x0")
             with gr.Column(min_width=0):
-                x_t = panel("x_t")
+                panel("x_t")
             with gr.Column(min_width=0):
-                heatmap = panel("heatmap")
+                panel("heatmap")
             with gr.Column(min_width=0):
-                guidance = panel("guidance")
+                panel("guidance")
         gr.Markdown("**x̂₀ at every step**: coarse first, details last (click a frame)", elem_classes="sdplay-label")
         strip = gr.Image(
             label="x̂₀ at every step", show_label=False, format="jpeg", interactive=False, buttons=[],
@@ -211,32 +291,36 @@ def build(
         gr.Markdown(KEYS, elem_classes="sdplay-keys")
         timer = gr.Timer(PLAY_SECONDS, active=False)
         strips = gr.State(None)  # the shown run's Filmstrip, which keeps its frames
+        frames = gr.JSON(visible=False)  # the reel: every step's panels, which the page steps through
 
     quiet = {"show_progress": "hidden", "api_visibility": "private"}
-    drawn = [label, x0, x_t, heatmap, guidance, strip, strips]
+    drawn = [label, strip, strips, frames]
 
     def draw(
         shown: ExplainView | None,
-        value: int,
         chosen: int | None,
         cmap: str,
         alpha: float,
         scaling: str,
         kept: Filmstrip | None,
     ):
+        """The reel of the shown run and word, which the page's script steps through (the label too), and the
+        filmstrip, drawn once without its outline (the script draws that)."""
         if shown is None:
             return [NO_RUN] + [gr.skip()] * (len(drawn) - 1)
         kept = kept if kept is not None and kept.view is shown else Filmstrip(shown)
-        steps = shown.run.steps
         settings = HeatmapSettings(
             shown_word(shown, chosen), cmap if cmap in COLORMAPS else "viridis", alpha, scaling == shared
         )
-        s = slide(shown, min(max(int(value), 1), steps) - 1, settings, kept)
-        return [s.label, s.x0, s.x_t, s.heatmap, s.guidance, s.filmstrip, kept]
+        return [gr.skip(), kept.frames(), kept, reel(shown, settings, kept)]
 
-    inputs = [view, at, word, colormap, opacity, normalisation, strips]
+    inputs = [view, word, colormap, opacity, normalisation, strips]
     draw_event = dict(fn=draw, inputs=inputs, outputs=drawn, **quiet)
-    gr.on([at.change, word.change], **draw_event)
+    word.change(**draw_event)
+    frames.change(
+        None, [frames, at], None, js=f"(reel, at) => {{ window.sdplayReel = reel; return ({SHOW_JS})(at); }}", **quiet
+    )
+    at.change(None, at, None, js=SHOW_JS, **quiet)
 
     def enter(on: bool, shown: ExplainView | None, value: int, chosen: int | None, here: int, here_word: int | None):
         """Entering shows the tab's run at its step and word; leaving gives the tab this screen's step and word

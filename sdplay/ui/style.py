@@ -40,7 +40,20 @@ html.sdplay-presenting .sdplay-presentation {
     height: 84px !important;
 }
 .sdplay-presentation > * { flex-shrink: 0; }
+.sdplay-reel-frame { width: 100%; height: 100%; object-fit: contain; display: block; }
+.sdplay-reel-frame:not([src]) { visibility: hidden; }
+/* The filmstrip's outline on the shown step: render.CHOSEN_COLOUR, as the page's own strip draws it. */
+.sdplay-strip-outline {
+    position: absolute; box-sizing: border-box; border: 4px solid rgb(230, 85, 13); pointer-events: none;
+}
 .sdplay-presentation .block { padding: 2px; border-color: transparent !important; box-shadow: none !important; }
+"""
+
+# The Lesson tab (ui/lesson.py): each panel's label above its picture in bold, and Back and Next at the stage's ends.
+CSS += """
+.lesson-label .prose { font-weight: 600; }
+.lesson-moves { justify-content: space-between; }
+.lesson-note .prose { color: #b45309; }
 """
 
 # A 64×64 result or an Explain panel of a small run fills a box several times its size. Smoothing blurs it, and a
@@ -50,7 +63,7 @@ html.sdplay-presenting .sdplay-presentation {
 # The selectors are the image inputs and outputs (.image-frame), and a gallery's grid and preview.
 JS = """
 () => {
-    const IMAGES = ".image-frame img, .thumbnail-item img, .media-button img";
+    const IMAGES = ".image-frame img, .thumbnail-item img, .media-button img, img.sdplay-reel-frame";
 
     function fit(img) {
         const box = img.getBoundingClientRect();
