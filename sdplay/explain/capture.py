@@ -7,13 +7,13 @@ latents, x̂₀ and the guidance split come from the UNet's own inputs and outpu
 import math
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, PNDMScheduler
 
-from sdplay.conditioning import CHUNK_TOKENS, chunk_token_names
+from sdplay.conditioning import CHUNK_TOKENS, Chunk, chunk_token_names, encode
 from sdplay.explain.captions import ModelFacts
 from sdplay.generate import StepUpdate, generate
 from sdplay.models import ModelManager
@@ -51,6 +51,13 @@ class ExplainRun:
     mask: torch.Tensor | None = None  # [h, w]: inpainting mask at latent resolution (1 = repaint)
     blended: torch.Tensor | None = None  # [S, C, h, w]: latents after the known region is put back (inpaint)
     weights: torch.Tensor | None = None  # [T]: each token's A1111 emphasis weight (1 for start/end); None: not saved
+    # The prompt's tokens seen by the text encoder (None in runs saved before they were recorded): their ids, their
+    # static input embeddings (the vocabulary's rows, before CLIP adds a position embedding inside the encoder) and
+    # their contextual embeddings (the encoder's last hidden state, without emphasis weights: what the UNet reads
+    # when every weight is 1).
+    token_ids: torch.Tensor | None = None  # [T] int64
+    token_embeddings: torch.Tensor | None = None  # [T, D]
+    text_embeddings: torch.Tensor | None = None  # [T, D]
 
     @property
     def steps(self) -> int:
@@ -148,10 +155,14 @@ class ExplainRecorder:
 
     tensor_inputs = ["mask"]
 
-    def __init__(self, token_positions: tuple[list[int], list[int]]) -> None:
+    def __init__(self, token_positions: tuple[list[int], list[int]], prompt: "PromptTokens | None" = None) -> None:
         # Where the prompt's and the negative prompt's tokens are among the text encoder's positions (77 per
         # chunk): each chunk's start token, tokens and end token; the rest is padding.
         self.token_positions = token_positions
+        self.prompt = prompt  # its tokens' embeddings are kept too (see `text_embeddings`)
+        self.static: torch.Tensor | None = None  # [T, D]
+        self.unweighted: torch.Tensor | None = None  # [77 × chunks, D], only for a prompt with emphasis weights
+        self.text_states: torch.Tensor | None = None  # [77 × chunks, D]: the prompt's branch of the first UNet call
         self.layers: dict[str, int] = {}
         self.latent_size: tuple[int, int] = (0, 0)
         self.call_maps: dict[str, list[torch.Tensor]] = {}  # block -> this UNet call's probabilities, one per layer
@@ -167,6 +178,8 @@ class ExplainRecorder:
     def attached(self, pipe: DiffusionPipeline) -> Iterator[None]:
         unet = pipe.unet
         self.scheduler = pipe.scheduler
+        if self.prompt is not None:
+            self._read_text_encoder(pipe)
         originals = unet.attn_processors
         recorders = {}
         with ExitStack() as listening:
@@ -185,10 +198,35 @@ class ExplainRecorder:
                 unet.set_attn_processor(originals)
                 sizer.remove()
 
+    def _read_text_encoder(self, pipe: DiffusionPipeline) -> None:
+        """Keep the static embeddings of the prompt's tokens: rows of the encoder's input table, a lookup. The
+        contextual ones are the UNet's input (`_start_call`), free; only a prompt with emphasis weights is encoded
+        again without them, as its chunks were before weighting (one text-encoder pass: far less than a UNet step)."""
+        prompt = self.prompt
+        table = pipe.text_encoder.get_input_embeddings().weight
+        self.static = table[torch.tensor(prompt.ids, device=table.device)].detach().float().cpu()
+        if any(weight != 1.0 for weight in prompt.weights):
+            chunks = [Chunk(ids[1:-1], [1.0] * (len(ids) - 2)) for ids in prompt.chunk_ids()]
+            self.unweighted = encode(pipe, chunks, len(chunks))[0]
+
     def _start_call(self, module, args, kwargs) -> None:
         sample = args[0] if args else kwargs["sample"]
         self.latent_size = tuple(sample.shape[-2:])
         self.call_maps = {}
+        if self.text_states is None:  # the first call reads the run's first prompt, the one `tokens` lists
+            states = args[2] if len(args) > 2 else kwargs["encoder_hidden_states"]
+            self.text_states = states[-1]  # the prompt's branch: with guidance the batch is [negative, prompt]
+
+    def text_embeddings(self) -> dict[str, torch.Tensor]:
+        """The prompt's tokens (start to end token, chunk after chunk): ids, static and contextual embeddings."""
+        if self.prompt is None or self.text_states is None:
+            return {}
+        states = self.text_states if self.unweighted is None else self.unweighted
+        return {
+            "token_ids": torch.tensor(self.prompt.ids),
+            "token_embeddings": self.static,
+            "text_embeddings": states[self.prompt.positions].detach().float().cpu(),
+        }
 
     def _record(self, block: str, probabilities: torch.Tensor) -> None:
         self.call_maps.setdefault(block, []).append(probabilities)
@@ -298,6 +336,14 @@ class PromptTokens:
     weights: list[float]
     positions: list[int]
     chunks: int
+    ids: list[int] = field(default_factory=list)  # the tokenizer's id of each of `names`
+
+    def chunk_ids(self) -> list[list[int]]:
+        """The ids of each chunk, from its start token to its end token."""
+        chunks: list[list[int]] = [[] for _ in range(self.chunks)]
+        for token, position in zip(self.ids, self.positions, strict=True):
+            chunks[position // CHUNK_POSITIONS].append(token)
+        return chunks
 
 
 def tokens_of(tokenizer, text: str, steps: int, label: str = "prompt") -> PromptTokens:
@@ -309,7 +355,7 @@ def tokens_of(tokenizer, text: str, steps: int, label: str = "prompt") -> Prompt
         names += chunk_names
         weights += chunk_weights
         positions += range(chunk * CHUNK_POSITIONS, chunk * CHUNK_POSITIONS + len(chunk_names))
-    return PromptTokens(names, weights, positions, len(chunks))
+    return PromptTokens(names, weights, positions, len(chunks), tokenizer.convert_tokens_to_ids(names))
 
 
 def explain(
@@ -326,7 +372,7 @@ def explain(
     tokenizer = manager.model.pipe.tokenizer
     tokens = tokens_of(tokenizer, request.prompt, request.steps)
     negative = tokens_of(tokenizer, request.negative_prompt, request.steps, "negative prompt")
-    recorder = ExplainRecorder((tokens.positions, negative.positions))
+    recorder = ExplainRecorder((tokens.positions, negative.positions), prompt=tokens)
     result = generate(manager, request, limits, owner=owner, cancel=cancel, on_step=on_step, recorder=recorder)
     recipe = {
         "task": request.task.value,
@@ -352,4 +398,4 @@ def explain(
         recipe["strength"] = request.strength
     first_step = request.steps - len(recorder.steps)
     run = recorder.run(result.images[0], tokens.names, negative.names, recipe, manager.model.latent_rgb, first_step)
-    return replace(run, weights=torch.tensor(tokens.weights))
+    return replace(run, weights=torch.tensor(tokens.weights), **recorder.text_embeddings())

@@ -3,6 +3,9 @@
 Contract: tensors `image` uint8 [H,W,3], `latents` and `x0` float [S,C,h,w], `attention` float [S,T,h,w] (start to
 end token, conditional branch, averaged over heads and layers); string metadata `tokens` and `recipe` (JSON).
 The rest (per-block maps, ε, the negative branch, the schedule) is what the view needs to redraw every panel.
+Also the prompt's tokens as the text encoder saw them (start to end token, every chunk): `token_ids` int64 [T],
+`token_embeddings` float [T,D] (static: the input table's rows) and `text_embeddings` float [T,D] (the encoder's
+output); files saved before lack them, and still replay.
 """
 
 import json
@@ -22,6 +25,7 @@ from sdplay.requests import Limits
 FORMAT = "sdplay-explain/1"
 STEP_TENSORS = ["latents", "x0", "eps_cond", "eps_uncond", "guidance", "timesteps", "sigmas"]
 OTHER_TENSORS = ["image", "attention", "latent_rgb", "mask", "blended", "weights"]  # the first three are required
+TEXT_TENSORS = ["token_ids", "token_embeddings", "text_embeddings"]  # optional: older files lack them
 BLOCK_TENSORS = ["attention", "negative_attention"]  # one of each per UNet block: `attention.up_blocks.1`
 # Caps on what an upload may ask of the server. A real export's header is a few KB (its recipe holds the prompts).
 MAX_HEADER_BYTES = 1_000_000
@@ -30,6 +34,7 @@ MAX_HEADER_BYTES = 1_000_000
 MAX_TOKENS = 77 * 32
 MAX_BLOCKS = 16  # UNet blocks with cross-attention (SD 1.x has 7)
 MAX_CHANNELS = 16  # latent channels
+MAX_EMBEDDING = 4096  # numbers per token embedding (768 in SD 1.x, 1024 in SD 2.x)
 # steps × text positions × latent pixels: the view keeps each token's map at the latent size in float32 (256 MB
 # here). An upload of SD 1.5 at 512² reaches this near 160 steps, far past the 64 MB upload limit (~130 steps).
 MAX_MAP_VALUES = 2**26
@@ -67,6 +72,9 @@ def save_run(run: ExplainRun, path: str | Path) -> Path:
         tensors["mask"], tensors["blended"] = run.mask, run.blended
     if run.weights is not None:
         tensors["weights"] = run.weights.float()
+    for name in TEXT_TENSORS:
+        if getattr(run, name) is not None:
+            tensors[name] = getattr(run, name)
     metadata = {
         "format": FORMAT,
         "tokens": json.dumps(run.tokens, ensure_ascii=False),
@@ -117,6 +125,7 @@ def load_run(path: str | Path, limits: Limits = Limits()) -> ExplainRun:
         mask=tensors.get("mask"),
         blended=tensors.get("blended"),
         weights=tensors.get("weights"),
+        **{name: tensors.get(name) for name in TEXT_TENSORS},
         **{name: tensors[name] for name in STEP_TENSORS},
     )
 
@@ -188,7 +197,8 @@ def _checked_contents(metadata: dict) -> dict:
 
 def _checked_entries(header: dict, tokens: list, negative_tokens: list, layers: dict, limits: Limits) -> dict:
     """The tensor entries, each checked against the contract: known name, dtype and shape, within the caps."""
-    allowed = {*STEP_TENSORS, *OTHER_TENSORS, *(f"{kind}.{b}" for b in layers for kind in BLOCK_TENSORS)}
+    allowed = {*STEP_TENSORS, *OTHER_TENSORS, *TEXT_TENSORS}
+    allowed |= {f"{kind}.{b}" for b in layers for kind in BLOCK_TENSORS}
     if len(header) > len(allowed):
         raise UserError(f"Explain file: {len(header):,} tensors; an Explain file has at most {len(allowed)}.")
     for name, entry in header.items():
@@ -201,6 +211,8 @@ def _checked_entries(header: dict, tokens: list, negative_tokens: list, layers: 
     missing += [f"attention.{block}" for block in layers if f"attention.{block}" not in header]
     if missing or ("mask" in header) != ("blended" in header):
         raise UserError(f"Explain file: tensors missing: {', '.join(missing) or 'mask or blended'}.")
+    if ("token_embeddings" in header) != ("text_embeddings" in header):
+        raise UserError("Explain file: token_embeddings and text_embeddings come together (the view compares them).")
 
     steps = header["timesteps"]["shape"][0] if len(header["timesteps"]["shape"]) == 1 else 0
     if not 1 <= steps <= limits.max_steps:
@@ -231,6 +243,9 @@ def _checked_entries(header: dict, tokens: list, negative_tokens: list, layers: 
         "attention": (FLOATS, exactly(steps, tokens_t, height, width)),
         "mask": (FLOATS, exactly(height, width)),
         "weights": (FLOATS, exactly(tokens_t)),
+        "token_ids": ({"I64"}, exactly(tokens_t)),
+        "token_embeddings": (FLOATS, (*exactly(tokens_t), range(1, MAX_EMBEDDING + 1))),
+        "text_embeddings": (FLOATS, (*exactly(tokens_t), range(1, MAX_EMBEDDING + 1))),
     }
     for block in layers:
         contract[f"attention.{block}"] = (FLOATS, (*exactly(steps, tokens_t + 1), h, w))
@@ -245,4 +260,6 @@ def _checked_entries(header: dict, tokens: list, negative_tokens: list, layers: 
                 f"Explain file: the tensor {name!r} is {dtype} {found}; the contract says "
                 f"{' or '.join(sorted(dtypes))} [{expected}]."
             )
+    if "token_embeddings" in header and header["token_embeddings"]["shape"] != header["text_embeddings"]["shape"]:
+        raise UserError("Explain file: token_embeddings and text_embeddings differ in shape.")
     return header
