@@ -353,3 +353,14 @@ def wire_stop(manager: ModelManager, stop: gr.Button, event) -> None:
 
     stop.click(interrupt, not_running, not_running, queue=False, api_visibility="private")
     not_running.change(None, None, None, cancels=[event], queue=False, api_visibility="private")
+
+
+def job_result(
+    manager: ModelManager, work: Callable[..., R], job: object, limits: Limits, session: gr.Request | None
+) -> R:
+    """Run one job that reports no steps (a view asking the model something) through the executor as the session's
+    job, and return its result; its errors reach the user as `gr.Error`s (see `user_errors`)."""
+    owner = session.session_hash if session else None
+    with user_errors():
+        *_, result = manager.executor.run(JobSpec(work, job, limits, owner))
+    return result

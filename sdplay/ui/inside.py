@@ -10,10 +10,14 @@ import gradio as gr
 
 from sdplay.models import ModelManager
 from sdplay.requests import Limits
+from sdplay.ui import inside_latent, inside_text
 from sdplay.ui.explain import ExplainControls
 
 Section = Callable[[ModelManager, Limits, ExplainControls], None]
-SECTIONS: list[Section] = []
+SECTIONS: list[Section] = [
+    inside_text.build,
+    inside_latent.build,
+]
 
 
 def build(manager: ModelManager, limits: Limits, explained: ExplainControls) -> None:
