@@ -103,18 +103,40 @@ def browser():
         browser.close()
 
 
+# Keeps the text of every toast (errors, warnings, infos) the page shows, for the report of a failed test.
+RECORD_TOASTS = """
+window.sdplayToasts = [];
+new MutationObserver(() => {
+    for (const toast of document.querySelectorAll(".toast-body")) {
+        const text = toast.innerText.trim();
+        if (text && !window.sdplayToasts.includes(text)) window.sdplayToasts.push(text);
+    }
+}).observe(document, { subtree: true, childList: true });
+"""
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.when == "call" and report.failed:
+        item.stash[FAILED] = True
+    return report
+
+
 @pytest.fixture
 def page_errors() -> list[str]:
     return []
 
 
 @pytest.fixture
-def page(browser: Browser, app_url: str, page_errors: list[str]) -> Iterator[Page]:
+def page(request: pytest.FixtureRequest, browser: Browser, app_url: str, page_errors: list[str]) -> Iterator[Page]:
     """A fresh page on the app whose uncaught exceptions and console errors go to `page_errors`.
 
     Console warnings are allowed: Gradio's image editor logs PixiJS deprecation and WebGL performance warnings.
     """
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_init_script(RECORD_TOASTS)
     page = context.new_page()
     page.on("pageerror", lambda error: page_errors.append(f"page error: {error}"))
 
@@ -126,4 +148,6 @@ def page(browser: Browser, app_url: str, page_errors: list[str]) -> Iterator[Pag
     page.goto(app_url, timeout=LOAD_TIMEOUT_MS)
     expect(page.get_by_role("tab", name="Text-to-Image", exact=True)).to_be_visible(timeout=LOAD_TIMEOUT_MS)
     yield page
+    if request.node.stash.get(FAILED, False):  # Gradio's toasts go after seconds: say what they said
+        print("Toasts shown:", page.evaluate("window.sdplayToasts"))
     context.close()
