@@ -138,7 +138,11 @@ def test_the_cosine_similarities_and_movement_match_torch(run):
     assert np.allclose(distance, (run.text_embeddings - run.token_embeddings).norm(dim=1), rtol=1e-5)
     assert embeddings.labels == ["<start>", "a", "large", "red", "circle", "on", "the", "left", "<end>"]
     table = embeddings.table()
-    assert "| 3 | `red</w>` | 531 |" in table and table.count("\n") == len(run.tokens) + 1
+    assert (
+        "| 0 | `<\\|startoftext\\|>` | 604 |" in table
+        and "| 3 | `red</w>` | 531 |" in table
+        and table.count("\n") == len(run.tokens) + 1
+    )
 
 
 def test_the_pictures_draw_each_value_in_its_place():

@@ -115,7 +115,7 @@ class TextEmbeddings:
             token_id = self.ids[i] if self.ids is not None else "?"
             static, contextual = np.linalg.norm(self.static[i]), np.linalg.norm(self.contextual[i])
             numbers = f"{static:.3g} | {contextual:.3g} | {cosine[i]:.3f} | {distance[i]:.3g}"
-            rows.append(f"| {i} | `{name}` | {token_id} | {numbers} |")
+            rows.append(f"| {i} | {code(name)} | {token_id} | {numbers} |")
         return "\n".join(rows)
 
 
@@ -151,6 +151,11 @@ def availability(run: ExplainRun | None, loaded: str) -> str:
             "to use them."
         )
     return " ".join(lines)
+
+
+def code(token: str) -> str:
+    """A token as Markdown code in a table cell: a '|' (CLIP's '<|startoftext|>') would end the cell."""
+    return "`" + token.replace("|", "\\|") + "`"
 
 
 def cosine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -349,8 +354,9 @@ def nearest_tokens(
                 similarity[:, ~whole_words(pipe.tokenizer).to(similarity.device)] = -2
             values, nearest = similarity.topk(min(request.count, len(table) - 1), dim=1)
         names = [pipe.tokenizer.convert_ids_to_tokens(row) for row in nearest.tolist()]
+        # Fewer candidates than asked for (a small vocabulary's whole words): the ones left out scored -2.
         return [
-            Neighbours(token, list(zip(row, map(float, scores), strict=True)))
+            Neighbours(token, [(name, float(score)) for name, score in zip(row, scores, strict=True) if score > -1.5])
             for token, row, scores in zip(tokens, names, values.cpu(), strict=True)
         ]
 
@@ -365,9 +371,9 @@ def cosine_to_table(table: torch.Tensor, ids: list[int]) -> torch.Tensor:
 
 def neighbours_table(found: list[Neighbours], first: str, last: str) -> str:
     """Markdown: each token and its nearest vocabulary tokens with their cosine similarities."""
-    rows = [f"| token | nearest {len(found[0].nearest) if found else ''} (cosine similarity) |", "|---|---|"]
+    rows = ["| token | nearest vocabulary tokens (cosine similarity) |", "|---|---|"]
     for item in found:
-        nearest = ", ".join(f"`{name}` {score:.2f}" for name, score in item.nearest)
+        nearest = ", ".join(f"{code(name)} {score:.2f}" for name, score in item.nearest)
         rows.append(f"| {token_label(item.token, first, last)} | {nearest} |")
     return "\n".join(rows)
 
@@ -521,6 +527,7 @@ def causal_summary(test: CausalTest) -> str:
             f"(token {edit.position}): {counted(edit.position, 'token')} before it changed by at most "
             f"**{written(before)}**; {changed} of {counted(len(after), 'token')} after it changed."
         )
+    lines.append("")  # a paragraph of its own, after the list
     lines.append(
         "The encoder is **causal**: each token sees only the tokens before it, so an edit changes nothing before it."
         if test.causal

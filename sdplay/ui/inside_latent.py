@@ -77,7 +77,7 @@ def build(manager: ModelManager, limits: Limits, explained: ExplainControls) -> 
         gr.Markdown(INTRO.more)
     sizes = gr.Markdown(compression_text(None, manager), elem_classes="sdplay-compression")
     caption("compression")
-    channels = image("The latent's channels at this step", elem_classes="sdplay-latent-channels")
+    channels = image("The latent's channels at this step", show_label=False, elem_classes="sdplay-latent-channels")
     caption("channels")
 
     gr.Markdown("### A round trip through the VAE")
@@ -90,11 +90,11 @@ def build(manager: ModelManager, limits: Limits, explained: ExplainControls) -> 
         with gr.Column(scale=3):
             with gr.Row():
                 original = image("As the VAE read it", height=PANEL_HEIGHT)
-                decoded = image("Decoded", height=PANEL_HEIGHT)
+                decoded = image("Decoded", height=PANEL_HEIGHT, elem_classes="sdplay-decoded")
                 error = image("Error map", height=PANEL_HEIGHT)
             caption("round_trip")
             caption("error")
-    latent = image("Its latent's channels")
+    latent = image("Its latent's channels", show_label=False, elem_classes="sdplay-image-latent")
     caption("latent")
 
     def show_run(shown: ExplainView | None, at: int):
@@ -126,7 +126,10 @@ def build(manager: ModelManager, limits: Limits, explained: ExplainControls) -> 
         picture.thumbnail((limits.max_size, limits.max_size), Image.Resampling.LANCZOS)  # the job rounds the size
         trip = job_result(manager, round_trip, RoundTripRequest(np.array(picture)), limits, request)
         rows = [("your image", trip.latent.numpy())]
-        sheet = channel_sheet(rows, f"Its latent: {trip.latent.shape[0]} channels of {trip.compression.latent_size}")
+        channels, height, width = trip.latent.shape
+        sheet = channel_sheet(
+            rows, f"Your image's latent: {channels} channels of {height}x{width}"
+        )  # ASCII: the font's
         return [*shown_pair(trip), trip.describe(), sheet]
 
     outputs = [original, decoded, error, quality, latent]

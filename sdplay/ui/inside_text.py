@@ -32,8 +32,16 @@ from sdplay.ui.explain import ExplainControls
 QUIET = {"show_progress": "hidden", "api_visibility": "private"}
 
 
-def image(label: str) -> gr.Image:
-    return gr.Image(label=label, format="png", interactive=False, buttons=["download"])
+def image(label: str, name: str) -> gr.Image:
+    """A drawn panel: its title is in the picture, where Gradio's label would cover it."""
+    return gr.Image(
+        label=label,
+        show_label=False,
+        format="png",
+        interactive=False,
+        buttons=["download"],
+        elem_classes=f"sdplay-{name}",
+    )
 
 
 def caption(key: str) -> gr.Markdown:
@@ -46,31 +54,31 @@ def build(manager: ModelManager, limits: Limits, explained: ExplainControls) -> 
     with gr.Accordion("More", open=False):
         intro = gr.Markdown()
     shown_now = gr.Markdown(availability(None, manager.model.name), elem_classes="sdplay-text-status")
-    table = gr.Markdown()
-    static = image("Static embeddings")
+    table = gr.Markdown(elem_classes="sdplay-token-table")
+    static = image("Static embeddings", "static-strip")
     caption("static")
-    contextual = image("Contextual embeddings")
+    contextual = image("Contextual embeddings", "contextual-strip")
     caption("contextual")
     with gr.Row():
-        static_similarity = image("Similarity, static")
-        contextual_similarity = image("Similarity, contextual")
+        static_similarity = image("Similarity, static", "static-similarity")
+        contextual_similarity = image("Similarity, contextual", "contextual-similarity")
     caption("similarity")
-    movement = image("Movement")
+    movement = image("Movement", "movement")
     caption("movement")
 
     gr.Markdown("### Ask the model")
     with gr.Row():
         words_only = gr.Checkbox(True, label="Whole words only", info="Leave out pieces of words, letters and bytes.")
         find = gr.Button("Find each token's nearest vocabulary tokens", elem_classes="sdplay-find-neighbours")
-    neighbours = gr.Markdown()
+    neighbours = gr.Markdown(elem_classes="sdplay-neighbours")
     caption("neighbours")
     with gr.Row():
         replacement = gr.Textbox(
             label="Replace with", placeholder="one word; empty: each word's nearest word", max_length=100, scale=2
         )
         test = gr.Button("Edit a later word, then an early one", elem_classes="sdplay-causal-test", scale=1)
-    causal = image("Which tokens changed")
-    causal_note = gr.Markdown()
+    causal = image("Which tokens changed", "causal-chart")
+    causal_note = gr.Markdown(elem_classes="sdplay-causal-note")
     caption("causal")
 
     drawn = [intro, shown_now, table, static, contextual, static_similarity, contextual_similarity, movement]
