@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     from sdplay.requests import Limits
     from sdplay.ui.cache import CacheCap
     from sdplay.ui.layout import build_demo
+    from sdplay.ui.lesson import i18n
     from sdplay.ui.style import CSS, JS
     from sdplay.xyz import PlotLimits
 
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         run_history=False,
         js=JS,
         css=CSS,
+        i18n=i18n(),  # the Lesson tab's texts, in the browser's language
     )
 
 

@@ -46,6 +46,8 @@ class CompareControls(Controls):
     """The shared controls (A's settings) plus the preset pairs, which follow the loaded model like its examples."""
 
     presets: gr.Dropdown | None = field(default=None)
+    differs: gr.Dropdown | None = field(default=None)  # "B differs in": the Lesson's "try this" fills it in
+    b_value: gr.Textbox | None = field(default=None)
 
     def model_dependent(self) -> list[gr.components.Component]:
         return [*super().model_dependent(), self.presets]
@@ -235,7 +237,10 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
     with gr.Accordion("Ablation as JSON (what /ablate returns)", open=False):
         ablation_json = gr.JSON(label="Ablation (JSON)")
 
-    c = CompareControls(**{name: getattr(c, name) for name in Controls.__dataclass_fields__}, presets=presets)
+    c = CompareControls(
+        **{name: getattr(c, name) for name in Controls.__dataclass_fields__}, presets=presets, differs=differs,
+        b_value=value,
+    )  # fmt: skip
 
     # Presets and words ---------------------------------------------------------------------------------------
 

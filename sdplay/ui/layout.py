@@ -13,7 +13,7 @@ from sdplay.metadata import parse_infotext, read_infotext, settings_from_infotex
 from sdplay.models import LoadedModel, ModelManager, ModelSwitch, SwitchPolicy
 from sdplay.requests import Limits
 from sdplay.samplers import schedule_names
-from sdplay.ui import compare, explain, img2img, inpaint, inside, pnginfo, txt2img, xyz
+from sdplay.ui import compare, explain, img2img, inpaint, inside, lesson, pnginfo, txt2img, xyz
 from sdplay.ui.common import GPU, Controls, Results, from_web_page, mask_brush, user_errors, without_paths
 from sdplay.ui.fair_share import one_job_per_session
 from sdplay.xyz import PlotLimits
@@ -122,6 +122,8 @@ def build_demo(
                 to_compare = gr.Button("Compare with a change, or ablate a word: open this prompt in Compare")
             with gr.Tab("Inside", id="inside"):
                 inside.build(manager, limits, explained)
+            with gr.Tab("Lesson", id="lesson"):
+                lessons = lesson.build(manager, limits)
             with gr.Tab("Compare", id="compare"):
                 compared = compare.build(manager, limits)
             with gr.Tab("PNG Info", id="pnginfo"):
@@ -135,6 +137,7 @@ def build_demo(
         for tab, button in send.items():
             _wire_restore(button, tab, *targets[tab], info_image, info_text, tabs)
         compare.send_settings(to_compare, explained, compared, tabs)
+        lesson.send_tries(lessons, explained, compared, tabs)
     demo.queue(api_open=False, max_size=32)
     one_job_per_session(demo, GPU["concurrency_id"])  # so that one session cannot fill the queue of 32
     one_job_per_session(demo, xyz.PLOT["concurrency_id"])  # and one plot per session (its cells join the GPU's)

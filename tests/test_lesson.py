@@ -1,0 +1,215 @@
+"""The guided lesson: its data file (every stage in every language), its presets on the bundled model, every stage
+drawn from a replayed file without its model, the "try this" comparisons, and its pictures against the model."""
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sdplay.compare import FIELDS, variant
+from sdplay.explain.capture import explain
+from sdplay.explain.export import save_run
+from sdplay.explain.lesson_panels import causal_reads, skip_pairs, value_counts
+from sdplay.explain.render import FUNCTION_WORDS, ExplainView, replay_view
+from sdplay.lesson import (
+    EXPLAIN,
+    STAGES,
+    LessonView,
+    Moment,
+    draw_stage,
+    language,
+    lesson_data,
+    lesson_view,
+    preset_for,
+    presets,
+    setup_request,
+    text,
+    translations,
+    try_setup,
+)
+from sdplay.models import ModelManager
+
+SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
+UI = Path(__file__).resolve().parent.parent / "sdplay" / "ui" / "lesson.py"
+
+
+@pytest.fixture(scope="module")
+def shapes() -> ModelManager:
+    manager = ModelManager(device="cpu")
+    manager.load(str(SHAPES))
+    return manager
+
+
+@pytest.fixture(scope="module")
+def recorded(shapes) -> LessonView:
+    """The lesson's run on the bundled model, from its preset, with the model loaded."""
+    model = shapes.model
+    preset = preset_for(model.settings.vocabulary)
+    run = explain(shapes, preset.request(model.settings, model.native_size))
+    return lesson_view(ExplainView(run), model.name, model.pipe.tokenizer, preset)
+
+
+@pytest.fixture(scope="module")
+def replayed(recorded, tmp_path_factory) -> LessonView:
+    """The same run saved and replayed on a server whose model is another one: no tokenizer of its model."""
+    path = save_run(recorded.run, tmp_path_factory.mktemp("lesson") / "lesson.safetensors")
+    return lesson_view(replay_view(path), loaded_model="some-other-model")
+
+
+def needed_keys() -> set[str]:
+    """Every text the stages and the Lesson tab ask for."""
+    keys = set()
+    for stage in STAGES:
+        keys |= {f"stage_{stage.id}_{part}" for part in ("title", "text", "try")}
+        for panel in stage.panels:
+            for shown in (panel, panel.fallback):
+                if shown is not None:
+                    keys |= {f"panel_{shown.name}", f"panel_{shown.name}_caption"}
+    keys |= set(re.findall(r"""\b(?:t|text)\(["'](\w+)["']""", UI.read_text(encoding="utf-8")))
+    return keys
+
+
+def test_the_data_file_has_every_stage_in_every_language_with_the_same_keys() -> None:
+    texts = translations()
+    assert "en" in texts and len(texts) >= 2  # English and at least one more language
+    english = set(texts["en"])
+    assert len(STAGES) == 10
+    missing = needed_keys() - english
+    assert not missing, missing
+    assert english - needed_keys() == set()  # no text that nothing shows
+    for code, language_texts in texts.items():
+        assert set(language_texts) == english, code
+        empty = [key for key, value in language_texts.items() if not value.strip()]
+        assert not empty, (code, empty)
+    # The other languages are translations, not copies: every text a student reads differs from the English.
+    for code in set(texts) - {"en"}:
+        same = [key for key in english if texts[code][key] == texts["en"][key] and not key.startswith("panel_eps_pair")]
+        assert same == [], (code, same)
+
+
+def test_the_bundled_model_gets_its_preset_and_the_lesson_starts_on_a_content_word(shapes, recorded) -> None:
+    model = shapes.model
+    preset = preset_for(model.settings.vocabulary)
+    assert preset.name == "shapes" and preset.closed_vocabulary
+    assert set(re.findall(r"[a-z]+", preset.prompt)) <= set(model.settings.vocabulary)  # words the model knows
+    request = preset.request(model.settings, model.native_size)
+    assert (request.steps, request.guidance_scale, request.seed, request.width) == (12, 4.0, 1, 64)
+    assert request.sampler == model.settings.sampler  # what the preset leaves out is the model's recommended one
+
+    run = recorded.run
+    assert run.recipe["seed"] == 1 and run.steps == 12 and run.image.shape == (64, 64, 3)
+    word = recorded.view.words[recorded.start.word]
+    assert word.text == "circle" and word.text not in FUNCTION_WORDS
+    assert recorded.start.step == run.steps - 1
+    assert recorded.preset == preset  # the run is the preset's: its "try this" values fit its prompt
+
+
+def test_an_open_vocabulary_model_gets_the_stable_diffusion_preset(manager) -> None:
+    """The tiny random model of conftest knows every word (no vocabulary list), as SD 1.5 does."""
+    preset = preset_for(())
+    assert preset.name == "stable-diffusion" and not preset.closed_vocabulary
+    assert (preset.steps, preset.guidance_scale, preset.seed) == (25, 7.0, 42)
+    assert preset_for(("a", "cat")) == preset  # a closed vocabulary without the shapes preset's words
+    model = manager.model
+    request = replace(preset.request(model.settings, model.native_size), steps=2)  # fast on the CPU
+    view = ExplainView(explain(manager, request))
+    assert view.words[lesson_view(view, model.name).start.word].text == "fox"
+
+
+def test_a_replayed_file_drives_every_stage_without_its_model(replayed: LessonView) -> None:
+    assert replayed.token_ids is None and not replayed.model_loaded and replayed.preset is None
+    steps = replayed.run.steps
+    words = [i for i, w in enumerate(replayed.view.words) if not w.special]
+    for stage in STAGES:
+        for moment in (Moment(0, words[0]), Moment(steps - 1, replayed.start.word)):
+            shown = draw_stage(stage, replayed, moment)
+            assert 1 <= len(shown.images) <= 2
+            for panel, image in zip(shown.panels, shown.images, strict=True):
+                pixels = np.asarray(image.convert("RGB"))
+                assert min(image.size) >= 64, (stage.id, panel.name, image.size)
+                assert pixels.std() > 1, (stage.id, panel.name)  # a picture, not an empty panel
+        # Only the stage that reads the run's model says so, and shows what the file holds instead.
+        assert shown.needs_model == (stage.id == "token_embeddings"), stage.id
+    ids = draw_stage(STAGES[1], replayed, replayed.start)
+    assert [panel.name for panel in ids.panels] == ["tokens"]
+
+
+def test_with_its_model_loaded_the_tokens_show_the_tokenizers_ids(shapes, recorded) -> None:
+    tokenizer = shapes.model.pipe.tokenizer
+    expected = tokenizer(recorded.run.recipe["prompt"]).input_ids  # start, the prompt's tokens, end
+    assert recorded.token_ids == expected
+    shown = draw_stage(STAGES[1], recorded, recorded.start)
+    assert [panel.name for panel in shown.panels] == ["token_ids"] and not shown.needs_model
+    plain = draw_stage(STAGES[0], recorded, recorded.start).images[0]
+    assert shown.images[0].height > plain.height  # a line more per chip: the id
+
+
+def test_the_causal_mask_drawn_is_the_text_encoders_own(shapes, recorded) -> None:
+    """Change one token and see which positions' outputs change: exactly those the panel says read it."""
+    encoder = shapes.model.pipe.text_encoder
+    ids = torch.tensor([recorded.token_ids])
+    with torch.no_grad():
+        base = encoder(ids).last_hidden_state[0]
+        count = ids.shape[1]
+        changed = np.zeros((count, count), dtype=bool)
+        for column in range(count):
+            edited = ids.clone()
+            edited[0, column] = (edited[0, column] + 7) % encoder.config.vocab_size
+            changed[:, column] = (encoder(edited).last_hidden_state[0] - base).abs().amax(-1).numpy() > 1e-6
+    np.testing.assert_array_equal(changed, causal_reads(count))
+
+
+def test_the_compression_and_the_unets_skips_are_the_models(shapes, recorded) -> None:
+    pipe = shapes.model.pipe
+    pixels, values = value_counts(recorded.view)
+    assert pixels == 64 * 64 * 3
+    side = 64 // pipe.vae_scale_factor
+    assert values == pipe.vae.config.latent_channels * side * side
+    # Skip connections join down block i and up block n-1-i of the UNet (diffusers' UNet2DConditionModel).
+    blocks = recorded.view.blocks
+    resolution = {block: int(recorded.run.attention[block].shape[-2]) for block in blocks}
+    n = len(pipe.unet.config.down_block_types)
+    pairs = skip_pairs(blocks, resolution)
+    assert pairs and all(up == f"up_blocks.{n - 1 - int(down.split('.')[1])}" for down, up in pairs)
+
+
+def test_each_try_this_sets_up_a_comparison_that_runs(recorded, replayed) -> None:
+    """With the preset's run its own comparisons; with any other run ones that any run allows. Each is what Compare
+    (or Explain) accepts: B differs from A in exactly the one field."""
+    for lesson in (recorded, replayed):
+        for stage in STAGES:
+            setup = try_setup(stage, lesson)
+            a = setup_request(setup)
+            assert (setup.tab == EXPLAIN) == (stage.attempt.field == EXPLAIN), stage.id  # the button's label
+            if setup.tab == EXPLAIN:
+                assert a.prompt and a.seed == lesson.run.recipe["seed"]
+                continue
+            b = variant(a, FIELDS[setup.field], setup.value)
+            assert b != a, stage.id
+            assert setup.describe() == f"{setup.field}: {setup.value}"
+    assert try_setup(STAGES[6], recorded).value == "left -> right"  # the preset's
+    assert try_setup(STAGES[6], replayed).field == "Negative prompt"  # any run's: the chosen word
+    assert try_setup(STAGES[6], replayed).value == "circle"
+    for preset in presets():
+        assert set(preset.tries) == {stage.id for stage in STAGES}, preset.name
+
+
+def test_a_stage_starts_at_its_step() -> None:
+    starts = {stage.id: stage.step_at(12) for stage in STAGES}
+    assert starts["latent"] == 1  # x_t is pure noise
+    assert starts["cross_attention"] == starts["decode"] == 12
+    assert starts["tokens"] is None  # the slider stays where it is
+    assert all(stage.step_at(1) in (None, 1) for stage in STAGES)
+
+
+def test_the_language_of_a_browser() -> None:
+    assert language("fr-CH,fr;q=0.9,en;q=0.8") == "fr"
+    assert language("de-DE,de;q=0.9") == "en"  # not offered: English
+    assert language("es;q=0.5,fr;q=0.4,en;q=0.1") == "fr"
+    assert language(None) == language("") == language("en-GB") == "en"
+    assert language("fr;q=abc") == "en"
+    assert text("lesson_no_run", "fr") == lesson_data()["texts"]["fr"]["lesson_no_run"]
+    assert text("lesson_no_run", "xx") == translations()["en"]["lesson_no_run"]
