@@ -20,6 +20,61 @@ def record_a_run(page: Page, prompt: str = "a red cat", steps: int = 4) -> None:
     expect(panel.get_by_text(re.compile(r"^Step (\d+) of \1$"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
 
 
+def test_inside_the_unet_and_attention_at_a_clicked_point(page: Page, page_errors: list[str], tmp_path) -> None:
+    """The UNet section runs one UNet call at the Explain step and shows the diagram, the first convolution and
+    every block; a click on the image shows where that place looks and which tokens it reads, also on a replay."""
+    page.set_viewport_size({"width": 1024, "height": 768})
+    record_a_run(page)
+    panel = open_tab(page, "Inside")
+
+    panel.get_by_role("button", name="Look inside the UNet at this step").click()
+    expect(panel.get_by_text(re.compile(r"one UNet call at 8×8 latents"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
+    for panel_class in ("unet-diagram", "first-convolution"):
+        expect(panel.locator(f".{panel_class} img")).to_have_attribute("src", re.compile(r"\.png$"))
+    # The tiny model's UNet: conv_in, 2 down blocks, the middle, 2 up blocks, conv_out.
+    blocks = panel.locator(".unet-blocks").get_by_text(re.compile(r"^(conv in|down \d|mid|up \d|conv out) ·"))
+    expect(blocks).to_have_count(7)
+    diagram = panel.locator(".unet-diagram")
+    diagram.scroll_into_view_if_needed()
+    page.screenshot(path=ARTIFACTS / "inside-unet.png")
+
+    picker = panel.locator(".point-picker img")
+    picker.scroll_into_view_if_needed()
+    expect(picker).to_have_attribute("src", re.compile(r"\.png$"))
+    box = picker.bounding_box()
+    page.mouse.click(box["x"] + 0.75 * box["width"], box["y"] + 0.25 * box["height"])
+    expect(panel.locator(".token-shares img")).to_have_attribute(
+        "src", re.compile(r"\.png$"), timeout=GENERATE_TIMEOUT_MS
+    )
+    expect(panel.get_by_text(re.compile(r"places · averaged over \d+ layers? and \d+ heads"))).to_be_visible(
+        timeout=GENERATE_TIMEOUT_MS
+    )
+    expect(panel.locator(".self-attention img")).to_have_attribute("src", re.compile(r"\.jpe?g$"))
+    panel.get_by_label("Per head (runs the UNet once)").check()
+    expect(panel.get_by_text("Self-attention per head")).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
+    panel.get_by_text("Attention at a point").scroll_into_view_if_needed()
+    page.screenshot(path=ARTIFACTS / "inside-attention.png")
+
+    # A replayed run of another model: the bars come from the recording; self-attention says what it needs.
+    before = picker.get_attribute("src")
+    explain_panel = open_tab(page, "Explain")
+    explain_panel.locator("input[type=file]").last.set_input_files(str(shapes_run(tmp_path, steps=2)))
+    expect(explain_panel.get_by_text(re.compile(r"^Step 2 of 2$"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
+    panel = open_tab(page, "Inside")
+    bars = panel.locator(".token-shares img")
+    expect(bars).to_have_count(0)  # cleared for the new run
+    expect(picker).not_to_have_attribute("src", before)  # the replayed run's image
+    expect(picker).to_have_js_property("complete", True)
+    picker.scroll_into_view_if_needed()
+    box = picker.bounding_box()
+    page.mouse.click(box["x"] + 0.3 * box["width"], box["y"] + 0.5 * box["height"])
+    expect(bars).to_have_attribute("src", re.compile(r"\.png$"), timeout=GENERATE_TIMEOUT_MS)
+    expect(panel.get_by_text("This run was made by shapes, and the loaded model is tiny")).to_be_visible(
+        timeout=GENERATE_TIMEOUT_MS
+    )
+    assert page_errors == []
+
+
 def test_inside_text_embeddings_and_latent_space(page: Page, page_errors: list[str], tmp_path: Path) -> None:
     """The text section draws the run's tokens and asks the model for nearest tokens and the causal test; the latent
     section states the compression, shows the channels and round-trips the run's image through the VAE. A replayed

@@ -24,7 +24,7 @@ from sdplay.tokenizer import END_OF_WORD
 
 ALL_BLOCKS = "All blocks"
 PADDING = "<padding>"
-CHART_WIDTH = 720
+CHART_WIDTH = 560
 ROW = 32  # pixels per bar: the chart is read on a projector
 FONT = 19
 MAX_BARS = 24  # longer prompts: the largest shares, the rest summed in one bar

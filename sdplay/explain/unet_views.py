@@ -281,11 +281,13 @@ def diagram(inside: UNetInside, model: str = "") -> Image.Image:
         boxes[part.name] = (x, y, x + box_w, y + box_h)
     # Skip connections first, under the boxes: from the producer's right side along its row, then down or straight
     # into the up block.
+    leaving = {name: [p.name for p in drawn if name in p.skips] for name in boxes}  # each producer's readers
     for part in drawn:
-        for leaving, (source, count) in enumerate(sorted(part.skips.items(), key=lambda item: -rows[item[0]])):
+        for source, count in part.skips.items():
             sx0, sy0, sx1, sy1 = boxes[source]
             tx0, ty0, tx1, ty1 = boxes[part.name]
-            y = (sy0 + sy1) / 2 + (leaving - 0.5) * 18
+            readers = leaving[source]  # lines leaving one box are spread apart, so that each can be followed
+            y = (sy0 + sy1) / 2 + (readers.index(part.name) - (len(readers) - 1) / 2) * 20
             between = [n for n, r in rows.items() if r == rows[source] and sx1 < boxes[n][0] < tx0]
             if between:  # boxes in the way along the row (conv_in's skip passes the first down block): go over them
                 over = sy0 - 14
@@ -300,7 +302,7 @@ def diagram(inside: UNetInside, model: str = "") -> Image.Image:
                 points = [(sx1, y), (tx0, y)]
                 label_at = ((sx1 + tx0) / 2, y - 4)
             else:
-                x = (tx0 + tx1) / 2 + (leaving - 0.5) * 18
+                x = (tx0 + tx1) / 2
                 points = [(sx1, y), (x, y), (x, ty0)]
                 label_at = (x + 4, (y + ty0) / 2)
             _dashed(draw, points, SKIP_COLOUR)
@@ -328,6 +330,7 @@ def diagram(inside: UNetInside, model: str = "") -> Image.Image:
         ]
         step = (y1 - y0 - 8) / len(lines)
         for row, (text, face) in enumerate(lines):
+            face = fitting(text, face, x1 - x0 - 6)
             draw.text(((x0 + x1) / 2, y0 + 6 + step * (row + 0.5)), text, fill=INK, font=face, anchor="mm")
     # What the boxes do not show, so that every parameter is counted somewhere.
     others = [p for p in side if p.parameters or p.flops]
@@ -342,6 +345,15 @@ def diagram(inside: UNetInside, model: str = "") -> Image.Image:
         fill=(90, 90, 90), font=small,
     )  # fmt: skip
     return image
+
+
+def fitting(text: str, font: ImageFont.FreeTypeFont, width: float) -> ImageFont.FreeTypeFont:
+    """`font`, or a smaller size of it if `text` would be wider than `width` pixels (SD's "64x64 -> 32x32")."""
+    size = font.size
+    while size > 9 and font.getlength(text) > width:
+        size -= 1
+        font = _font(size)
+    return font
 
 
 def _dashed(draw: ImageDraw.ImageDraw, points: list[tuple[float, float]], colour, dash: int = 9) -> None:
@@ -402,13 +414,13 @@ def first_convolution(inside: UNetInside, columns: int = 4) -> Image.Image:
     map_size = 96
     unit_w, unit_h = kernel_w + 30 + map_size + 24, map_size + 30
     rows = math.ceil(count / columns)
-    header = 176
+    badge = 34  # Gradio's label sits over the image's top left corner
+    header = badge + 176
     width = max(columns * unit_w + 20, 4 * 120 + 20)
     image = Image.new("RGB", (width, header + rows * unit_h + 10), "white")
     draw = ImageDraw.Draw(image)
-    draw.text(
-        (10, 8), f"x_t at step {inside.step + 1}: the {inputs} latent channels the UNet reads", fill=INK, font=font
-    )
+    title = f"x_t at step {inside.step + 1}: the {inputs} latent channels the UNet reads"
+    draw.text((10, badge + 8), title, fill=INK, font=font)
     draw.text(
         (10, header - 26),
         f"Kernels of {kh}x{kw} weights, one square per latent channel (blue < 0 < red), and the map each makes on x_t:",
@@ -416,7 +428,7 @@ def first_convolution(inside: UNetInside, columns: int = 4) -> Image.Image:
     )  # fmt: skip
     scale = _scale(inside.latents)
     for channel in range(latents.shape[0]):
-        image.paste(_tile(grey(latents[channel], scale), 96), (10 + channel * 110, 36))
+        image.paste(_tile(grey(latents[channel], scale), 96), (10 + channel * 110, badge + 36))
     kernel_scale = float(np.abs(kernels).max()) or 1.0
     map_scale = _scale(maps.maps)
     for index, channel in enumerate(maps.channels):
@@ -456,9 +468,9 @@ def block_tile(name: str, features: Features, size: int = 56) -> Image.Image:
 
 
 def block_label(part: Part, features: Features) -> str:
+    """'down 1 · 8×8 · 16/96 ch': the part, its output's grid, and how many of its channels the mosaic shows."""
     channels, h, w = part.output_shape
-    shown = f"{len(features.channels)} of {channels} channels" if len(features.channels) < channels else "all channels"
-    return f"{short_name(part.name)} · {h}×{w} · {shown} · mean {features.mean_activation:+.2f}"
+    return f"{short_name(part.name)} · {h}×{w} · {len(features.channels)}/{channels} ch"
 
 
 def block_tiles(inside: UNetInside) -> list[tuple[Image.Image, str]]:
@@ -483,7 +495,7 @@ def activation_chart(inside: UNetInside) -> Image.Image:
         features = inside.features[part.name]
         y = 44 + index * row
         draw.text((left - 10, y + row / 2), short_name(part.name), fill=INK, font=font, anchor="rm")
-        length = (width - left - 150) * features.mean_absolute / largest
+        length = (width - left - 230) * features.mean_absolute / largest
         draw.rectangle((left, y + 6, left + length, y + row - 6), fill=(59, 130, 246))
         draw.text(
             (left + length + 8, y + row / 2),

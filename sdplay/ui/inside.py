@@ -10,13 +10,15 @@ import gradio as gr
 
 from sdplay.models import ModelManager
 from sdplay.requests import Limits
-from sdplay.ui import inside_latent, inside_text
+from sdplay.ui import inside_attention, inside_latent, inside_text, inside_unet
 from sdplay.ui.explain import ExplainControls
 
 Section = Callable[[ModelManager, Limits, ExplainControls], None]
 SECTIONS: list[Section] = [
     inside_text.build,
+    inside_unet.build,
     inside_latent.build,
+    inside_attention.build,
 ]
 
 
