@@ -1,8 +1,10 @@
 """The one executor boundary: the function that runs a job (a `generate` or `explain` call) and streams its updates.
 
-Locally it runs the job on a long-lived thread; on a ZeroGPU Space that one function is wrapped with `@spaces.GPU`,
-which runs it in a forked worker and pickles what crosses: the `JobSpec` in; each `StepUpdate`, the result and any
-error out. Importing this module imports no torch, so that app.py can import `spaces` before anything touches CUDA.
+Three executors run it, named and chosen at start-up (`--executor`): `local` runs the job on a long-lived thread of
+this process; `zerogpu` wraps that one function with `@spaces.GPU`, which runs it in a forked worker on a ZeroGPU
+Space and pickles what crosses: the `JobSpec` in; each `StepUpdate`, the result and any error out; `ray` sends the
+`JobSpec` to a pool of Ray Serve replicas, each running it with a local executor of its own (sdplay/ray_executor.py).
+Importing this module imports no torch, so that app.py can import `spaces` before anything touches CUDA.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from sdplay.explain.decoding import DecodeRequest
@@ -35,6 +37,8 @@ SD15_UNET_PARAMETERS = 860e6
 MIN_GPU_SECONDS = 10  # the text encoder, the VAE decode and moving the weights in dominate short jobs
 MAX_GPU_SECONDS = 120  # ZeroGPU's quota is per user and day: never reserve more than two minutes for one image job
 
+# The executors, by the names `--executor` takes.
+EXECUTORS = ("local", "zerogpu", "ray")
 T = TypeVar("T")
 
 
@@ -54,6 +58,31 @@ class Raised:
     """An error the job raised, as an item of the stream: ZeroGPU passes only `gr.Error` across as itself."""
 
     error: BaseException
+
+
+class JobRunner(Protocol):
+    """What the UI, the API and Explain use of an executor; they never know which one it is."""
+
+    name: str  # one of EXECUTORS
+    workers: int  # how many jobs it runs at once: the size of the front end's GPU queue
+    seconds_per_step: dict[tuple[str, int, int, int], float]  # the ETA memory (see `Executor`)
+
+    def run(self, job: JobSpec) -> Iterator[Any]:
+        """Yield the job's `StepUpdate`s, then its result; raise what it raised. Closing it stops the job."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """A job handed to the job thread: its `updates` (each `StepUpdate`, then the result or a `Raised`, then
+    `JOB_ENDED`), the flag that stops it after the step it is in, and whether it has finished."""
+
+    updates: queue.Queue
+    cancel: threading.Event
+    finished: threading.Event
+
+
+JOB_ENDED = object()  # the last item of `RunningJob.updates`
 
 
 def zero_gpu() -> ModuleType | None:
@@ -141,8 +170,11 @@ class Executor:
     None runs it in this process.
     """
 
+    workers = 1  # one job at a time: the model manager's lock serialises them
+
     def __init__(self, manager: ModelManager, gpu: Callable[..., Callable] | None = None) -> None:
         self.manager = manager
+        self.name = "local" if gpu is None else "zerogpu"
         self.thread = JobThread()
         # Seconds per step of the last run with each (model, width, height, batch): the ETA shown before a first step.
         self.seconds_per_step: dict[tuple[str, int, int, int], float] = {}
@@ -163,28 +195,31 @@ class Executor:
         Plain CPU objects in and out. Closing it sets the job's cancel flag: the job ends after the step it is in,
         and the model is free again when `close()` returns.
         """
-        updates: queue.Queue = queue.Queue()
-        cancel = threading.Event()
-        finished = threading.Event()
-        done = object()
+        running = self.start(job)
+        try:
+            while (item := running.updates.get()) is not JOB_ENDED:
+                yield item
+        finally:
+            running.cancel.set()
+            running.finished.wait()
+
+    def start(self, job: JobSpec) -> RunningJob:
+        """Queue `job` on the job thread and return at once; its items arrive in `updates`. For callers that cannot
+        close a generator from where they wait (a Ray replica, whose waits are asyncio's: see ray_executor.py)."""
+        running = RunningJob(queue.Queue(), threading.Event(), threading.Event())
 
         def work() -> None:
             try:
                 run = partial(job.work, self.manager, job.request, job.limits, owner=job.owner)
-                updates.put(run(cancel=cancel, on_step=updates.put))
+                running.updates.put(run(cancel=running.cancel, on_step=running.updates.put))
             except BaseException as error:  # handed to the consumer, which raises it
-                updates.put(Raised(portable(error)))
+                running.updates.put(Raised(portable(error)))
             finally:
-                finished.set()
-            updates.put(done)
+                running.finished.set()
+            running.updates.put(JOB_ENDED)
 
         self.thread.run(work)
-        try:
-            while (item := updates.get()) is not done:
-                yield item
-        finally:
-            cancel.set()
-            finished.wait()
+        return running
 
     def gpu_seconds(self, job: JobSpec) -> int:
         """How long `job` may hold a ZeroGPU GPU: steps × megapixels × batch × the model's per-step cost, bounded."""

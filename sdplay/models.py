@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path, PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import torch
@@ -33,6 +33,9 @@ from sdplay.executor import Executor, zero_gpu
 from sdplay.previews import fit_latent_rgb
 from sdplay.requests import Task
 from sdplay.samplers import AUTOMATIC, build_scheduler
+
+if TYPE_CHECKING:
+    from sdplay.ray_executor import RayExecutor
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 MAX_HUB_NAME = 96  # the Hub's limit on a user, organisation or repository name
@@ -227,7 +230,12 @@ class ModelSwitch:
 
 
 class ModelManager:
-    """Loads a model once, hands out task views that share its weights, and serialises jobs with a lock."""
+    """Loads a model once, hands out task views that share its weights, and serialises jobs with a lock.
+
+    With a `pool` (the `ray` executor) the pool's workers hold the weights and run the jobs, each with a manager of
+    its own; this one then keeps the model's facts only (its configs, tokenizer and settings, weights on the meta
+    device: see ray_executor.py), which is all the front end reads.
+    """
 
     def __init__(
         self,
@@ -235,6 +243,7 @@ class ModelManager:
         dtype: str | None = None,
         offline: bool = False,
         memory: MemoryOptions = MemoryOptions(),
+        pool: "RayExecutor | None" = None,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -245,10 +254,12 @@ class ModelManager:
         self._model: LoadedModel | None = None
         self._lock = threading.Lock()
         self._job: Job | None = None
-        # What runs jobs on this model, here or in a ZeroGPU worker; it holds the job thread and the ETA memory.
-        spaces = zero_gpu()
-        self.executor = Executor(self, gpu=spaces.GPU if spaces else None)
-        self.jobs_elsewhere = spaces is not None  # ZeroGPU: only its workers have the GPU, not this process
+        # What runs jobs on this model: here, in a ZeroGPU worker, or on a Ray pool; it holds the ETA memory.
+        self.pool = pool
+        spaces = None if pool is not None else zero_gpu()
+        self.executor: Executor | RayExecutor = pool or Executor(self, gpu=spaces.GPU if spaces else None)
+        # ZeroGPU, Ray: only the workers have the GPU, not this process
+        self.jobs_elsewhere = spaces is not None or pool is not None
 
     @property
     def model(self) -> LoadedModel:
@@ -276,6 +287,10 @@ class ModelManager:
         1.5 in fp16 is ~2 GB); a machine too small for that fails the load and keeps serving the old model.
         """
         source = source.strip()
+        if self.pool is not None:  # the workers load it (and download it): this process keeps its facts
+            with self._lock:
+                self._model = self.pool.load(source, config, allow_local, by)
+                return self._model
         load = self._loader(source, config, allow_local, progress)
 
         def switch() -> LoadedModel:
@@ -397,6 +412,8 @@ class ModelManager:
     def interrupt(self, owner: str | None) -> bool:
         """Ask the running job to stop at the next step; only its owner may. No owner (a request without a session)
         stops nothing, and a job without an owner can only be stopped through its own cancel flag."""
+        if self.pool is not None:  # the job runs on a worker: the pool stops it there
+            return owner is not None and self.pool.interrupt(owner)
         job = self._job
         if job is None or owner is None or job.owner != owner:
             return False
@@ -409,7 +426,8 @@ class ModelManager:
         if self._model is None:
             return f"No model loaded · {self.device.type} · RAM {rss:.0f} MB"
         model = self._model
-        line = f"{model.name} · {self.device.type} {str(self.dtype).removeprefix('torch.')}"
+        where = f"{self.device.type} {str(self.dtype).removeprefix('torch.')}"
+        line = f"{model.name} · {self.pool.describe() if self.pool is not None else where}"
         line += f" · weights {model.parameter_bytes / 2**20:.1f} MB · RAM {rss:.0f} MB"
         if self.device.type == "cuda" and not self.jobs_elsewhere:
             line += f" · VRAM {torch.cuda.memory_allocated(self.device) / 2**20:.0f} MB"

@@ -103,8 +103,14 @@ def model_bar(demo: gr.Blocks, manager: ModelManager, switch: ModelSwitch, tabs:
 
 
 def build_demo(
-    manager: ModelManager, limits: Limits, switch: ModelSwitch, plot_limits: PlotLimits = PlotLimits()
+    manager: ModelManager,
+    limits: Limits,
+    switch: ModelSwitch,
+    plot_limits: PlotLimits = PlotLimits(),
+    workers: int = 1,
 ) -> gr.Blocks:
+    """The app; `workers` is how many jobs the executor runs at once (`manager.executor.workers`: 1 here, a Ray
+    pool's replicas), and so how many the GPU queue lets run."""
     with gr.Blocks(title="sdplay", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# sdplay · a Stable Diffusion playground")
         model_slot = gr.Column()
@@ -138,6 +144,7 @@ def build_demo(
             _wire_restore(button, tab, *targets[tab], info_image, info_text, tabs)
         compare.send_settings(to_compare, explained, compared, tabs)
         lesson.send_tries(lessons, explained, compared, tabs)
+    share_gpu(demo, workers)
     demo.queue(api_open=False, max_size=32)
     one_job_per_session(demo, GPU["concurrency_id"])  # so that one session cannot fill the queue of 32
     one_job_per_session(demo, xyz.PLOT["concurrency_id"])  # and one plot per session (its cells join the GPU's)
@@ -145,6 +152,14 @@ def build_demo(
     # waking 1000 times a second slowed generation on a CPU by ~6%. Every 10 ms is still instant to people.
     demo._queue.sleep_when_free = 0.01
     return demo
+
+
+def share_gpu(demo: gr.Blocks, workers: int) -> None:
+    """Let `workers` jobs of the GPU queue run at once: one per worker of the executor. Every event of the queue
+    gets the same limit, since Gradio applies the lowest of a queue's events (the tabs declare `GPU`'s, one)."""
+    for fn in demo.fns.values():
+        if fn.concurrency_id == GPU["concurrency_id"]:
+            fn.concurrency_limit = workers
 
 
 def _settings_updates(text: str) -> list:
