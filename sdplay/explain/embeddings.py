@@ -5,6 +5,7 @@ The vectors come from the recorded run (`ExplainRun.token_embeddings`, `.text_em
 the model; the nearest tokens and the causal test run the model's own table and encoder, as jobs.
 """
 
+import functools
 import math
 import threading
 from collections.abc import Callable
@@ -60,7 +61,9 @@ POSITIVE, NEGATIVE = np.array([202, 0, 32]), np.array([5, 113, 176])  # red abov
 LATER_COLOUR, EARLY_COLOUR = (230, 85, 13), (49, 130, 189)
 
 
+@functools.cache
 def font(size: int = FONT) -> ImageFont.FreeTypeFont:
+    """The default font at `size` pixels, loaded once: loading it took more time than drawing a chart."""
     return ImageFont.load_default(size)
 
 

@@ -4,6 +4,7 @@ with its error map and PSNR, and a latent's channels as images.
 The compression and the run's channels need no model; the round trip runs the loaded model's VAE, as a job.
 """
 
+import functools
 import math
 import threading
 from collections.abc import Callable
@@ -171,12 +172,18 @@ def round_trip(
         return RoundTrip(model.name, original, decoded, latent, compression(facts, *size))
 
 
+@functools.cache
+def loaded_font(size: int) -> ImageFont.FreeTypeFont:
+    """The default font at `size` pixels, loaded once: the sheet is redrawn at every step the slider stops at."""
+    return ImageFont.load_default(size)
+
+
 def channel_sheet(rows: list[tuple[str, np.ndarray]], title: str) -> Image.Image:
     """Latents [C, h, w] as grey tiles, one row per latent and one column per channel (mid-grey 0, black −3, white
     +3 and beyond), each latent position a square, with their names: channel by channel, what the UNet works on."""
     channels, height, width = rows[0][1].shape
     zoom = max(1, min(TILE, 640 // channels) // max(height, width))
-    font, small = ImageFont.load_default(FONT), ImageFont.load_default(15)
+    font, small = loaded_font(FONT), loaded_font(15)
     left = int(max(font.getlength(name) for name, _ in rows)) + 16
     gap, top = 8, 58
     tile_w, tile_h = width * zoom, height * zoom
