@@ -199,7 +199,8 @@ CAPTIONS: dict[str, Caption] = {
         "Save the whole run as one file, and replay a saved run here, without the model.",
         "The file is a `.safetensors` file (plain tensors, no code): `image`, the `latents` x_t and `x0` of "
         "every step, the `attention` of every token averaged over heads and layers, per-block maps, the noise "
-        "predictions, and the `tokens` and `recipe` as metadata. A class can replay it on any machine with "
+        "predictions, each token's `token_embeddings` and `text_embeddings` (before and after the text encoder), "
+        "and the `tokens` and `recipe` as metadata. A class can replay it on any machine with "
         "sdplay, or open it in a notebook with `safetensors.torch.load_file`.",
     ),
 }
