@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from sdplay.errors import UserError
+from sdplay.executor import Executor, JobSpec
 from sdplay.explain.capture import explain
 from sdplay.explain.export import load_run, save_run
 from sdplay.explain.point_attention import (
@@ -26,7 +27,8 @@ from sdplay.explain.point_attention import (
 )
 from sdplay.explain.unet_step import step_input
 from sdplay.models import ModelManager
-from sdplay.requests import GenerationRequest
+from sdplay.requests import GenerationRequest, Limits
+from tests.test_executor import ZeroGPU
 from tests.test_inside_unet import SHAPES
 
 REQUEST = GenerationRequest(prompt="a large red circle on the left", sampler="Euler", steps=5, seed=1)
@@ -162,3 +164,21 @@ def test_long_prompts_show_their_largest_shares_and_the_rest_in_one_bar():
     assert values.sum() == pytest.approx(1) and shown[:-1] == labels[len(labels) - MAX_BARS + 1 :]
     chart = share_chart(labels, shares, "title")
     assert chart.height >= 32 * MAX_BARS
+
+
+def test_the_point_view_crosses_a_zerogpu_boundary_as_picklable_cpu_data(manager):
+    """Under a simulation of ZeroGPU (a forked worker, everything pickled both ways) the job gives what it gives
+    in this process."""
+    run = explain(manager, GenerationRequest(prompt="a red cat", negative_prompt="dog", steps=3, seed=2))
+    job = JobSpec(attend_at, PointRequest(step_input(run, 1), "up_blocks.0", (0.6, 0.4), cross_heads=True), Limits())
+    *_, local = manager.executor.run(job)
+    zero_gpu = ZeroGPU()
+    *_, remote = Executor(manager, gpu=zero_gpu).run(job)
+    assert len(zero_gpu.workers) == 1  # it ran in a forked worker
+    assert (remote.block, remote.grid, remote.cell, remote.layers) == (
+        local.block,
+        local.grid,
+        local.cell,
+        local.layers,
+    )
+    assert torch.equal(remote.self_rows, local.self_rows) and torch.equal(remote.cross_rows, local.cross_rows)

@@ -11,6 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from sdplay.errors import UserError
+from sdplay.executor import Executor, JobSpec
 from sdplay.explain.capture import explain
 from sdplay.explain.unet_step import call_unet, first_call, step_input
 from sdplay.explain.unet_views import (
@@ -26,7 +27,8 @@ from sdplay.explain.unet_views import (
     unet_parts,
 )
 from sdplay.models import ModelManager
-from sdplay.requests import GenerationRequest
+from sdplay.requests import GenerationRequest, Limits
+from tests.test_executor import ZeroGPU
 
 SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 REQUEST = GenerationRequest(prompt="a red cat", negative_prompt="dog", sampler="Euler", steps=4, seed=3)
@@ -244,3 +246,18 @@ def test_a_normal_explain_run_meets_none_of_our_hooks(shapes):
     seen.clear()
     explain(shapes, request, on_step=inspect)  # the view left nothing behind
     assert seen and not any(module in OURS or module == "global hook" for module in seen)
+
+
+def test_the_view_crosses_a_zerogpu_boundary_as_picklable_cpu_data(manager):
+    """Under a simulation of ZeroGPU (a forked worker, everything pickled both ways) the job gives what it gives
+    in this process."""
+    run = explain(manager, REQUEST)
+    job = JobSpec(look_inside, UNetRequest(step_input(run, 2)), Limits())
+    *_, local = manager.executor.run(job)
+    zero_gpu = ZeroGPU()
+    *_, remote = Executor(manager, gpu=zero_gpu).run(job)
+    assert len(zero_gpu.workers) == 1  # it ran in a forked worker
+    assert remote.parts == local.parts and remote.features.keys() == local.features.keys()
+    for name, features in local.features.items():
+        assert torch.equal(remote.features[name].maps, features.maps)
+    assert torch.equal(remote.output.eps_cond, run.eps_cond[2]) and torch.equal(remote.kernels, local.kernels)
