@@ -14,17 +14,36 @@ from pathlib import Path
 from PIL import Image
 
 from sdplay.compare import FIELDS
+from sdplay.errors import UserError
+from sdplay.executor import JobSpec
 from sdplay.explain.capture import ExplainRun
+from sdplay.explain.embeddings import (
+    CausalRequest,
+    CausalTest,
+    Neighbours,
+    NeighboursRequest,
+    TextEmbeddings,
+    causal_chart,
+    causal_test,
+    cosine_matrix,
+    first_chunk,
+    movement_chart,
+    nearest_tokens,
+    similarity_image,
+    vector_strips,
+)
 from sdplay.explain.filmstrip import Filmstrip
 from sdplay.explain.lesson_panels import (
     attention_grid,
     causal_mask,
     compression,
+    neighbour_rows,
     side_by_side,
     token_chips,
     unet_levels,
 )
 from sdplay.explain.render import ExplainView, HeatmapSettings, content_word
+from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits, Task, validated
 from sdplay.samplers import AUTOMATIC
 
@@ -136,12 +155,15 @@ class Moment:
 
 @dataclass
 class LessonView:
-    """The lesson's run ready to draw, and what the loaded model adds to it: its tokens' ids (None when the model
-    that made the run is not loaded, as for a replayed file of another model)."""
+    """The lesson's run ready to draw, and what its model adds when it is the one loaded: the answers of the
+    questions the lesson asks it (`MODEL_QUESTIONS`: the nearest vocabulary tokens, the causal test)."""
 
     view: ExplainView
-    token_ids: list[int] | None = None
+    model_loaded: bool = False  # the model that made the run is the one loaded
+    token_ids: list[int] | None = None  # the file's, else the loaded tokenizer's; None: neither has them
     preset: Preset | None = None  # the preset that made the run: its "try this" values fit its prompt
+    neighbours: list[Neighbours] | None = None
+    causal: CausalTest | None = None
 
     @property
     def run(self) -> ExplainRun:
@@ -151,9 +173,10 @@ class LessonView:
     def model(self) -> str:
         return str(self.run.recipe.get("model"))
 
-    @property
-    def model_loaded(self) -> bool:
-        return self.token_ids is not None
+    @cached_property
+    def embeddings(self) -> TextEmbeddings | None:
+        """The prompt's static and contextual vectors, from the file (None in files saved before they were)."""
+        return TextEmbeddings.of_run(self.run)
 
     @cached_property
     def strip(self) -> Filmstrip:
@@ -171,35 +194,86 @@ class LessonView:
 def lesson_view(
     view: ExplainView, loaded_model: str | None, tokenizer=None, preset: Preset | None = None
 ) -> LessonView:
-    """A run (recorded or replayed) for the lesson; the ids come from `tokenizer` only if `loaded_model` made it."""
+    """A run (recorded or replayed) for the lesson. Its ids are the file's, or `tokenizer`'s if `loaded_model`
+    made the run."""
     run = view.run
-    ids = None
-    if tokenizer is not None and loaded_model == run.recipe.get("model"):
+    loaded = loaded_model == run.recipe.get("model")
+    ids = [int(i) for i in run.token_ids] if run.token_ids is not None else None
+    if ids is None and loaded and tokenizer is not None:
         ids = [int(i) for i in tokenizer.convert_tokens_to_ids(run.tokens)]
     fits = preset if preset is not None and run.recipe.get("prompt") == preset.prompt else None
-    return LessonView(view, ids, fits)
+    return LessonView(view, loaded, ids, fits)
+
+
+@dataclass(frozen=True)
+class Question:
+    """A job that asks the run's model something for a stage (sdplay/explain/embeddings.py's work functions): run
+    through the executor when the run is recorded or replayed with its model loaded; the answer goes to `answer`."""
+
+    work: Callable
+    request: Callable[[LessonView], object]
+    answer: str  # the LessonView field that keeps it
+
+
+def _chunk(lesson: LessonView) -> tuple[str, ...]:
+    return tuple(first_chunk(lesson.run.tokens))
+
+
+MODEL_QUESTIONS = (
+    Question(nearest_tokens, lambda lesson: NeighboursRequest(lesson.model, _chunk(lesson)), "neighbours"),
+    Question(causal_test, lambda lesson: CausalRequest(lesson.model, _chunk(lesson)), "causal"),
+)
+
+
+def ask(manager: ModelManager, lesson: LessonView, limits: Limits = Limits(), owner: str | None = None) -> LessonView:
+    """With the run's model loaded, ask it the lesson's questions (each a job on the executor) and keep the answers
+    in `lesson`; a question it cannot answer leaves its panels to their fallbacks."""
+    if not lesson.model_loaded:
+        return lesson
+    for question in MODEL_QUESTIONS:
+        try:
+            *_, answer = manager.executor.run(JobSpec(question.work, question.request(lesson), limits, owner))
+        except UserError:
+            continue
+        setattr(lesson, question.answer, answer)
+    return lesson
 
 
 # Stages ----------------------------------------------------------------------------------------------------------
 
 Draw = Callable[[LessonView, Moment], Image.Image]
+# What a panel may need beyond the recorded maps and latents, and the text that says it is missing.
+NEEDS: dict[str, tuple[Callable[[LessonView], bool], str]] = {
+    "ids": (lambda lesson: lesson.token_ids is not None, "lesson_needs_model"),
+    "embeddings": (lambda lesson: lesson.embeddings is not None, "lesson_needs_embeddings"),
+    "neighbours": (lambda lesson: lesson.neighbours is not None, "lesson_needs_model"),
+    "causal": (lambda lesson: lesson.causal is not None, "lesson_needs_model"),
+}
 
 
 @dataclass(frozen=True)
 class Panel:
-    """A panel of a stage: its texts are `panel_<name>` (label) and `panel_<name>_caption`. A panel that
-    `needs_model` is drawn only when the run's model is loaded; otherwise `fallback`, from what the file holds."""
+    """A panel of a stage: its texts are `panel_<name>` (label) and `panel_<name>_caption`. A panel that `needs`
+    something the lesson lacks (the run's model, or embeddings an older file does not hold) shows its `fallback`
+    instead, drawn from what the file holds."""
 
     name: str
     draw: Draw
     wide: bool = False  # a picture wider than tall (a chart, a strip): it gets a row of its own
-    needs_model: bool = False
+    needs: str | None = None  # a key of NEEDS
     fallback: "Panel | None" = None
 
+    def missing(self, lesson: LessonView) -> str | None:
+        """The text key that says what this panel lacks, or None when it can be drawn."""
+        if self.needs is None:
+            return None
+        available, text = NEEDS[self.needs]
+        return None if available(lesson) else text
+
     def shown(self, lesson: LessonView) -> "Panel":
-        """This panel, or its fallback when it needs the run's model and that is not loaded."""
-        if self.needs_model and not lesson.model_loaded and self.fallback is not None:
-            return self.fallback
+        """This panel, or (as many times as needed) its fallback."""
+        if self.missing(lesson) is not None and self.fallback is not None:
+            return self.fallback.shown(lesson)
         return self
 
 
@@ -224,9 +298,10 @@ class Stage:
         """The 1-based step the stage starts at in a run of `steps`, or None to keep the slider's."""
         return None if self.step is None else 1 + round(self.step * (steps - 1))
 
-    def needs_model(self, lesson: LessonView) -> bool:
-        """Whether the stage would compute from the run's model, which is not loaded (it then says so)."""
-        return not lesson.model_loaded and any(panel.needs_model for panel in self.panels)
+    def missing(self, lesson: LessonView) -> str | None:
+        """The text key that says what the stage lacks to show all it can (the run's model first), or None."""
+        lacking = {panel.missing(lesson) for panel in self.panels} - {None}
+        return "lesson_needs_model" if "lesson_needs_model" in lacking else next(iter(lacking), None)
 
 
 def chosen_word(lesson: LessonView) -> str:
@@ -237,13 +312,35 @@ def recipe(lesson: LessonView, key: str):
     return lesson.run.recipe.get(key)
 
 
-# The panels, each drawn from the recorded run. Stages 2, 3, 4 (the VAE), 5 and 6 get richer panels from the
-# Inside tab's modules as those land: a line each here.
+def static_similarity(lesson: LessonView) -> Image.Image:
+    embeddings = lesson.embeddings
+    return similarity_image(cosine_matrix(embeddings.static), embeddings.labels, "")
+
+
+# The panels. Most are drawn from the recorded run alone; those that need more say so (`needs`) and name what to
+# show without it. A richer view from the Inside tab's modules plugs in as a line here.
 TOKENS = Panel("tokens", lambda lesson, at: token_chips(lesson.view, None, at.word), wide=True)
 TOKEN_IDS = Panel(
-    "token_ids", lambda lesson, at: token_chips(lesson.view, lesson.token_ids, at.word), wide=True, needs_model=True,
+    "token_ids", lambda lesson, at: token_chips(lesson.view, lesson.token_ids, at.word), wide=True, needs="ids",
     fallback=TOKENS,
 )  # fmt: skip
+STATIC = Panel(
+    "static", lambda lesson, at: vector_strips(lesson.embeddings.static, lesson.embeddings.labels, ""), wide=True,
+    needs="embeddings", fallback=TOKEN_IDS,
+)  # fmt: skip
+SIMILARITY = Panel("similarity", lambda lesson, at: static_similarity(lesson), wide=True, needs="embeddings",
+                   fallback=TOKENS)  # fmt: skip
+NEIGHBOURS = Panel(
+    "neighbours", lambda lesson, at: neighbour_rows(lesson.neighbours, lesson.run.tokens), wide=True,
+    needs="neighbours", fallback=SIMILARITY,
+)  # fmt: skip
+MOVEMENT = Panel(
+    "movement", lambda lesson, at: movement_chart(lesson.embeddings), wide=True, needs="embeddings",
+    fallback=TOKEN_IDS,
+)  # fmt: skip
+CAUSAL_TEST = Panel(
+    "causal_test", lambda lesson, at: causal_chart(lesson.causal), wide=True, needs="causal", fallback=MOVEMENT
+)
 CAUSAL = Panel("causal", lambda lesson, at: causal_mask(lesson.view, at.word), wide=True)
 NOISE = Panel("noise", lambda lesson, at: lesson.view.preview("x_t", at.step))
 COMPRESSION = Panel("compression", lambda lesson, at: compression(lesson.view), wide=True)
@@ -271,9 +368,9 @@ def _next_seed(lesson: LessonView) -> str:
 # Entering a stage puts the step where its panels tell the story: the noise at the first step, the UNet and the
 # guidance in the middle of the run, where the words look at the last.
 STAGES: tuple[Stage, ...] = (
-    Stage("tokens", (TOKENS,), Try(EXPLAIN, lambda lesson: f"{recipe(lesson, 'prompt')}, watercolour")),
-    Stage("token_embeddings", (TOKEN_IDS,), Try("Negative prompt", chosen_word)),
-    Stage("contextual", (CAUSAL,), Try("Negative prompt", chosen_word)),
+    Stage("tokens", (TOKEN_IDS,), Try(EXPLAIN, lambda lesson: f"{recipe(lesson, 'prompt')}, watercolour")),
+    Stage("token_embeddings", (STATIC, NEIGHBOURS), Try("Negative prompt", chosen_word)),
+    Stage("contextual", (CAUSAL, CAUSAL_TEST), Try("Negative prompt", chosen_word)),
     Stage("latent", (NOISE, COMPRESSION), Try("Seed", _next_seed), step=0),
     Stage("unet", (EPS, LEVELS), Try("Steps", lambda lesson: str(max(1, int(recipe(lesson, "steps")) // 4))), 0.5),
     Stage("self_attention", (POSITIONS, HEATMAP), Try("Seed", _next_seed), step=1),
@@ -290,16 +387,16 @@ def stage_index(stage_id: str) -> int:
 
 @dataclass(frozen=True)
 class Shown:
-    """A stage drawn for one moment: each panel shown (a fallback where the model is missing) and its image."""
+    """A stage drawn for one moment: each panel shown (a fallback where something is missing) and its image."""
 
     panels: tuple[Panel, ...]
     images: tuple[Image.Image, ...]
-    needs_model: bool  # the stage would use the run's model, which is not loaded: say so
+    missing: str | None  # the text key that says what is missing (the run's model, the file's embeddings)
 
 
 def draw_stage(stage: Stage, lesson: LessonView, at: Moment) -> Shown:
     panels = tuple(panel.shown(lesson) for panel in stage.panels)
-    return Shown(panels, tuple(panel.draw(lesson, at) for panel in panels), stage.needs_model(lesson))
+    return Shown(panels, tuple(panel.draw(lesson, at) for panel in panels), stage.missing(lesson))
 
 
 # Try this --------------------------------------------------------------------------------------------------------

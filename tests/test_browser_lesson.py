@@ -126,10 +126,11 @@ def test_a_replayed_file_of_another_model_gives_the_lesson(
     expect(panel.locator(".lesson-words").get_by_label("cat", exact=True)).to_be_checked()
     stage_shown(panel, 0, EN).get_by_role("button", name=EN["lesson_next"]).click()
     shown = stage_shown(panel, 1, EN)
-    # The ids need the run's model: the stage says so plainly, and shows the tokens the file holds.
-    expect(shown.locator(".prose.lesson-note")).to_contain_text(EN["lesson_needs_model"][:40])
-    expect(shown.locator(".prose.lesson-note")).to_contain_text("tiny")
-    expect(shown.locator(".prose.lesson-label").first).to_have_text(EN["panel_tokens"])
+    # The nearest vocabulary tokens need the run's model: the stage says so plainly, and shows what the file holds.
+    note = shown.locator(".prose.lesson-note")
+    expect(note).to_contain_text(EN["lesson_needs_model"][:40])
+    expect(note).to_contain_text("tiny")
+    expect(shown.locator(".prose.lesson-label")).to_have_text([EN["panel_static"], EN["panel_similarity"]])
     panel.locator(".lesson-walk").screenshot(path=ARTIFACTS / "lesson-replayed-02-token_embeddings.png")
     for index in range(2, len(STAGES)):
         shown.get_by_role("button", name=EN["lesson_next"]).click()
@@ -148,8 +149,9 @@ def test_the_lesson_in_french(browser: Browser, lesson_url: str) -> None:
     panel.get_by_role("button", name=FR["lesson_record"]).click()
     expect(panel.locator(".prose.lesson-status")).to_contain_text(FR["lesson_recorded"], timeout=RECORD_TIMEOUT_MS)
     shown = stage_shown(panel, 0, FR)
+    expect(shown.locator(".prose.lesson-label")).to_have_text([FR["panel_token_ids"]])
     shown.get_by_role("button", name=FR["lesson_next"]).click()
     shown = stage_shown(panel, 1, FR)
-    expect(shown.locator(".prose.lesson-label").first).to_have_text(FR["panel_token_ids"])
+    expect(shown.locator(".prose.lesson-label")).to_have_text([FR["panel_static"], FR["panel_neighbours"]])
     page.screenshot(path=ARTIFACTS / "lesson-fr-02-token_embeddings.png", full_page=True)
     assert errors == []

@@ -16,9 +16,11 @@ from sdplay.explain.lesson_panels import causal_reads, skip_pairs, value_counts
 from sdplay.explain.render import FUNCTION_WORDS, ExplainView, replay_view
 from sdplay.lesson import (
     EXPLAIN,
+    NEEDS,
     STAGES,
     LessonView,
     Moment,
+    ask,
     draw_stage,
     language,
     lesson_data,
@@ -45,17 +47,25 @@ def shapes() -> ModelManager:
 
 @pytest.fixture(scope="module")
 def recorded(shapes) -> LessonView:
-    """The lesson's run on the bundled model, from its preset, with the model loaded."""
+    """The lesson's run on the bundled model, from its preset, with the model loaded and asked its questions."""
     model = shapes.model
     preset = preset_for(model.settings.vocabulary)
     run = explain(shapes, preset.request(model.settings, model.native_size))
-    return lesson_view(ExplainView(run), model.name, model.pipe.tokenizer, preset)
+    return ask(shapes, lesson_view(ExplainView(run), model.name, model.pipe.tokenizer, preset))
 
 
 @pytest.fixture(scope="module")
 def replayed(recorded, tmp_path_factory) -> LessonView:
-    """The same run saved and replayed on a server whose model is another one: no tokenizer of its model."""
+    """The same run saved and replayed on a server whose model is another one: the file alone."""
     path = save_run(recorded.run, tmp_path_factory.mktemp("lesson") / "lesson.safetensors")
+    return ask(None, lesson_view(replay_view(path), loaded_model="some-other-model"))  # asks nothing
+
+
+@pytest.fixture(scope="module")
+def older(recorded, tmp_path_factory) -> LessonView:
+    """A file saved before sdplay recorded the prompt's ids and embeddings, replayed without its model."""
+    run = replace(recorded.run, token_ids=None, token_embeddings=None, text_embeddings=None)
+    path = save_run(run, tmp_path_factory.mktemp("lesson") / "older.safetensors")
     return lesson_view(replay_view(path), loaded_model="some-other-model")
 
 
@@ -65,9 +75,10 @@ def needed_keys() -> set[str]:
     for stage in STAGES:
         keys |= {f"stage_{stage.id}_{part}" for part in ("title", "text", "try")}
         for panel in stage.panels:
-            for shown in (panel, panel.fallback):
-                if shown is not None:
-                    keys |= {f"panel_{shown.name}", f"panel_{shown.name}_caption"}
+            while panel is not None:  # the panel and each fallback it may show instead
+                keys |= {f"panel_{panel.name}", f"panel_{panel.name}_caption"}
+                panel = panel.fallback
+    keys |= {text for _, text in NEEDS.values()}
     keys |= set(re.findall(r"""\b(?:t|text)\(["'](\w+)["']""", UI.read_text(encoding="utf-8")))
     return keys
 
@@ -119,32 +130,65 @@ def test_an_open_vocabulary_model_gets_the_stable_diffusion_preset(manager) -> N
     assert view.words[lesson_view(view, model.name).start.word].text == "fox"
 
 
-def test_a_replayed_file_drives_every_stage_without_its_model(replayed: LessonView) -> None:
-    assert replayed.token_ids is None and not replayed.model_loaded and replayed.preset is None
-    steps = replayed.run.steps
-    words = [i for i, w in enumerate(replayed.view.words) if not w.special]
+def drawn_everywhere(lesson: LessonView) -> dict[str, tuple[list[str], str | None]]:
+    """Draw every stage at the first and last step with two words; check each panel is a picture. Returns, per
+    stage, the panels shown and what the stage said was missing."""
+    steps = lesson.run.steps
+    words = [i for i, w in enumerate(lesson.view.words) if not w.special]
+    shown_panels = {}
     for stage in STAGES:
-        for moment in (Moment(0, words[0]), Moment(steps - 1, replayed.start.word)):
-            shown = draw_stage(stage, replayed, moment)
+        for moment in (Moment(0, words[0]), Moment(steps - 1, lesson.start.word)):
+            shown = draw_stage(stage, lesson, moment)
             assert 1 <= len(shown.images) <= 2
             for panel, image in zip(shown.panels, shown.images, strict=True):
                 pixels = np.asarray(image.convert("RGB"))
                 assert min(image.size) >= 64, (stage.id, panel.name, image.size)
                 assert pixels.std() > 1, (stage.id, panel.name)  # a picture, not an empty panel
-        # Only the stage that reads the run's model says so, and shows what the file holds instead.
-        assert shown.needs_model == (stage.id == "token_embeddings"), stage.id
-    ids = draw_stage(STAGES[1], replayed, replayed.start)
-    assert [panel.name for panel in ids.panels] == ["tokens"]
+        shown_panels[stage.id] = ([panel.name for panel in shown.panels], shown.missing)
+    return shown_panels
 
 
-def test_with_its_model_loaded_the_tokens_show_the_tokenizers_ids(shapes, recorded) -> None:
+def test_with_its_model_the_lesson_shows_every_stage_in_full(recorded: LessonView) -> None:
+    shown = drawn_everywhere(recorded)
+    assert all(missing is None for _, missing in shown.values()), shown
+    assert [panels for panels, _ in shown.values()] == [[panel.name for panel in s.panels] for s in STAGES]
+
+
+def test_a_replayed_file_drives_every_stage_without_its_model(replayed: LessonView) -> None:
+    assert not replayed.model_loaded and replayed.preset is None
+    assert replayed.token_ids == replayed.run.token_ids.tolist()  # the file's own ids
+    shown = drawn_everywhere(replayed)
+    # What needs the model (its vocabulary's nearest tokens, the live causal test) says so and shows the file's
+    # similarities and movement instead; everything else is the file's.
+    assert shown["token_embeddings"] == (["static", "similarity"], "lesson_needs_model")
+    assert shown["contextual"] == (["causal", "movement"], "lesson_needs_model")
+    assert {stage: missing for stage, (_, missing) in shown.items() if missing} == {
+        "token_embeddings": "lesson_needs_model", "contextual": "lesson_needs_model",
+    }  # fmt: skip
+
+
+def test_an_older_file_without_embeddings_still_gives_every_stage(older: LessonView) -> None:
+    assert older.embeddings is None and older.token_ids is None
+    shown = drawn_everywhere(older)
+    assert shown["tokens"] == (["tokens"], "lesson_needs_model")  # the ids need the model's tokenizer
+    assert shown["token_embeddings"] == (["tokens", "tokens"], "lesson_needs_model")
+    assert shown["contextual"][0] == ["causal", "tokens"]
+
+
+def test_with_its_model_loaded_the_lesson_asks_it(shapes, recorded) -> None:
+    """The ids are the tokenizer's; the nearest tokens are the embedding table's (cosine, computed here again)."""
     tokenizer = shapes.model.pipe.tokenizer
     expected = tokenizer(recorded.run.recipe["prompt"]).input_ids  # start, the prompt's tokens, end
     assert recorded.token_ids == expected
-    shown = draw_stage(STAGES[1], recorded, recorded.start)
-    assert [panel.name for panel in shown.panels] == ["token_ids"] and not shown.needs_model
-    plain = draw_stage(STAGES[0], recorded, recorded.start).images[0]
-    assert shown.images[0].height > plain.height  # a line more per chip: the id
+    table = shapes.model.pipe.text_encoder.get_input_embeddings().weight.detach().float()
+    circle = next(item for item in recorded.neighbours if item.token == "circle</w>")
+    unit = table / table.norm(dim=1, keepdim=True)
+    similarity = unit @ unit[tokenizer.convert_tokens_to_ids("circle</w>")]
+    for name, score in circle.nearest:
+        assert score == pytest.approx(float(similarity[tokenizer.convert_tokens_to_ids(name)]), abs=1e-5)
+    scores = [score for _, score in circle.nearest]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 5
+    assert recorded.causal is not None and recorded.causal.causal  # the live test: CLIP reads left to right
 
 
 def test_the_causal_mask_drawn_is_the_text_encoders_own(shapes, recorded) -> None:

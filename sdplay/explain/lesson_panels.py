@@ -245,6 +245,31 @@ def attention_grid(view: ExplainView, step: int, settings: HeatmapSettings) -> I
     return picture
 
 
+def neighbour_rows(found: list, tokens: list[str]) -> Image.Image:
+    """Each word of the prompt and the vocabulary's tokens whose static vectors point most nearly its way, with
+    their cosine similarity (`found`: embeddings.Neighbours, the start and end tokens left out)."""
+    first, last = tokens[0], tokens[-1]
+    rows = [item for item in found if item.token not in (first, last)]
+    big, small = font(20), font(17)
+    left = int(max((big.getlength(token_text([item.token])) for item in rows), default=0)) + 30
+    height = 36
+    image = Image.new("RGB", (WIDTH, 10 + height * max(len(rows), 1)), "white")
+    draw = ImageDraw.Draw(image)
+    for index, item in enumerate(rows):
+        y = 10 + index * height + height / 2
+        draw.text((left - 16, y), token_text([item.token]), fill=CHOSEN_COLOUR, font=big, anchor="rm")
+        x = left
+        for name, score in item.nearest:
+            label = f"{token_text([name])} {score:.2f}"
+            width = small.getlength(label) + 16
+            if x + width > WIDTH - 6:
+                break
+            draw.rounded_rectangle([x, y - 14, x + width, y + 14], radius=7, fill=WORD_COLOURS[0], outline=GREY)
+            draw.text((x + 8, y), label, fill=INK, font=small, anchor="lm")
+            x += width + 6
+    return image
+
+
 def side_by_side(images: list[Image.Image], gap: int = 10) -> Image.Image:
     """Images in a row on white, top-aligned."""
     canvas = Image.new("RGB", (sum(i.width for i in images) + gap * (len(images) - 1), max(i.height for i in images)))

@@ -21,6 +21,7 @@ from sdplay.lesson import (
     Panel,
     Preset,
     Stage,
+    ask,
     draw_stage,
     language,
     lesson_view,
@@ -131,6 +132,18 @@ def stage_layout(index: int, stage: Stage) -> tuple[StageParts, gr.Button | None
     return StageParts(note, slots, attempt), back, following
 
 
+def owner(request: gr.Request | None) -> str | None:
+    """The session whose Stop may end the lesson's jobs."""
+    return request.session_hash if request else None
+
+
+def missing_note(key: str | None, shown: LessonView) -> str:
+    """What a stage lacks, said plainly: the run's model (named), or the embeddings an older file does not hold."""
+    if key is None:
+        return ""
+    return f"{t(key)} **{shown.model}**" if key == "lesson_needs_model" else str(t(key))
+
+
 def build(manager: ModelManager, limits: Limits) -> LessonParts:
     lesson = gr.State(None)  # the LessonView on screen
     current = gr.State(0)  # the stage shown (its index)
@@ -168,7 +181,7 @@ def build(manager: ModelManager, limits: Limits) -> LessonParts:
             picture = draw_stage(stage, shown, moment)
             setup = try_setup(stage, shown)
         updates = {
-            parts.note: f"{t('lesson_needs_model')} **{shown.model}**" if picture.needs_model else "",
+            parts.note: missing_note(picture.missing, shown),
             parts.attempt: gr.Button(f"{try_label(stage)} · {setup.describe()}"),
         }
         for place, panel, image in zip(parts.slots, picture.panels, picture.images, strict=True):
@@ -199,29 +212,36 @@ def build(manager: ModelManager, limits: Limits) -> LessonParts:
         return lesson_view(view, model.name, model.pipe.tokenizer, preset)
 
     def record_run(index: int, request: gr.Request = None, progress=gr.Progress()):
-        """Record the loaded model's preset as an Explain capture: one executor job, in the GPU queue."""
+        """Record the loaded model's preset as an Explain capture (one executor job, in the GPU queue), then ask
+        the model the lesson's questions about it."""
         model = manager.model
         preset = preset_for(model.settings.vocabulary)
         with user_errors():
             job = preset.request(model.settings, model.native_size, limits)
+        kept: list[ExplainRun] = []
 
         def shown(item: StepUpdate | ExplainRun) -> dict:
             if isinstance(item, StepUpdate):
                 return {status: f"{t('lesson_recording')} {item.step}/{item.total}"}
-            return show(loaded(ExplainView(item), preset), index)
+            kept.append(item)
+            return {status: f"{t('lesson_recording')} {item.steps}/{item.steps}"}
 
         yield from run(manager, job, limits, request, progress, job=explain, show=shown)
+        if kept:  # not stopped
+            with user_errors():
+                lesson_run = loaded(ExplainView(kept[0]), preset)
+                yield show(ask(manager, lesson_run, limits, owner(request)), index)
 
     recorded = record.click(record_run, current, outputs, show_progress_on=status, api_visibility="private", **GPU)
     wire_stop(manager, stop, recorded)
 
-    def replay_run(path: str | None, index: int) -> dict:
+    def replay_run(path: str | None, index: int, request: gr.Request = None) -> dict:
         if path is None:
             return {}
         with user_errors():
             view = replay_view(path, limits)
-            model = manager.model
-            return show(loaded(view, preset_for(model.settings.vocabulary)), index)
+            replayed = loaded(view, preset_for(manager.model.settings.vocabulary))
+            return show(ask(manager, replayed, limits, owner(request)), index)
 
     # In the GPU queue, as Explain's replay: drawing a long run keeps the CPU busy.
     replay.upload(replay_run, [replay, current], outputs, show_progress_on=status, api_visibility="private", **GPU)
