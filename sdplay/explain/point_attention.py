@@ -9,6 +9,7 @@ place's row of each layer's attention in the chosen block: never a whole self-at
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -232,6 +233,7 @@ def text_shares(probabilities: torch.Tensor, positions: list[int]) -> torch.Tens
 # Drawing --------------------------------------------------------------------------------------------------------
 
 
+@cache  # loading the font costs more than drawing with it
 def _font(size: int = FONT) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size)
 

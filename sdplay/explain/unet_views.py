@@ -10,6 +10,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -237,6 +238,7 @@ def count_text(value: float, unit: str = "") -> str:
     return f"{value:.0f} {unit}".rstrip()
 
 
+@cache  # loading the font costs more than drawing with it
 def _font(size: int = FONT) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size)
 
