@@ -21,6 +21,8 @@ DEFAULT_MODEL = (
 )
 # sdplay.models.SwitchPolicy's values: parsing flags imports no torch.
 MODEL_POLICIES = ("catalog", "any", "locked")
+# sdplay.executor.EXECUTORS, named here so that --help stays instant.
+EXECUTORS = ("local", "zerogpu", "ray")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -114,7 +116,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=env("SDPLAY_ATTENTION_SLICING") == "1",
         help="CUDA only: compute attention in slices [SDPLAY_ATTENTION_SLICING=1]",
     )
+    zero = bool(env("SPACES_ZERO_GPU"))
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default=env("SDPLAY_EXECUTOR") or ("zerogpu" if zero else "local"),
+        help="what runs the model: local (this process), zerogpu (a ZeroGPU Space's GPU worker) or ray (a pool of "
+        "Ray Serve workers, one per GPU; pip install -r requirements-ray.txt); default zerogpu on a ZeroGPU Space, "
+        "else local [SDPLAY_EXECUTOR]",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(env("SDPLAY_WORKERS", "0")) or None,
+        help="ray: how many workers (replicas, each with the model loaded) run jobs at once; default one per GPU "
+        "of the Ray cluster, else one [SDPLAY_WORKERS]",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=env("SDPLAY_RAY_ADDRESS"),
+        help="ray: join the Ray cluster at this address (auto: the one `ray start` started on this machine) instead "
+        "of starting a local one; an sdplay application already deployed there (serve run) is used as it is "
+        "[SDPLAY_RAY_ADDRESS]",
+    )
+    parser.add_argument(
+        "--worker-threads",
+        type=int,
+        default=int(env("SDPLAY_WORKER_THREADS", "0")) or None,
+        help="ray, CPU workers: torch threads of each; default the cluster's cores shared out [SDPLAY_WORKER_THREADS]",
+    )
     args = parser.parse_args(argv)
+    if args.executor not in EXECUTORS:  # argparse checks the choices of flags, not of defaults
+        parser.error(f"SDPLAY_EXECUTOR={args.executor} is not one of {', '.join(EXECUTORS)}.")
+    if args.executor == "zerogpu" and not zero:
+        parser.error("--executor zerogpu runs on a Hugging Face ZeroGPU Space only (SPACES_ZERO_GPU is not set).")
+    if args.executor != "zerogpu" and zero:
+        parser.error(f"On a ZeroGPU Space only --executor zerogpu reaches the GPU, not {args.executor}.")
+    ray_flags = [
+        flag
+        for flag, value in (
+            ("--workers", args.workers),
+            ("--ray-address", args.ray_address),
+            ("--worker-threads", args.worker_threads),
+        )
+        if value is not None
+    ]
+    if ray_flags and args.executor != "ray":
+        parser.error(f"{', '.join(ray_flags)} {'is' if len(ray_flags) == 1 else 'are'} for --executor ray.")
+    if any(count is not None and count < 1 for count in (args.workers, args.worker_threads)):
+        parser.error("--workers and --worker-threads must be at least 1.")
     if not space and not _is_loopback(args.host) and not (args.auth or args.admin):
         parser.error(f"--host {args.host} opens the app to the network: also give --auth user:password.")
     for flag, login in (("--auth", args.auth), ("--admin", args.admin)):
@@ -158,6 +208,13 @@ def main(argv: list[str] | None = None) -> None:
 
     zero_gpu()  # on a ZeroGPU Space, `spaces` must be imported before anything initialises CUDA; imports no torch
     args = parse_args(argv)
+    if args.executor == "ray":
+        from sdplay.ray_worker import RAY_MISSING
+
+        try:
+            import ray  # noqa: F401  (here only to fail early, before the model loads, with how to install it)
+        except ImportError:
+            sys.exit(f"sdplay: {RAY_MISSING}")
     # --max-disk caps the whole of Gradio's cache folder, so the app gets one of its own: Gradio's default
     # (<tmp>/gradio) is shared by every Gradio app on the machine. Gradio reads the variable as it makes each file.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / f"sdplay-gradio-{args.port}"))
@@ -174,12 +231,16 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         memory = MemoryOptions(args.cpu_offload, args.vae_tiling, args.attention_slicing)
-        manager = ModelManager(args.device, args.dtype, offline=args.offline, memory=memory)
-        print(f"sdplay: loading {args.model} on {manager.device} ...", flush=True)
+        if args.executor == "ray":
+            manager = ray_manager(args, memory)
+        else:
+            manager = ModelManager(args.device, args.dtype, offline=args.offline, memory=memory)
+            print(f"sdplay: loading {args.model} on {manager.device} ...", flush=True)
         manager.load(args.model, config=args.config)
     except UserError as error:
         sys.exit(f"sdplay: {error}")
-    manager.executor.thread.own_torch_threads()
+    if args.executor != "ray":  # a pool's workers set their own threads
+        manager.executor.thread.own_torch_threads()
     local = {manager.model.name: args.model}
     if args.model != DEFAULT_MODEL and DEFAULT_MODEL == str(BUNDLED_MODEL):
         local[BUNDLED_MODEL.name] = DEFAULT_MODEL
@@ -187,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     admin = args.admin.partition(":")[0] if args.admin else None
     switch = ModelSwitch(models, SwitchPolicy(args.models), admin)
     plot_limits = PlotLimits(args.max_plot_cells, args.max_plot_megapixels)
-    demo = build_demo(manager, Limits(max_size=args.max_size), switch, plot_limits)
+    demo = build_demo(manager, Limits(max_size=args.max_size), switch, plot_limits, workers=manager.executor.workers)
     CacheCap(demo, args.max_disk).start()
     demo.launch(
         server_name=args.host,
@@ -203,6 +264,23 @@ def main(argv: list[str] | None = None) -> None:
         css=CSS,
         i18n=i18n(),  # the Lesson tab's texts, in the browser's language
     )
+
+
+def ray_manager(args: argparse.Namespace, memory):
+    """The front end's model manager on a pool of Ray Serve workers (`--executor ray`): they load the model and run
+    the jobs; this process keeps the model's facts."""
+    from sdplay.models import ModelManager
+    from sdplay.ray_executor import RayExecutor
+    from sdplay.ray_worker import ModelSource, WorkerOptions
+
+    where = f"the Ray cluster at {args.ray_address}" if args.ray_address else "a local Ray instance"
+    print(f"sdplay: starting the workers on {where} (or joining those deployed there) ...", flush=True)
+    options = WorkerOptions(args.device, args.dtype, args.offline, memory, args.worker_threads)
+    pool = RayExecutor.start(args.workers, args.ray_address, options, ModelSource(args.model, args.config))
+    print(
+        f"sdplay: {pool.workers} worker{'s' if pool.workers != 1 else ''} ready; loading {args.model} ...", flush=True
+    )
+    return ModelManager(device="meta", pool=pool)
 
 
 if __name__ == "__main__":
