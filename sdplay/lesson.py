@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import cache, cached_property
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from sdplay.compare import FIELDS
@@ -42,7 +43,10 @@ from sdplay.explain.lesson_panels import (
     token_chips,
     unet_levels,
 )
+from sdplay.explain.point_attention import PointAttention, PointRequest, attend_at, self_attention_image
 from sdplay.explain.render import ExplainView, HeatmapSettings, content_word
+from sdplay.explain.unet_step import step_input
+from sdplay.explain.unet_views import UNetInside, UNetRequest, diagram, first_convolution, look_inside
 from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits, Task, validated
 from sdplay.samplers import AUTOMATIC
@@ -164,6 +168,8 @@ class LessonView:
     preset: Preset | None = None  # the preset that made the run: its "try this" values fit its prompt
     neighbours: list[Neighbours] | None = None
     causal: CausalTest | None = None
+    inside: UNetInside | None = None  # one UNet call at the UNet stage's step, with hooks
+    attention: PointAttention | None = None  # self-attention at the chosen word's place, at the last step
 
     @property
     def run(self) -> ExplainRun:
@@ -219,9 +225,27 @@ def _chunk(lesson: LessonView) -> tuple[str, ...]:
     return tuple(first_chunk(lesson.run.tokens))
 
 
+def _unet_step(lesson: LessonView) -> UNetRequest:
+    """Inside the UNet at the step where the UNet stage starts (the middle of the run)."""
+    stage = next(stage for stage in STAGES if stage.id == "unet")
+    return UNetRequest(step_input(lesson.run, stage.step_at(lesson.run.steps) - 1))
+
+
+def _self_attention(lesson: LessonView) -> PointRequest:
+    """Self-attention at the last step, at the place where the lesson's word looks most, in the finest block."""
+    step = lesson.run.steps - 1
+    peak = lesson.view.word_maps(step, lesson.settings(lesson.start))[lesson.start.word]
+    row, column = np.unravel_index(int(np.argmax(peak)), peak.shape)
+    point = ((column + 0.5) / peak.shape[1], (row + 0.5) / peak.shape[0])
+    finest = max(lesson.view.blocks, key=lambda block: lesson.run.attention[block].shape[-1])
+    return PointRequest(step_input(lesson.run, step), finest, point)
+
+
 MODEL_QUESTIONS = (
     Question(nearest_tokens, lambda lesson: NeighboursRequest(lesson.model, _chunk(lesson)), "neighbours"),
     Question(causal_test, lambda lesson: CausalRequest(lesson.model, _chunk(lesson)), "causal"),
+    Question(look_inside, _unet_step, "inside"),
+    Question(attend_at, _self_attention, "attention"),
 )
 
 
@@ -248,6 +272,8 @@ NEEDS: dict[str, tuple[Callable[[LessonView], bool], str]] = {
     "embeddings": (lambda lesson: lesson.embeddings is not None, "lesson_needs_embeddings"),
     "neighbours": (lambda lesson: lesson.neighbours is not None, "lesson_needs_model"),
     "causal": (lambda lesson: lesson.causal is not None, "lesson_needs_model"),
+    "inside": (lambda lesson: lesson.inside is not None, "lesson_needs_model"),
+    "attention": (lambda lesson: lesson.attention is not None, "lesson_needs_model"),
 }
 
 
@@ -355,6 +381,16 @@ FILMSTRIP = Panel("filmstrip", lambda lesson, at: lesson.strip.draw(at.step), wi
 X0 = Panel("x0", lambda lesson, at: lesson.view.x0(at.step))
 LATENT = Panel("latent", lambda lesson, at: lesson.view.preview("x0", lesson.run.steps - 1))
 FINAL = Panel("final", lambda lesson, at: lesson.view.image)
+CONVOLUTION = Panel(
+    "convolution", lambda lesson, at: first_convolution(lesson.inside), wide=True, needs="inside", fallback=EPS
+)
+DIAGRAM = Panel(
+    "diagram", lambda lesson, at: diagram(lesson.inside, lesson.model), wide=True, needs="inside", fallback=LEVELS
+)
+SELF_ATTENTION = Panel(
+    "self_attention", lambda lesson, at: self_attention_image(lesson.view.image, lesson.attention), needs="attention",
+    fallback=HEATMAP,
+)  # fmt: skip
 
 
 def _guidance_off(lesson: LessonView) -> str:
@@ -365,6 +401,10 @@ def _next_seed(lesson: LessonView) -> str:
     return str(int(recipe(lesson, "seed")) + 1)
 
 
+def _fewer_steps(lesson: LessonView) -> str:
+    return str(max(1, int(recipe(lesson, "steps")) // 4))
+
+
 # Entering a stage puts the step where its panels tell the story: the noise at the first step, the UNet and the
 # guidance in the middle of the run, where the words look at the last.
 STAGES: tuple[Stage, ...] = (
@@ -372,8 +412,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("token_embeddings", (STATIC, NEIGHBOURS), Try("Negative prompt", chosen_word)),
     Stage("contextual", (CAUSAL, CAUSAL_TEST), Try("Negative prompt", chosen_word)),
     Stage("latent", (NOISE, COMPRESSION), Try("Seed", _next_seed), step=0),
-    Stage("unet", (EPS, LEVELS), Try("Steps", lambda lesson: str(max(1, int(recipe(lesson, "steps")) // 4))), 0.5),
-    Stage("self_attention", (POSITIONS, HEATMAP), Try("Seed", _next_seed), step=1),
+    Stage("unet", (CONVOLUTION, DIAGRAM), Try("Steps", _fewer_steps), step=0.5),
+    Stage("self_attention", (POSITIONS, SELF_ATTENTION), Try("Seed", _next_seed), step=1),
     Stage("cross_attention", (HEATMAP, MASS), Try("Negative prompt", chosen_word), step=1),
     Stage("guidance", (EPS_PAIR, GUIDANCE), Try("CFG scale", _guidance_off), step=0.5),
     Stage("trajectory", (FILMSTRIP, X0), Try("Sampler", lambda lesson: "Euler a"), step=0),

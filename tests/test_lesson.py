@@ -162,8 +162,10 @@ def test_a_replayed_file_drives_every_stage_without_its_model(replayed: LessonVi
     # similarities and movement instead; everything else is the file's.
     assert shown["token_embeddings"] == (["static", "similarity"], "lesson_needs_model")
     assert shown["contextual"] == (["causal", "movement"], "lesson_needs_model")
-    assert {stage: missing for stage, (_, missing) in shown.items() if missing} == {
-        "token_embeddings": "lesson_needs_model", "contextual": "lesson_needs_model",
+    assert shown["unet"] == (["eps", "levels"], "lesson_needs_model")  # the recorded ε and attention per block
+    assert shown["self_attention"] == (["positions", "heatmap"], "lesson_needs_model")
+    assert {stage for stage, (_, missing) in shown.items() if missing} == {
+        "token_embeddings", "contextual", "unet", "self_attention",
     }  # fmt: skip
 
 
@@ -189,6 +191,17 @@ def test_with_its_model_loaded_the_lesson_asks_it(shapes, recorded) -> None:
     scores = [score for _, score in circle.nearest]
     assert scores == sorted(scores, reverse=True) and len(scores) == 5
     assert recorded.causal is not None and recorded.causal.causal  # the live test: CLIP reads left to right
+    # One UNet call at the UNet stage's step reproduces the recorded noise prediction there.
+    step = next(stage for stage in STAGES if stage.id == "unet").step_at(recorded.run.steps) - 1
+    assert recorded.inside.step == step
+    torch.testing.assert_close(recorded.inside.output.eps_cond, recorded.run.eps_cond[step], atol=1e-4, rtol=1e-4)
+    # Self-attention is asked where the lesson's word looks most, at the last step: its map sums to 1.
+    attention = recorded.attention
+    peak = recorded.view.word_maps(recorded.run.steps - 1, recorded.settings(recorded.start))[recorded.start.word]
+    row, column = np.unravel_index(int(np.argmax(peak)), peak.shape)
+    scale = attention.grid[0] / peak.shape[0]
+    assert attention.cell == (int(row * scale), int(column * scale))
+    assert attention.self_map().sum() == pytest.approx(1, abs=1e-4)
 
 
 def test_the_causal_mask_drawn_is_the_text_encoders_own(shapes, recorded) -> None:

@@ -9,6 +9,7 @@ from functools import cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from sdplay.explain.latent_space import compression as latent_compression
 from sdplay.explain.render import CHOSEN_COLOUR, ExplainView, HeatmapSettings, Word, token_text
 
 INK = (40, 40, 40)
@@ -122,9 +123,11 @@ def latent_tiles(latent: np.ndarray, side: int) -> Image.Image:
 
 
 def value_counts(view: ExplainView) -> tuple[int, int]:
-    """How many numbers the final image holds (its pixels' R, G and B) and how many its latent does."""
+    """How many numbers the final image holds (its pixels' R, G and B) and how many its latent does, as the Inside
+    tab's latent-space section counts them from the run's model's numbers."""
     height, width = view.run.image.shape[:2]
-    return height * width * 3, int(view.run.x0[-1].numel())
+    counted = latent_compression(view.facts, width, height)
+    return counted.pixel_values, counted.latent_values
 
 
 def compression(view: ExplainView) -> Image.Image:

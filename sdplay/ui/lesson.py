@@ -90,7 +90,7 @@ def slot(panel: Panel) -> Slot:
     label = gr.Markdown(t(f"panel_{panel.name}"), elem_classes="lesson-label")
     image = gr.Image(
         label=t(f"panel_{panel.name}"), show_label=False, format="jpeg" if panel.name in PHOTOS else "png",
-        interactive=False, buttons=[], height=None if panel.wide else SQUARE,
+        interactive=False, buttons=["fullscreen"], height=None if panel.wide else SQUARE,
         elem_classes=f"lesson-panel lesson-panel-{panel.name}",
     )  # fmt: skip
     caption = gr.Markdown(t(f"panel_{panel.name}_caption"), elem_classes="lesson-caption")
@@ -116,12 +116,12 @@ def panels_layout(panels: tuple[Panel, ...]) -> list[Slot]:
 def stage_layout(index: int, stage: Stage) -> tuple[StageParts, gr.Button | None, gr.Button | None]:
     """One stage: its text and "try this" on the left, its panels on the right, Back and Next below."""
     with gr.Row():
-        with gr.Column(scale=2, min_width=300):
+        with gr.Column(scale=1, min_width=280):
             gr.Markdown(t(f"stage_{stage.id}_text"), elem_classes="lesson-text")
             note = gr.Markdown(elem_classes="lesson-note")
             gr.Markdown(t(f"stage_{stage.id}_try"), elem_classes="lesson-try")
             attempt = gr.Button(try_label(stage), size="sm", elem_classes="lesson-try-button")
-        with gr.Column(scale=3, min_width=300):
+        with gr.Column(scale=2, min_width=300):  # the pictures get the room: some are detailed diagrams
             slots = panels_layout(stage.panels)
     with gr.Row(elem_classes="lesson-moves"):
         back = gr.Button(t("lesson_back"), scale=0, min_width=180, elem_classes="lesson-back") if index else None
