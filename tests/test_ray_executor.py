@@ -34,7 +34,7 @@ from sdplay.generate import Cancelled, GenerationResult, generate
 from sdplay.models import ModelManager, ModelSwitch
 from sdplay.random_models import tiny_pipeline
 from sdplay.ray_executor import RayExecutor, with_upload_bytes
-from sdplay.ray_worker import ModelSource, Placed, WorkerOptions
+from sdplay.ray_worker import ModelSource, Placed, WorkerOptions, app
 from sdplay.requests import GenerationRequest, Limits, Task
 from sdplay.ui.common import GPU
 from sdplay.ui.layout import build_demo
@@ -269,6 +269,17 @@ def test_uploads_travel_as_bytes(tmp_path):
     assert with_upload_bytes(request).image == path.read_bytes()
     gone = GenerationRequest(task=Task.IMG2IMG, image=str(tmp_path / "gone.png"))
     assert with_upload_bytes(gone) == gone and with_upload_bytes(GenerationRequest()) == GenerationRequest()
+
+
+def test_serve_runs_builder_takes_the_documented_arguments():
+    """`serve run --name sdplay sdplay.ray_worker:app model=... workers=2 ...`, as the README shows it."""
+    deployment = app({"model": "assets/shapes", "workers": "2", "threads": "1", "gpus": "0"})._bound_deployment
+    options, model = deployment.init_args
+    assert deployment.num_replicas == 2 and deployment.max_ongoing_requests == 1
+    assert options == WorkerOptions(threads=1) and model == ModelSource(str(ROOT / "assets" / "shapes"))
+    assert deployment.ray_actor_options["num_cpus"] == 1 and deployment.ray_actor_options["num_gpus"] == 0
+    with pytest.raises(ValueError, match="unknown arguments replicas"):
+        app({"replicas": "2"})
 
 
 def test_generate_and_stop_in_the_browser(ray_client, browser):
