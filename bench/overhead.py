@@ -14,7 +14,6 @@ import functools
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
-from startup import free_port, wait_for_page  # noqa: E402
+from startup import served_app  # noqa: E402
 
 from sdplay.generate import generate  # noqa: E402
 from sdplay.models import DTYPES, ModelManager, pick_device, pick_dtype  # noqa: E402
@@ -68,7 +67,6 @@ BROWSER_RUNS = 8  # Generate clicks measured after one warm-up
 API_BAR = 1.15  # median of per-round ratios, /txt2img end to end / plain diffusers
 EXPLAIN_BAR = 1.25  # the same for /explain
 PREVIEW_BAR = 0.5  # seconds from the click on Generate to the first image in the gallery, median
-START_TIMEOUT = 300.0  # seconds for the app to answer
 
 
 @dataclass(frozen=True)
@@ -294,26 +292,6 @@ class EndToEnd:
             (ours - floor) / plain
             for ours, floor, plain in zip(seconds[side], seconds[f"floor_{side}"], seconds["plain"], strict=True)
         ]
-
-
-@contextmanager
-def served_app(*command: str) -> Iterator[str]:
-    """`python app.py` as a user starts it (the bundled model, the machine's default device) on a free port; or the
-    Python script `command` (with its flags), given the port with `--port`."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, *(command or ("app.py", "--offline")), "--port", str(port)],
-        cwd=results.ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_for_page(url, process, START_TIMEOUT)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def load_plain_bundled() -> StableDiffusionPipeline:

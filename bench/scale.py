@@ -12,13 +12,10 @@ Run `python bench/scale.py` for both, or name one; `--no-write` for a trial that
 
 import argparse
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
-from startup import free_port, wait_for_page  # noqa: E402
+from startup import served_app  # noqa: E402
 
 from sdplay.executor import JobSpec  # noqa: E402
 from sdplay.generate import generate  # noqa: E402
@@ -53,25 +50,11 @@ JOB = dict(
 )  # width and height: the endpoint's defaults, the model's own size
 
 
-@contextmanager
-def served_app(workers: int, device: str, threads: int) -> Iterator[str]:
+def ray_app(workers: int, device: str, threads: int) -> tuple[str, ...]:
     """`python app.py --executor ray --workers N` on the bundled model: a local Ray instance of its own."""
-    port = free_port()
     flags = ["--executor", "ray", "--workers", str(workers), "--device", device]
     flags += ["--worker-threads", str(threads)] if device == "cpu" else []
-    process = subprocess.Popen(
-        [sys.executable, "app.py", "--offline", "--port", str(port), *flags],
-        cwd=results.ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_for_page(url, process, START_TIMEOUT)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    return ("app.py", "--offline", *flags)
 
 
 def pixels(path: str) -> np.ndarray:
@@ -80,7 +63,7 @@ def pixels(path: str) -> np.ndarray:
 
 def throughput(workers: int, device: str, threads: int, clients: int, jobs: int) -> tuple[float, dict[int, np.ndarray]]:
     """Images per second with `clients` concurrent clients of `jobs` images each, and each seed's image."""
-    with served_app(workers, device, threads) as url:
+    with served_app(*ray_app(workers, device, threads), timeout=START_TIMEOUT) as url:
         sessions = [Client(url, verbose=False) for _ in range(clients)]
         with ThreadPoolExecutor(workers) as warm:  # every worker's first job pays for its warm-up
             list(warm.map(lambda c: c.predict(**JOB, seed=0, api_name="/txt2img"), sessions[:workers]))

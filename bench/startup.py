@@ -13,6 +13,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,26 @@ def wait_for_page(url: str, process: subprocess.Popen, timeout: float) -> None:
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"python app.py did not start (exit code {process.poll()})")
         time.sleep(0.2)
+
+
+@contextmanager
+def served_app(*command: str, timeout: float = 300.0) -> Iterator[str]:
+    """`python app.py --offline` as a user starts it (the bundled model, the machine's default device), or the
+    Python script and flags `command` (which must take `--port`), on a free port: yields its URL, then stops it."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, *(command or ("app.py", "--offline")), "--port", str(port)],
+        cwd=results.ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for_page(url, process, timeout)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
 
 
 def launch_once(model: Path, python_flags: tuple[str, ...] = ()) -> Launch:

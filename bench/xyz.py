@@ -8,11 +8,8 @@ pixels. `--no-write` for a trial that leaves bench/RESULTS.md alone.
 import argparse
 import socket
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +18,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
-from startup import wait_for_page  # noqa: E402
+from startup import served_app  # noqa: E402
 
 # Configuration
 SEEDS = 4  # the X axis: Seed 1-SEEDS
 CFGS = "3, 5"  # the Y axis: CFG Scale; cells = SEEDS × 2
 ROUNDS = 4  # plot and singles each run this many times (ABBA order)
 BAR = 1.05
-START_TIMEOUT = 300.0
 JOB = dict(
     prompt="a large red circle on the left on a gray background",
     negative_prompt="",
@@ -44,25 +40,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@contextmanager
-def served_app() -> Iterator[str]:
-    """`python app.py --offline` as a user starts it (the bundled model, the machine's default device)."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "app.py", "--offline", "--port", str(port)],
-        cwd=results.ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_for_page(url, process, START_TIMEOUT)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def pixels(path: str) -> np.ndarray:

@@ -43,6 +43,14 @@ def manager(tiny_model) -> ModelManager:
     return manager
 
 
+@pytest.fixture(scope="session")
+def shapes() -> ModelManager:
+    """A manager with the bundled shapes model (assets/shapes) loaded, on the CPU; tests must not switch it."""
+    manager = ModelManager(device="cpu")
+    manager.load(str(ROOT / "assets" / "shapes"))
+    return manager
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -26,19 +26,10 @@ from sdplay.explain.point_attention import (
     token_labels,
 )
 from sdplay.explain.unet_step import step_input
-from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits
 from tests.test_executor import ZeroGPU
-from tests.test_inside_unet import SHAPES
 
 REQUEST = GenerationRequest(prompt="a large red circle on the left", sampler="Euler", steps=5, seed=1)
-
-
-@pytest.fixture(scope="module")
-def shapes() -> ModelManager:
-    manager = ModelManager(device="cpu")
-    manager.load(str(SHAPES))
-    return manager
 
 
 def test_a_point_falls_in_the_cell_that_holds_it():

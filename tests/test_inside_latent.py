@@ -2,7 +2,6 @@
 recorded latents' shape, PSNR by hand, a round trip done with diffusers' VAE calls directly, and the channel tiles."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,18 +21,8 @@ from sdplay.explain.latent_space import (
     vae_size,
 )
 from sdplay.explain.render import ExplainView, run_facts
-from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits
 from sdplay.ui.inside_latent import channels_at, compression_text
-
-SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
-
-
-@pytest.fixture(scope="module")
-def shapes() -> ModelManager:
-    manager = ModelManager(device="cpu")
-    manager.load(str(SHAPES))
-    return manager
 
 
 @pytest.fixture(scope="module")

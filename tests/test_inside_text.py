@@ -28,19 +28,10 @@ from sdplay.explain.embeddings import (
     whole_words,
 )
 from sdplay.explain.export import load_run, save_run
-from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest
 from tests.test_explain import no_tensor_is_built, synthetic_run  # noqa: F401 (a fixture)
 
-SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 PROMPT = "a large red circle on the left"
-
-
-@pytest.fixture(scope="module")
-def shapes() -> ModelManager:
-    manager = ModelManager(device="cpu")
-    manager.load(str(SHAPES))
-    return manager
 
 
 @pytest.fixture(scope="module")

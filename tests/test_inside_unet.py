@@ -2,7 +2,6 @@
 parameters, torch's FLOP counter on its math attention kernel, and the skip tensors the up blocks actually read."""
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,16 +29,8 @@ from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits
 from tests.test_executor import ZeroGPU
 
-SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 REQUEST = GenerationRequest(prompt="a red cat", negative_prompt="dog", sampler="Euler", steps=4, seed=3)
 OURS = ("sdplay.explain.unet_step", "sdplay.explain.unet_views", "sdplay.explain.point_attention")
-
-
-@pytest.fixture(scope="module")
-def shapes() -> ModelManager:
-    manager = ModelManager(device="cpu")
-    manager.load(str(SHAPES))
-    return manager
 
 
 def outputs_of_every_call(manager: ModelManager, request: GenerationRequest, modules: dict[str, torch.nn.Module]):

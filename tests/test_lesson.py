@@ -32,17 +32,8 @@ from sdplay.lesson import (
     translations,
     try_setup,
 )
-from sdplay.models import ModelManager
 
-SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 UI = Path(__file__).resolve().parent.parent / "sdplay" / "ui" / "lesson.py"
-
-
-@pytest.fixture(scope="module")
-def shapes() -> ModelManager:
-    manager = ModelManager(device="cpu")
-    manager.load(str(SHAPES))
-    return manager
 
 
 @pytest.fixture(scope="module")
