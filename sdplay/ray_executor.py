@@ -6,8 +6,10 @@ The UI, the API and Explain see an executor like the local one: `run(job)` strea
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,12 +177,26 @@ class RayExecutor:
         """A unary call to a replica: its result, or what it raised."""
         ray, _ = ray_serve()
         try:
-            result = getattr(self.handle, method).remote(*args).result()
+            response = getattr(self.handle, method).remote(*args)
+            if running_event_loop():  # Ray refuses to block a loop's thread: wait on another one
+                with ThreadPoolExecutor(1) as waiter:
+                    result = waiter.submit(response.result).result()
+            else:
+                result = response.result()
         except ray.exceptions.RayError as error:
             raise UserError(worker_error(error)) from None
         if isinstance(result, Raised):
             raise result.error
         return result
+
+
+def running_event_loop() -> bool:
+    """Whether this thread runs an asyncio event loop (an async caller, or Playwright's sync API in a script)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def replicas(serve: Any) -> int:

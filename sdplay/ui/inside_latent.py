@@ -107,7 +107,9 @@ def build(manager: ModelManager, limits: Limits, explained: ExplainControls) -> 
         show_run,
         [explained.view, explained.step],
         [sizes, channels],
-        trigger_mode="always_last",  # scrubbing: draw the step the slider stops at, not every one it passed
+        # Not "always_last": on these two change triggers it made Gradio 6.31 fire the Explain tab's step, word and
+        # final-image changes again and again (~3 a second, forever, after any run was shown).
+        trigger_mode="multiple",
         **QUIET,
     )
 

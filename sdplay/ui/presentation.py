@@ -316,7 +316,7 @@ def build(
 
     inputs = [view, word, colormap, opacity, normalisation, strips]
     draw_event = dict(fn=draw, inputs=inputs, outputs=drawn, **quiet)
-    word.change(**draw_event)
+    word.input(**draw_event)  # a pick; entering sets the word and draws once itself
     frames.change(
         None, [frames, at], None, js=f"(reel, at) => {{ window.sdplayReel = reel; return ({SHOW_JS})(at); }}", **quiet
     )
