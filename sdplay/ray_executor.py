@@ -7,6 +7,7 @@ The UI, the API and Explain see an executor like the local one: `run(job)` strea
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -124,7 +125,7 @@ class RayExecutor:
             self._running.append(running)
         ended = False
         try:
-            for item in response:
+            for item in streamed(response):
                 if isinstance(item, Placed):
                     running.placed = item
                     continue
@@ -188,6 +189,35 @@ class RayExecutor:
         if isinstance(result, Raised):
             raise result.error
         return result
+
+
+def streamed(response: Any) -> Iterator[Any]:
+    """The items of a streaming Ray response, raising what it raises. From a thread that runs an asyncio event loop
+    (a notebook's, Playwright's), which Ray refuses to block, they are read on another thread."""
+    if not running_event_loop():
+        yield from response
+        return
+    items: queue.Queue = queue.Queue()
+    done = object()
+
+    def read() -> None:
+        try:
+            for item in response:
+                items.put(item)
+        except BaseException as error:  # raised again in the reading thread
+            items.put(_Failure(error))
+        items.put(done)
+
+    threading.Thread(target=read, name="sdplay-ray-stream", daemon=True).start()
+    while (item := items.get()) is not done:
+        if isinstance(item, _Failure):
+            raise item.error
+        yield item
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
 
 
 def running_event_loop() -> bool:

@@ -88,7 +88,7 @@ def test_explain_scrub_and_pick_a_word(page: Page, page_errors: list[str]) -> No
     download = panel.locator("a[href*='/explain-a-red-cat-on-a-mat-']")
     expect(download).to_have_attribute("href", re.compile(r"/explain-a-red-cat-on-a-mat-\d+\.safetensors$"))
     # Galleries load their images lazily: bring each into view so that the screenshot shows them.
-    for image in panel.locator("img").all():
+    for image in panel.locator("img").filter(visible=True).all():  # not the hidden presentation's
         image.scroll_into_view_if_needed()
         expect(image).to_have_js_property("complete", True)
     SCREENSHOT.parent.mkdir(exist_ok=True)
