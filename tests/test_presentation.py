@@ -16,7 +16,7 @@ from sdplay.explain.capture import explain
 from sdplay.explain.filmstrip import BACKGROUND, BORDER, MAX_FRAME, MIN_FRAME, Filmstrip, filmstrip, strip_layout
 from sdplay.explain.render import CHOSEN_COLOUR, ExplainView, HeatmapSettings
 from sdplay.requests import GenerationRequest
-from sdplay.ui.presentation import REEL_PANELS, reel, shown_word, slide, words
+from sdplay.ui.presentation import REEL_PANELS, reel, shown_word, slide
 from tests.test_browser import GENERATE_TIMEOUT_MS, open_tab
 from tests.test_browser_explain import shapes_run
 from tests.test_explain import synthetic_run
@@ -83,7 +83,7 @@ def test_the_filmstrip_shows_decoded_steps_and_stays_small_for_long_runs(view: E
 
 
 def test_a_slide_draws_what_the_explain_view_draws_for_its_panels(view: ExplainView) -> None:
-    word = words(view)[1][1]  # "red"
+    word = view.prompt_chips()[1][1]  # "red"
     settings = HeatmapSettings(word=word, colormap="inferno", opacity=0.5)
     drawn = view.draw(3, settings)
     shown = slide(view, 3, settings)
@@ -93,7 +93,7 @@ def test_a_slide_draws_what_the_explain_view_draws_for_its_panels(view: ExplainV
 
 
 def test_the_reel_holds_every_steps_slide_for_the_page_to_step_through(view: ExplainView) -> None:
-    settings = HeatmapSettings(word=words(view)[1][1], colormap="inferno", opacity=0.5)
+    settings = HeatmapSettings(word=view.prompt_chips()[1][1], colormap="inferno", opacity=0.5)
     kept = Filmstrip(view)
     shown = reel(view, settings, kept)
     assert shown["cell"] == list(kept.layout.cell)
@@ -111,7 +111,7 @@ def test_the_reel_holds_every_steps_slide_for_the_page_to_step_through(view: Exp
 
 
 def test_the_words_to_pick_are_the_prompts_words(view: ExplainView) -> None:
-    listed = words(view)
+    listed = view.prompt_chips()
     assert [label for label, _ in listed][:2] == ["a", "red"]
     assert all(not view.words[index].special for _, index in listed)
     assert shown_word(view, listed[1][1]) == listed[1][1]
@@ -294,3 +294,24 @@ def test_a_shown_run_leaves_the_page_quiet(page: Page, replay_file) -> None:
     settled = time.monotonic()
     page.wait_for_timeout(4000)
     assert [at for at in joins if at > settled] == []
+
+
+def test_presenting_a_run_of_an_empty_prompt(page: Page, page_errors: list[str]) -> None:
+    """A run recorded with no prompt (Explain's first press, as a newcomer does it) presents with no word to pick
+    and every panel drawn (the word picker once refused the start token: "Value: 0 … is not in the list of
+    choices: []", and the panels stayed empty)."""
+    panel = open_tab(page, "Explain")
+    panel.get_by_label("number input for Steps").fill("3")
+    panel.get_by_role("button", name="Explain", exact=True).click()
+    expect(panel.get_by_text(re.compile(r"^Step 3 of 3$"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
+    panel.get_by_label("Presentation", exact=True).check()
+    stage = page.locator(".sdplay-presentation")
+    expect(stage.get_by_text(re.compile(r"^Step 3 of 3"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
+    for name in REEL_PANELS:
+        expect(stage.locator(f".sdplay-panel-{name} img")).to_have_attribute("src", re.compile("^data:image/jpeg"))
+    expect(stage.locator(".sdplay-words input[type=radio]")).to_have_count(0)
+    page.keyboard.press("ArrowLeft")
+    expect(stage.get_by_text(re.compile(r"^Step 2 of 3"))).to_be_visible()
+    page.wait_for_timeout(1000)  # an error toast would have shown by now
+    assert page.evaluate("window.sdplayToasts") == []
+    assert page_errors == []

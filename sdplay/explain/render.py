@@ -493,6 +493,10 @@ class ExplainView:
         """(label, index) pairs for a radio of words."""
         return [(label, i) for i, label in enumerate(self.word_labels)]
 
+    def prompt_chips(self) -> list[tuple[str, int]]:
+        """`chips` of the prompt's own words, without start and end tokens: none for an empty prompt."""
+        return [(label, i) for label, i in self.chips() if not self.words[i].special]
+
     def token_summary(self) -> str:
         """How many of the tokens the text encoder reads (75 in CLIP) the prompt used, in how many chunks, and what
         the limit cut off (runs made before prompts were chunked)."""

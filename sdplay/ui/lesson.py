@@ -194,14 +194,12 @@ def build(manager: ModelManager, limits: Limits) -> LessonParts:
         """A new run: the status line, the slider and the words for it, and the stage on screen drawn."""
         steps = shown.run.steps
         start = shown.start
+        choices = shown.view.prompt_chips()  # none for an empty prompt: its maps are the start token's
         return {
             lesson: shown,
             status: f"{t('lesson_recorded')} {shown.view.summary()}",
             step: gr.Slider(minimum=1, maximum=max(steps, 2), value=start.step + 1, interactive=steps > 1),
-            word: gr.Radio(
-                choices=[(label, i) for label, i in shown.view.chips() if not shown.view.words[i].special],
-                value=start.word,
-            ),  # fmt: skip
+            word: gr.Radio(choices=choices, value=start.word if choices else None),
             **draw(shown, index, start.step + 1, start.word),
         }
 

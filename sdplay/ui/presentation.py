@@ -183,14 +183,9 @@ def reel(view: ExplainView, settings: HeatmapSettings, strip: Filmstrip) -> dict
     return {"label": [label_html(s.label) for s in slides], **frames, "cell": list(strip.layout.cell)}
 
 
-def words(view: ExplainView) -> list[tuple[str, int]]:
-    """The prompt's words (no start and end tokens) as (label, index into `view.words`): key n picks the n-th."""
-    return [(label, i) for label, i in view.chips() if not view.words[i].special]
-
-
 def shown_word(view: ExplainView, chosen: int | None) -> int:
     """The word to show: the Explain tab's if it is a real word, else the prompt's first content word."""
-    real = {i for _, i in words(view)}
+    real = {i for _, i in view.prompt_chips()}
     if chosen in real:
         return chosen
     return content_word(view.words)
@@ -335,7 +330,9 @@ def build(
             return min(int(here), steps), gr.skip(), gr.skip(), gr.skip(), given, *stopped
         scrubbing = steps > 1  # and Gradio refuses a slider from 1 to 1
         slider = gr.Slider(minimum=1, maximum=max(steps, 2), value=min(int(value), steps), interactive=scrubbing)
-        chips_now = gr.Radio(choices=words(shown), value=shown_word(shown, chosen))
+        # Key n picks the n-th word; an empty prompt has none to pick (its maps are the start token's).
+        choices = shown.prompt_chips()
+        chips_now = gr.Radio(choices=choices, value=shown_word(shown, chosen) if choices else None)
         buttons = [gr.Button(interactive=scrubbing), gr.Button(interactive=scrubbing)]
         buttons.append(gr.Button("▶ Play", interactive=scrubbing))
         return gr.skip(), slider, chips_now, shown.image, gr.skip(), stopped[0], *buttons
