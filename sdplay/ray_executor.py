@@ -7,6 +7,7 @@ The UI, the API and Explain see an executor like the local one: `run(job)` strea
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from sdplay.generate import StepUpdate
     from sdplay.models import LoadedModel
 
+WORKER_NICENESS = "RAY_worker_niceness"  # Ray's setting (read from the environment when Ray starts)
 WORKER_LOST = (
     "The worker running this job stopped before it finished ({reason}). Ray is starting a new one: "
     "run the job again in a moment."
@@ -83,7 +85,9 @@ class RayExecutor:
         `serve run`), use its replicas; else deploy `workers` replicas (default: one per GPU, else one), each with
         `options` and `model` loaded."""
         ray, serve = ray_serve()
-        if not ray.is_initialized():
+        if not ray.is_initialized() and address is None:
+            start_local_ray()
+        elif not ray.is_initialized():
             try:
                 ray.init(address=address, include_dashboard=False, logging_level="WARNING")
             except ConnectionError as error:
@@ -189,6 +193,18 @@ class RayExecutor:
         if isinstance(result, Raised):
             raise result.error
         return result
+
+
+def start_local_ray(**options: Any) -> None:
+    """Start a Ray instance on this machine (`options` go to `ray.init`), whose workers run at the usual priority.
+
+    Ray starts its workers at nice 15, below every other process: on a busy machine the replicas, which do the work,
+    would wait for the front end and anything else running (on 2 cores with 20 clients, a third of the throughput
+    lost). A cluster's priority is set where it starts (README, Scaling out).
+    """
+    ray, _ = ray_serve()
+    os.environ.setdefault(WORKER_NICENESS, "0")  # the instance reads it as it starts; an operator's choice stays
+    ray.init(include_dashboard=False, logging_level="WARNING", **options)
 
 
 def streamed(response: Any) -> Iterator[Any]:

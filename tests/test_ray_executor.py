@@ -30,11 +30,11 @@ from sdplay.errors import UserError
 from sdplay.executor import JobSpec
 from sdplay.explain.captions import ModelFacts
 from sdplay.explain.export import load_run
-from sdplay.generate import Cancelled, GenerationResult, generate
+from sdplay.generate import PREVIEW_EVERY, Cancelled, GenerationResult, StepUpdate, generate
 from sdplay.models import ModelManager, ModelSwitch
 from sdplay.random_models import tiny_pipeline
-from sdplay.ray_executor import RayExecutor, with_upload_bytes
-from sdplay.ray_worker import ModelSource, Placed, WorkerOptions, app
+from sdplay.ray_executor import RayExecutor, start_local_ray, with_upload_bytes
+from sdplay.ray_worker import ModelSource, Placed, WorkerOptions, app, needs_sending
 from sdplay.requests import GenerationRequest, Limits, Task
 from sdplay.ui.common import GPU
 from sdplay.ui.layout import build_demo
@@ -49,7 +49,7 @@ TIMEOUT = 60  # seconds for anything the pool should do at once
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """A local Ray instance for this module (2 CPUs): its address, which app.py joins."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    start_local_ray(num_cpus=2)
     yield ray.get_runtime_context().gcs_address
     serve.shutdown()
     ray.shutdown()
@@ -242,6 +242,7 @@ def test_a_replica_killed_mid_job_fails_that_job_clearly_and_is_replaced(pool, f
     thread.start()
     wait_for(lambda: pool.placements().get("D"), "the job to be placed")
     killed = pool.placements()["D"]
+    assert os.getpriority(os.PRIO_PROCESS, killed.pid) == 0  # not Ray's nice 15, behind every other process
     os.kill(killed.pid, signal.SIGKILL)
     thread.join(TIMEOUT)
     error, _ = results["D"]
@@ -269,6 +270,16 @@ def test_uploads_travel_as_bytes(tmp_path):
     assert with_upload_bytes(request).image == path.read_bytes()
     gone = GenerationRequest(task=Task.IMG2IMG, image=str(tmp_path / "gone.png"))
     assert with_upload_bytes(gone) == gone and with_upload_bytes(GenerationRequest()) == GenerationRequest()
+
+
+def test_a_replica_sends_progress_at_the_previews_pace():
+    """Each item a replica sends costs it CPU that the job needs: step updates go with previews, a stop, or once a
+    preview interval has passed; everything else always goes."""
+    progress, preview = StepUpdate(3, 20, 0.05, []), StepUpdate(4, 20, 0.05, [Image.new("RGB", (8, 8))])
+    assert not needs_sending(progress, PREVIEW_EVERY / 2)
+    assert needs_sending(progress, PREVIEW_EVERY)
+    assert needs_sending(preview, 0.0) and needs_sending(StepUpdate(5, 20, 0.05, [], stopped=True), 0.0)
+    assert needs_sending(GenerationResult([], [], []), 0.0)
 
 
 def test_serve_runs_builder_takes_the_documented_arguments():
