@@ -7,7 +7,6 @@ the pixels of a sequential run. Run `python bench/classroom.py [--students 30] [
 
 import argparse
 import functools
-import json
 import os
 import random
 import re
@@ -32,6 +31,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
+from raw_api import Answer, call, positional  # noqa: E402
 from startup import free_port, wait_for_page  # noqa: E402
 
 from sdplay.explain import export  # noqa: E402
@@ -236,29 +236,6 @@ def sequential(url: str, plans: list[list[Job]], downloads: str) -> tuple[dict[t
 # The hostile client ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Answer:
-    outcome: str  # "refused" (an error with a message), "accepted", or "failed" (a server error, an empty error)
-    message: str
-
-
-def call(url: str, api_name: str, data: list, session_hash: str | None) -> Answer:
-    """A raw `/gradio_api/call/<api_name>` request (any JSON, as gradio_client cannot send it) and its last event."""
-    body = json.dumps({"data": data} | ({"session_hash": session_hash} if session_hash else {}))
-    joined = requests.post(
-        f"{url}gradio_api/call/{api_name}", data=body, headers={"content-type": "application/json"}, timeout=60
-    )
-    if joined.status_code != 200:
-        return Answer("failed" if joined.status_code >= 500 else "refused", f"HTTP {joined.status_code}: {joined.text}")
-    stream = requests.get(f"{url}gradio_api/call/{api_name}/{joined.json()['event_id']}", timeout=JOB_TIMEOUT).text
-    event, _, data_line = stream.strip().split("\n\n")[-1].partition("\n")
-    payload = json.loads(data_line.removeprefix("data: "))
-    if event == "event: complete":
-        return Answer("accepted", "a result")
-    message = payload.get("error") if isinstance(payload, dict) else None
-    return Answer("refused", message) if message else Answer("failed", f"{event}: {payload}")
-
-
 def upload(url: str, path: Path) -> dict:
     """The file sent as a page sends an upload: its server-side FileData for an event's inputs."""
     with path.open("rb") as f:
@@ -288,11 +265,6 @@ def hostile_files(folder: Path) -> dict[str, list[Path]]:
         "wrong types": [Path(path) for path in wrong_types],
         "images": [text, bomb],
     }
-
-
-def positional(parameters: list[dict], **values) -> list:
-    """An endpoint's inputs in order, as a raw request sends them: `values` over the defaults."""
-    return [values.get(p["parameter_name"], p.get("parameter_default")) for p in parameters]
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,19 @@
 """Scaling out with the `ray` executor (issue 14): throughput with 1 and 2 workers, and the executor's cost per job.
 
 - `throughput`: `python app.py --executor ray --workers N` on the bundled model, 20 concurrent API clients (each its
-  own session) sending /txt2img jobs; images per second for each N. Bar: 2 workers ≥ 1.6 × 1 worker. CPU workers
-  run one torch thread each (`--worker-threads 1`); with `--device cuda` each worker has a GPU of its own. Every
-  image must equal the same seed's image with 1 worker.
+  own session; raw API calls, which cost the machine little CPU) sending /txt2img jobs; images per second for each
+  N. Bar: 2 workers ≥ 1.6 × 1 worker. CPU workers run one torch thread each (`--worker-threads 1`); with
+  `--device cuda` each worker has a GPU of its own. Every image must equal the same seed's image with 1 worker.
 - `overhead`: one job at a time through the ray executor (1 worker) against the local executor, both on one torch
-  thread, alternating; the median of the paired differences. Bar: ≤ 50 ms per job.
+  thread, alternating; the median of the paired differences. Bar: ≤ 50 ms per job. The same for `stand_in`, a job
+  that streams like the real one but only sleeps, gives the executor's own part of it.
 
 Run `python bench/scale.py` for both, or name one; `--no-write` for a trial that leaves bench/RESULTS.md alone.
 """
 
 import argparse
+import io
+import math
 import statistics
 import sys
 import threading
@@ -19,10 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from gradio_client import Client
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import raw_api  # noqa: E402
 import results  # noqa: E402
 from startup import served_app  # noqa: E402
 
@@ -40,6 +43,7 @@ ROUNDS = 20  # overhead: jobs on each executor, alternating, after one warm-up e
 THROUGHPUT_BAR = 1.6  # images/s with 2 workers over 1
 OVERHEAD_BAR = 0.050  # seconds per job, ray over local
 START_TIMEOUT = 600.0
+STAND_IN_STEP = 0.035  # seconds per step of the stand-in job: the bundled model's pace on one thread here
 JOB = dict(
     prompt="a large red circle on the left on a gray background",
     negative_prompt="",
@@ -57,24 +61,30 @@ def ray_app(workers: int, device: str, threads: int) -> tuple[str, ...]:
     return ("app.py", "--offline", *flags)
 
 
-def pixels(path: str) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def throughput(workers: int, device: str, threads: int, clients: int, jobs: int) -> tuple[float, dict[int, np.ndarray]]:
-    """Images per second with `clients` concurrent clients of `jobs` images each, and each seed's image."""
+    """Images per second with `clients` concurrent clients of `jobs` images each, and each seed's image. The clients
+    send raw API calls (bench/raw_api.py): gradio_client's polling would take CPU from the server measured here."""
     with served_app(*ray_app(workers, device, threads), timeout=START_TIMEOUT) as url:
-        sessions = [Client(url, verbose=False) for _ in range(clients)]
+        txt2img = raw_api.parameters(url)["/txt2img"]
+
+        def image(seed: int, session: str) -> np.ndarray:
+            answer = raw_api.call(url, "txt2img", raw_api.positional(txt2img, **JOB, seed=seed), session)
+            if answer.outcome != "accepted":
+                raise RuntimeError(f"/txt2img {answer.outcome}: {answer.message}")
+            return pixels(raw_api.download(answer.data[0][0]["image"]))
+
         with ThreadPoolExecutor(workers) as warm:  # every worker's first job pays for its warm-up
-            list(warm.map(lambda c: c.predict(**JOB, seed=0, api_name="/txt2img"), sessions[:workers]))
+            list(warm.map(lambda i: image(0, f"warm-{i}"), range(workers)))
         barrier = threading.Barrier(clients + 1)
 
         def client(index: int) -> dict[int, np.ndarray]:
             barrier.wait()
             seeds = [1000 + index * jobs + j for j in range(jobs)]
-            return {
-                s: pixels(sessions[index].predict(**JOB, seed=s, api_name="/txt2img")[0][0]["image"]) for s in seeds
-            }
+            return {s: image(s, f"client-{index}") for s in seeds}  # a session each
 
         with ThreadPoolExecutor(clients) as pool:
             futures = [pool.submit(client, i) for i in range(clients)]
@@ -85,8 +95,25 @@ def throughput(workers: int, device: str, threads: int, clients: int, jobs: int)
     return len(images) / seconds, images
 
 
-def overhead(device: str, rounds: int) -> tuple[list[float], list[float], bool]:
-    """Seconds per job through the ray executor (1 worker) and the local one, alternating; whether the pixels match."""
+def stand_in(manager, request: GenerationRequest, limits: Limits, *, owner=None, cancel=None, on_step=None):
+    """A job with the stream of `generate` and its pace but no model work: a step update every `STAND_IN_STEP`
+    seconds (with previews when `generate` would make one), then an image. Through an executor, the time it takes
+    beyond its sleeps is the executor's own: the real job's difference also holds how fast each process computes."""
+    from sdplay.generate import PREVIEW_EVERY, GenerationResult, StepUpdate
+
+    started, previewed = time.monotonic(), -math.inf
+    for step in range(1, request.steps + 1):
+        time.sleep(STAND_IN_STEP)
+        now = time.monotonic()
+        due = step < request.steps and now - previewed >= PREVIEW_EVERY
+        previewed = now if due else previewed
+        on_step(StepUpdate(step, request.steps, (now - started) / step, [Image.new("RGB", (16, 16))] if due else []))
+    return GenerationResult([Image.new("RGB", (64, 64))], [""], [request.seed])
+
+
+def overhead(device: str, rounds: int) -> dict[str, tuple[list[float], list[float], bool]]:
+    """For `generate` and `stand_in`: seconds per job through the ray executor (1 worker) and the local one,
+    alternating, and whether the pixels match."""
     import torch
 
     from sdplay.ray_executor import RayExecutor
@@ -103,18 +130,21 @@ def overhead(device: str, rounds: int) -> tuple[list[float], list[float], bool]:
     executor = local.executor
     executor.thread.own_torch_threads()
     request = GenerationRequest(**JOB, seed=7)
-    times: dict[str, list[float]] = {"ray": [], "local": []}
-    last = {}
-    for i in range(rounds + 1):
-        order = ("ray", "local") if i % 4 in (0, 3) else ("local", "ray")  # ABBA
-        for name in order:
-            runner = pool if name == "ray" else executor
-            start = time.perf_counter()
-            *_, result = runner.run(JobSpec(generate, request, Limits(), "bench"))
-            if i:  # the first round warms both up
-                times[name].append(time.perf_counter() - start)
-            last[name] = np.asarray(result.images[0])
-    return times["ray"], times["local"], bool(np.array_equal(last["ray"], last["local"]))
+    measured = {}
+    for work in (generate, stand_in):
+        times: dict[str, list[float]] = {"ray": [], "local": []}
+        last = {}
+        for i in range(rounds + 1):
+            order = ("ray", "local") if i % 4 in (0, 3) else ("local", "ray")  # ABBA
+            for name in order:
+                runner = pool if name == "ray" else executor
+                start = time.perf_counter()
+                *_, result = runner.run(JobSpec(work, request, Limits(), "bench"))
+                if i:  # the first round warms both up
+                    times[name].append(time.perf_counter() - start)
+                last[name] = np.asarray(result.images[0])
+        measured[work.__name__] = times["ray"], times["local"], bool(np.array_equal(last["ray"], last["local"]))
+    return measured
 
 
 def main() -> None:
@@ -158,9 +188,11 @@ def main() -> None:
             f"every image equals the same seed's with {counts[0]} worker(s): {'yes' if identical else 'NO'}"
         )
     if "overhead" in args.parts:
-        ray_times, local_times, same = overhead(args.device, args.rounds)
-        differences = [r - loc for r, loc in zip(ray_times, local_times, strict=True)]
-        extra = statistics.median(differences)
+        measured = overhead(args.device, args.rounds)
+        ray_times, local_times, same = measured["generate"]
+        extra = statistics.median(r - loc for r, loc in zip(ray_times, local_times, strict=True))
+        ray_idle, local_idle, _ = measured["stand_in"]
+        own = statistics.median(r - loc for r, loc in zip(ray_idle, local_idle, strict=True))
         met = "met" if extra <= OVERHEAD_BAR else "missed"
         lines += [
             "",
@@ -171,6 +203,8 @@ def main() -> None:
             "",
             f"- Overhead per job (median of paired differences): **{extra * 1000:.0f} ms** (bar ≤ "
             f"{OVERHEAD_BAR * 1000:.0f} ms: {met}); same pixels: {'yes' if same else 'NO'}",
+            f"- Of which the executor's own (a stand-in job of the same stream and pace, {STAND_IN_STEP * 1000:.0f} ms "
+            f"per step of sleep, no model work): **{own * 1000:.0f} ms** per job",
         ]
     lines += [f"- CPU load before: {load_before}", f"- CPU load after: {results.cpu_load()}"]
     report = "\n".join(lines)
