@@ -204,7 +204,8 @@ def main() -> None:
             f"- Overhead per job (median of paired differences): **{extra * 1000:.0f} ms** (bar ≤ "
             f"{OVERHEAD_BAR * 1000:.0f} ms: {met}); same pixels: {'yes' if same else 'NO'}",
             f"- Of which the executor's own (a stand-in job of the same stream and pace, {STAND_IN_STEP * 1000:.0f} ms "
-            f"per step of sleep, no model work): **{own * 1000:.0f} ms** per job",
+            f"per step of sleep, no model work): **{own * 1000:.0f} ms** per job; the rest is how fast the replica's "
+            "process computes the same job against this one's, which differs from process to process (rerun to see it)",
         ]
     lines += [f"- CPU load before: {load_before}", f"- CPU load after: {results.cpu_load()}"]
     report = "\n".join(lines)
