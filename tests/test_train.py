@@ -3,6 +3,8 @@
 The real run takes hours (`python -m sdplay.shapes.train`); these take seconds and check the script still works.
 """
 
+import re
+
 import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
@@ -35,9 +37,11 @@ def test_a_tiny_run_trains_resumes_and_saves_a_model(tmp_path, capsys) -> None:
         f"--out_dir={tmp_path / 'run'}", f"--final_dir={tmp_path / 'model'}", "--num_scenes=16", "--num_pairs=16",
         "--vae_steps=2", "--vae_batch=4", "--unet_batch=4", "--threads=1", "--warmup_steps=1",
     ]  # fmt: skip
-    train.main([*tiny, "--unet_steps=2"])
+    timings = train.main([*tiny, "--unet_steps=2"])
+    assert list(timings) == ["render", "vae", "latents", "unet", "save"] and min(timings.values()) > 0
     train.main([*tiny, "--unet_steps=3"])  # resumes from the checkpoint the first run's last step wrote
-    assert "starting at phase unet, step 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "starting at phase unet, step 2" in out and re.search(r"^unet: \d+\.\d s$", out, re.MULTILINE)
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "model", local_files_only=True)
     assert len(pipe.tokenizer("and", add_special_tokens=False).input_ids) == 1
     assert (tmp_path / "model" / "sdplay.json").exists()

@@ -446,13 +446,22 @@ def train_unet(
     return ema_text, ema_unet
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> dict[str, float]:
+    """Train as `args` (or the command line) say; return each phase's wall time in seconds (render, vae, latents,
+    unet, save), which it also prints."""
     config = Config.from_args(sys.argv[1:] if args is None else args)
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     folder = pathlib.Path(config.out_dir).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = Checkpoint(folder, np.random.default_rng(config.seed))
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def phase_done(name: str) -> None:
+        nonlocal clock
+        timings[name], clock = time.perf_counter() - clock, time.perf_counter()
+        print(f"{name}: {timings[name]:.1f} s")
 
     data = render_data(config)
     print(f"rendered {config.num_scenes} one-object and {config.num_pairs} two-object scenes at {config.resolution}²")
@@ -472,18 +481,24 @@ def main(args: list[str] | None = None) -> None:
     if "vae" in state:
         vae.load_state_dict(state["vae"])
     print(f"starting at phase {state['phase']}, step {state['step']}")
+    phase_done("render")
     if state["phase"] == "vae":
         state = train_vae(config, vae, data, state, checkpoint)
+    phase_done("vae")
 
     latents = encode_latents(vae, data, folder)
     # Unit variance; a fine-tuned model keeps its own factor, which its UNet was trained with.
     vae.register_to_config(scaling_factor=state.get("scaling_factor", 1 / latents.std().item()))
     latents = latents * vae.config.scaling_factor
     report_round_trip(vae, latents, data, config)
+    phase_done("latents")
 
     ema_text, ema_unet = train_unet(config, (vae, text_encoder, unet), tokenizer, data, latents, state, checkpoint)
+    phase_done("unet")
     save_pipeline(config.final_dir, vae, ema_text, tokenizer, ema_unet)
     print(f"saved the model to {config.final_dir}")
+    phase_done("save")
+    return timings
 
 
 if __name__ == "__main__":
