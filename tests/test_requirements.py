@@ -8,7 +8,8 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCAL = {"sdplay", "app", "tests", "results", "overhead", "startup"}  # our own modules (bench scripts too)
+# Our own modules: the package, the app, the tests, and the bench scripts (which import each other by name).
+LOCAL = {"sdplay", "app", "tests"} | {path.stem for path in (ROOT / "bench").glob("*.py")}
 
 
 def imported_modules(files: list[Path]) -> dict[str, Path]:
