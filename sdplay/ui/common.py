@@ -162,6 +162,16 @@ class Results:
         return [self.gallery, self.infotext, self.seed_used]
 
 
+@dataclass
+class TabParts:
+    """What the page wires of a generation tab (layout.py, by the tab's id): its controls and results, and the image
+    input that "Send to" and PNG Info fill (None for text-to-image)."""
+
+    controls: Controls
+    results: Results
+    image: gr.Image | gr.ImageEditor | None = None
+
+
 def prompt_boxes(examples: list[str]) -> tuple[gr.Textbox, gr.Textbox, gr.Dataset]:
     prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Describe the image", elem_classes="prompt")
     samples = gr.Examples(examples, prompt, label="Example prompts for this model").dataset

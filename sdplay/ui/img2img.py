@@ -5,10 +5,10 @@ import gradio as gr
 from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits, Task
 from sdplay.samplers import AUTOMATIC
-from sdplay.ui.common import GPU, Controls, Results, controls, image_upload, results, run, wire_stop
+from sdplay.ui.common import GPU, TabParts, controls, image_upload, results, run, wire_stop
 
 
-def build(manager: ModelManager, limits: Limits) -> tuple[gr.Image, Controls, Results]:
+def build(manager: ModelManager, limits: Limits) -> TabParts:
     with gr.Row():
         with gr.Column():
             image = image_upload("Image", 360)
@@ -45,4 +45,4 @@ def build(manager: ModelManager, limits: Limits) -> tuple[gr.Image, Controls, Re
     inputs = [*c.inputs(), image, strength, c.width, c.height, c.batch_size, c.schedule]
     event = r.generate.click(img2img, inputs, r.outputs(), api_name="img2img", show_progress_on=r.infotext, **GPU)
     wire_stop(manager, r.stop, event)
-    return image, c, r
+    return TabParts(c, r, image)

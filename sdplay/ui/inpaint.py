@@ -9,8 +9,7 @@ from sdplay.requests import GenerationRequest, Limits, Task
 from sdplay.samplers import AUTOMATIC
 from sdplay.ui.common import (
     GPU,
-    Controls,
-    Results,
+    TabParts,
     controls,
     image_upload,
     mask_editor,
@@ -21,7 +20,7 @@ from sdplay.ui.common import (
 )
 
 
-def build(manager: ModelManager, limits: Limits) -> tuple[gr.ImageEditor, Controls, Results]:
+def build(manager: ModelManager, limits: Limits) -> TabParts:
     with gr.Row():
         with gr.Column():
             image = mask_editor("Image: paint over what to repaint", 420, image_size=manager.model.native_size)
@@ -76,4 +75,4 @@ def build(manager: ModelManager, limits: Limits) -> tuple[gr.ImageEditor, Contro
     inputs += [c.schedule]
     event = r.generate.click(inpaint, inputs, r.outputs(), api_name="inpaint", show_progress_on=r.infotext, **GPU)
     wire_stop(manager, r.stop, event)
-    return image, c, r
+    return TabParts(c, r, image)

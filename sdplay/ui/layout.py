@@ -14,7 +14,7 @@ from sdplay.models import LoadedModel, ModelManager, ModelSwitch, SwitchPolicy
 from sdplay.requests import Limits
 from sdplay.samplers import schedule_names
 from sdplay.ui import compare, explain, img2img, inpaint, inside, lesson, pnginfo, txt2img, xyz
-from sdplay.ui.common import GPU, Controls, Results, from_web_page, mask_brush, user_errors, without_paths
+from sdplay.ui.common import GPU, Controls, Results, TabParts, from_web_page, mask_brush, user_errors, without_paths
 from sdplay.ui.fair_share import one_job_per_session
 from sdplay.xyz import PlotLimits
 
@@ -116,11 +116,11 @@ def build_demo(
         model_slot = gr.Column()
         with gr.Tabs() as tabs:
             with gr.Tab("Text-to-Image", id="txt2img"):
-                t2i = txt2img.build(manager, limits)
+                generation = {"txt2img": txt2img.build(manager, limits)}
             with gr.Tab("Image-to-Image", id="img2img"):
-                i2i_image, i2i, i2i_results = img2img.build(manager, limits)
+                generation["img2img"] = img2img.build(manager, limits)
             with gr.Tab("Inpaint", id="inpaint"):
-                inp_image, inp, inp_results = inpaint.build(manager, limits)
+                generation["inpaint"] = inpaint.build(manager, limits)
             with gr.Tab("X/Y/Z plot", id="xyz"):
                 plot = xyz.build(manager, limits, switch, plot_limits)
             with gr.Tab("Explain", id="explain"):
@@ -135,13 +135,13 @@ def build_demo(
             with gr.Tab("PNG Info", id="pnginfo"):
                 info_image, info_text, send = pnginfo.build()
         with model_slot:
-            model_bar(demo, manager, switch, [t2i[0], i2i, inp, plot, explained, compared])
+            tab_controls = [parts.controls for parts in generation.values()]
+            model_bar(demo, manager, switch, [*tab_controls, plot, explained, compared])
 
-        targets = {"txt2img": (t2i[0], None), "img2img": (i2i, i2i_image), "inpaint": (inp, inp_image)}
-        for results in (t2i[1], i2i_results, inp_results):
-            _wire_send(results, tabs, targets)
+        for parts in generation.values():
+            _wire_send(parts.results, tabs, generation)
         for tab, button in send.items():
-            _wire_restore(button, tab, *targets[tab], info_image, info_text, tabs)
+            _wire_restore(button, tab, generation[tab], info_image, info_text, tabs)
         compare.send_settings(to_compare, explained, compared, tabs)
         lesson.send_tries(lessons, explained, compared, tabs)
     share_gpu(demo, workers)
@@ -182,7 +182,7 @@ def _image_value(tab: str, path: str) -> str | dict:
     return gr.update(value={"background": path, "layers": [], "composite": path}, brush=mask_brush(size))
 
 
-def _wire_send(results: Results, tabs: gr.Tabs, targets: dict[str, tuple[Controls, gr.components.Component]]) -> None:
+def _wire_send(results: Results, tabs: gr.Tabs, targets: dict[str, TabParts]) -> None:
     """ "Send to" buttons copy the selected result (the first if none is selected) into another tab, with the
     settings that made it (read back from the image's own infotext, so each image of a batch keeps its seed)."""
     selected = gr.State(0)
@@ -198,7 +198,7 @@ def _wire_send(results: Results, tabs: gr.Tabs, targets: dict[str, tuple[Control
         return gallery[min(index, len(gallery) - 1)][0]
 
     for tab, button in (("img2img", results.to_img2img), ("inpaint", results.to_inpaint)):
-        controls, image = targets[tab]
+        target = targets[tab]
 
         def send(gallery: list | None, index: int, tab: str = tab):
             path = pick(gallery, index)
@@ -206,13 +206,14 @@ def _wire_send(results: Results, tabs: gr.Tabs, targets: dict[str, tuple[Control
                 text = read_infotext(picture) or ""
             return *_settings_updates(text), _image_value(tab, path), gr.Tabs(selected=tab)
 
-        outputs = [*(getattr(controls, name) for name in CONTROL_FIELDS), image, tabs]
+        outputs = [*(getattr(target.controls, name) for name in CONTROL_FIELDS), target.image, tabs]
         button.click(send, [results.gallery, selected], outputs, api_visibility="private")
 
 
-def _wire_restore(button, tab: str, controls: Controls, image, info_image, info_text, tabs: gr.Tabs) -> None:
+def _wire_restore(button, tab: str, target: TabParts, info_image, info_text, tabs: gr.Tabs) -> None:
     """PNG Info's "Send to" restores the recorded settings (and, for image tabs, the image) into `tab`."""
-    fields = [getattr(controls, name) for name in CONTROL_FIELDS]
+    fields = [getattr(target.controls, name) for name in CONTROL_FIELDS]
+    image = target.image
 
     def restore(text: str, path: str | None):
         updates = _settings_updates(text)

@@ -5,10 +5,10 @@ import gradio as gr
 from sdplay.models import ModelManager
 from sdplay.requests import GenerationRequest, Limits, Task
 from sdplay.samplers import AUTOMATIC
-from sdplay.ui.common import GPU, Controls, Results, controls, results, run, wire_stop
+from sdplay.ui.common import GPU, TabParts, controls, results, run, wire_stop
 
 
-def build(manager: ModelManager, limits: Limits) -> tuple[Controls, Results]:
+def build(manager: ModelManager, limits: Limits) -> TabParts:
     with gr.Row():
         with gr.Column():
             c = controls(manager, limits)
@@ -39,4 +39,4 @@ def build(manager: ModelManager, limits: Limits) -> tuple[Controls, Results]:
     inputs = [*c.inputs(), c.width, c.height, c.batch_size, c.schedule]
     event = r.generate.click(txt2img, inputs, r.outputs(), api_name="txt2img", show_progress_on=r.infotext, **GPU)
     wire_stop(manager, r.stop, event)
-    return c, r
+    return TabParts(c, r)
