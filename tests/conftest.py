@@ -153,7 +153,10 @@ def page(request: pytest.FixtureRequest, browser: Browser, app_url: str, page_er
             page_errors.append(f"console error: {message.text} ({message.location})")
 
     page.on("console", on_console)
-    page.goto(app_url, timeout=LOAD_TIMEOUT_MS)
+    # The page's load event (layout.py's `opened`) applies the loaded model's settings when it differs from the one the
+    # app was built for, as after a test that switched models: wait for it, or it may overwrite what a test types.
+    with page.expect_response(lambda response: response.url.endswith("/run/predict"), timeout=LOAD_TIMEOUT_MS):
+        page.goto(app_url, timeout=LOAD_TIMEOUT_MS)
     expect(page.get_by_role("tab", name="Text-to-Image", exact=True)).to_be_visible(timeout=LOAD_TIMEOUT_MS)
     yield page
     if request.node.stash.get(FAILED, False):  # Gradio's toasts go after seconds: say what they said
