@@ -271,6 +271,11 @@ def test_loading_a_model_applies_and_shows_its_recommended_settings(page: Page, 
             expect(panel.get_by_label("number input for CFG scale")).to_have_value("4")
             expect(panel.get_by_text("a small blue triangle at the top on a yellow background")).to_be_visible()
             expect(panel.get_by_text("a watercolor painting of a lighthouse")).to_have_count(0)
+        # Explain's prompt starts as the model's first example, so that a first press shows words at work.
+        expect(open_tab(page, "Explain").get_by_label("Prompt", exact=True)).to_have_value(
+            "a large red circle on the left on a gray background"
+        )
+        expect(open_tab(page, "Text-to-Image").get_by_label("Prompt", exact=True)).to_have_value("")
         # The model bar holds only its own controls (a component built in a handler would show up on the page).
         expect(page.get_by_label("Dropdown", exact=True)).to_have_count(0)
         assert page_errors == []

@@ -301,6 +301,7 @@ def test_presenting_a_run_of_an_empty_prompt(page: Page, page_errors: list[str])
     and every panel drawn (the word picker once refused the start token: "Value: 0 … is not in the list of
     choices: []", and the panels stayed empty)."""
     panel = open_tab(page, "Explain")
+    panel.get_by_label("Prompt", exact=True).fill("")  # it starts with the model's first example
     panel.get_by_label("number input for Steps").fill("3")
     panel.get_by_role("button", name="Explain", exact=True).click()
     expect(panel.get_by_text(re.compile(r"^Step 3 of 3$"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)

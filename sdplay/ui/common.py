@@ -121,6 +121,7 @@ class Controls:
     batch_size: gr.Slider
     examples: gr.Dataset
     native_sized: bool  # width and height default to the model's size (not an input image's)
+    prefilled: bool = False  # the prompt starts as the model's first example prompt (Explain's)
 
     def inputs(self) -> list[gr.components.Component]:
         return [self.prompt, self.negative_prompt, self.sampler, self.steps, self.guidance_scale, self.seed]
@@ -128,7 +129,8 @@ class Controls:
     def model_dependent(self) -> list[gr.components.Component]:
         """The controls that `recommended` updates."""
         sizes = [self.width, self.height] if self.native_sized else []
-        return [self.sampler, self.schedule, self.steps, self.guidance_scale, self.examples, *sizes]
+        prompt = [self.prompt] if self.prefilled else []
+        return [self.sampler, self.schedule, self.steps, self.guidance_scale, self.examples, *sizes, *prompt]
 
     def recommended(self, model: LoadedModel) -> dict[gr.components.Component, object]:
         """Updates that apply `model`'s recommended settings and examples to these controls (on load)."""
@@ -142,6 +144,8 @@ class Controls:
         }
         if self.native_sized:
             updates[self.width] = updates[self.height] = settings.size or model.native_size
+        if self.prefilled:
+            updates[self.prompt] = first_example(model)
         return updates
 
 
@@ -172,20 +176,28 @@ class TabParts:
     image: gr.Image | gr.ImageEditor | None = None
 
 
-def prompt_boxes(examples: list[str]) -> tuple[gr.Textbox, gr.Textbox, gr.Dataset]:
-    prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Describe the image", elem_classes="prompt")
+def first_example(model: LoadedModel) -> str:
+    """The prompt a prefilled prompt box starts with: the model's first example prompt, if it has any."""
+    return next(iter(model.settings.examples), "")
+
+
+def prompt_boxes(examples: list[str], text: str = "") -> tuple[gr.Textbox, gr.Textbox, gr.Dataset]:
+    prompt = gr.Textbox(text, label="Prompt", lines=3, placeholder="Describe the image", elem_classes="prompt")
     samples = gr.Examples(examples, prompt, label="Example prompts for this model").dataset
     negative = gr.Textbox(label="Negative prompt", lines=2, placeholder="What the image should not have")
     return prompt, negative, samples
 
 
-def controls(manager: ModelManager, limits: Limits, size_default: int | None = None, batch: bool = True) -> Controls:
+def controls(
+    manager: ModelManager, limits: Limits, size_default: int | None = None, batch: bool = True, prefilled: bool = False
+) -> Controls:
     """Prompt boxes and sampling settings, set to the loaded model's recommended ones; `size_default` 0 means "the
-    input image's size" (img2img, inpaint); `batch` False hides the batch size (Explain records one image)."""
+    input image's size" (img2img, inpaint); `batch` False hides the batch size (Explain records one image);
+    `prefilled` starts the prompt as the model's first example, and sets it again when a model loads."""
     model = manager.model
     settings = model.settings
     native = (settings.size or model.native_size) if size_default is None else size_default
-    prompt, negative, examples = prompt_boxes(list(settings.examples))
+    prompt, negative, examples = prompt_boxes(list(settings.examples), first_example(model) if prefilled else "")
     with gr.Row():
         # Custom values reach our validation, which also reads A1111's older names ("DPM++ 2M Karras", "PNDM").
         sampler = gr.Dropdown(
@@ -216,7 +228,7 @@ def controls(manager: ModelManager, limits: Limits, size_default: int | None = N
     return Controls(
         prompt=prompt, negative_prompt=negative, sampler=sampler, schedule=schedule, steps=steps,
         guidance_scale=guidance, seed=seed, width=width, height=height, batch_size=batch_size, examples=examples,
-        native_sized=size_default is None,
+        native_sized=size_default is None, prefilled=prefilled,
     )  # fmt: skip
 
 

@@ -125,7 +125,7 @@ def build(manager: ModelManager, limits: Limits) -> ExplainControls:
             task = gr.Radio(TASKS, value=Task.TXT2IMG.value, label="Task")
             editor = mask_editor("Image (for Inpaint, paint over what to repaint)", 300, visible=False)
             strength = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength", visible=False)
-            c = controls(manager, limits, batch=False)
+            c = controls(manager, limits, batch=False, prefilled=True)  # a first press shows words at work
             with gr.Row():
                 start = gr.Button("Explain", variant="primary", elem_classes="explain")
                 stop = gr.Button("Stop", variant="stop")
