@@ -140,9 +140,10 @@ def test_a_one_step_run_replays_and_records(page: Page, page_errors: list[str], 
     expect(label).to_be_visible()
     expect(panel.locator(".heatmap img")).to_be_visible()
 
-    # Decode x̂₀ with the VAE: the linear preview is replaced by the decoded image.
-    x0 = panel.locator(".x0 img")
-    preview = x0.get_attribute("src")
+    # The tiny model's VAE is cheap: x̂₀ was decoded after the run unasked (test_explain_shapes.py checks its pixels).
+    # Pressing Decode redoes it, quietly.
     panel.get_by_role("button", name="Decode x̂₀ of every step with the VAE").click()
-    expect(x0).not_to_have_attribute("src", preview, timeout=GENERATE_TIMEOUT_MS)
+    page.wait_for_timeout(1500)  # an error toast would have shown by now
+    expect(panel.locator(".x0 img")).to_have_attribute("src", re.compile(r"/gradio_api/file="))
+    assert page.evaluate("window.sdplayToasts") == []
     assert page_errors == []

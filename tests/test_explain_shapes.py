@@ -3,18 +3,27 @@
 These are the bundled model's bars, reproduced from the view's own recorded maps after an export round trip.
 """
 
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
+import gradio as gr
 import numpy as np
 import pytest
+import torch
+from diffusers import AutoencoderKL
 
 from sdplay.explain.capture import explain
+from sdplay.explain.decoding import cheap_to_decode
 from sdplay.explain.export import load_run, save_run
-from sdplay.models import ModelManager
-from sdplay.requests import GenerationRequest
+from sdplay.explain.render import ExplainView
+from sdplay.models import ModelManager, ModelSwitch, SwitchPolicy
+from sdplay.requests import GenerationRequest, Limits
 from sdplay.shapes.evaluate import daam_iou, measure
 from sdplay.shapes.world import sample_scene
+from sdplay.ui.layout import build_demo
 
+SD_VAE_BLOCKS = dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
 MODEL = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 PROMPTS = 16
 
@@ -39,3 +48,29 @@ def test_word_maps_overlap_the_objects_they_name(shapes, tmp_path):
             ious[key].append(daam_iou(maps[run.tokens.index(f"{word}</w>")], object_mask))
     assert np.mean(ious["shape"]) >= 0.70, ious["shape"]
     assert np.mean(ious["colour"]) >= 0.60, ious["colour"]
+
+
+def test_explain_decodes_x0_unasked_when_the_vae_is_cheap(shapes):
+    """After a run of the bundled model, Explain decodes x̂₀ by itself: its VAE's linear preview is a poor likeness
+    (brown for red, a blue halo). SD's VAE at 512² costs far more: there x̂₀ waits for the Decode button."""
+    demo = build_demo(shapes, Limits(), ModelSwitch({"shapes": str(MODEL)}, SwitchPolicy.LOCKED))
+    decode_if_cheap = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", None) == "decode_if_cheap")
+    session, quiet = SimpleNamespace(session_hash="a visitor"), lambda *args, **kwargs: None
+    request = GenerationRequest(prompt="a large red circle on the left on a gray background", sampler="Euler", seed=3)
+    run = explain(shapes, replace(request, steps=4))
+
+    elsewhere = ExplainView(replace(run, recipe={**run.recipe, "model": "another model"}))
+    assert list(decode_if_cheap(elsewhere, 4, session, progress=quiet)) == [gr.skip()]  # its VAE is not here
+    assert elsewhere.decoded_steps == frozenset()
+
+    view = ExplainView(run)
+    preview = np.asarray(view.x0(3), dtype=int)
+    shown = list(decode_if_cheap(view, 4, session, progress=quiet))
+    assert view.decoded_steps == frozenset(range(4)) and np.array_equal(np.asarray(shown[0]), np.asarray(view.x0(3)))
+    # Euler's last step lands on x̂₀: decoded, it is the final image; the linear preview was far from it.
+    final = np.asarray(view.image, dtype=int)
+    assert np.abs(np.asarray(view.x0(3), dtype=int) - final).mean() < 2 < 10 < np.abs(preview - final).mean()
+
+    with torch.device("meta"):  # SD 1.5's VAE, without its weights
+        sd_vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, **SD_VAE_BLOCKS)
+    assert cheap_to_decode(shapes.model.pipe.vae, 64 * 64) and not cheap_to_decode(sd_vae, 512 * 512)

@@ -98,7 +98,7 @@ CAPTIONS: dict[str, Caption] = {
         "x̂₀ = (x_t − √(1 − ᾱ)·ε̂)/√ᾱ. Early guesses are blurry averages of everything the prompt could mean; "
         "they sharpen as the steps go by. The sampler does not jump to x̂₀: it moves x_t part of the way towards "
         "it and lowers the noise level. *Decode x̂₀ of every step with the VAE* shows the guesses through the real "
-        "decoder (exact, but slower) instead of the linear preview.",
+        "decoder (exact, but slower) instead of the linear preview; a small model's are decoded by themselves.",
     ),
     "eps_uncond": Caption(
         "ε_uncond: the noise the model predicts when it reads only the negative prompt (empty by default).",

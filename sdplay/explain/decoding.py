@@ -18,6 +18,10 @@ from sdplay.requests import Limits
 
 # VAE decodes per press of "Decode x̂₀" (each costs more than a UNet step): longer runs get this many, spread out.
 MAX_DECODED = 30
+# Explain decodes x̂₀ by itself after a run when one decode costs less than this, in decoder parameters × output
+# pixels (a proxy for its work): the bundled shapes model's VAE at 64² is 1.7e9 (15 ms a decode on a 2-core CPU),
+# and its linear preview is a poor likeness (brown for red, a blue halo). SD's VAE at 512² is 1.3e13: a press.
+AUTO_DECODE_WORK = 1e10
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,12 @@ def decode_order(steps: int, first: int, limit: int = MAX_DECODED) -> list[int]:
     """The steps to decode, `first` (the one on screen) first: all of them, or `limit` spread over the run."""
     spread = range(steps) if steps <= limit else np.linspace(0, steps - 1, limit).round().astype(int).tolist()
     return [first, *(step for step in spread if step != first)][:limit]
+
+
+def cheap_to_decode(vae, pixels: int) -> bool:
+    """Whether decoding x̂₀ of every step of a run of `pixels` output pixels is cheap enough to do unasked."""
+    decoder = sum(parameter.numel() for parameter in vae.decoder.parameters())  # the meta device's too (Ray's front)
+    return decoder * pixels <= AUTO_DECODE_WORK
 
 
 def vae_decode(vae, latents: torch.Tensor) -> Image.Image:

@@ -14,7 +14,7 @@ from PIL import Image
 from sdplay.executor import JobSpec
 from sdplay.explain.captions import PER_MODEL, Caption, ModelFacts, captions
 from sdplay.explain.capture import ExplainRun, explain
-from sdplay.explain.decoding import Decoded, DecodeRequest, decode_latents, decode_order
+from sdplay.explain.decoding import Decoded, DecodeRequest, cheap_to_decode, decode_latents, decode_order
 from sdplay.explain.export import save_run
 from sdplay.explain.render import (
     COLORMAPS,
@@ -301,6 +301,15 @@ def build(manager: ModelManager, limits: Limits) -> ExplainControls:
 
     decoded = decode.click(decode_all, [view, step], x0, api_visibility="private", **GPU)
 
+    def decode_if_cheap(shown: ExplainView | None, at: int, request: gr.Request, progress=gr.Progress()):
+        """After a run, decode x̂₀ unasked when the loaded model made it and its VAE is cheap (`cheap_to_decode`)."""
+        model = manager.model
+        pixels = shown.run.image.shape[0] * shown.run.image.shape[1] if shown else 0
+        if shown and shown.run.recipe.get("model") == model.name and cheap_to_decode(model.pipe.vae, pixels):
+            yield from decode_all(shown, at, request, progress)
+        else:
+            yield gr.skip()  # a generator that yields nothing would empty x̂₀
+
     # Recording, replaying, playing ----------------------------------------------------------------------------
 
     def show_step(folder: str, item: StepUpdate | ExplainRun) -> dict:
@@ -340,9 +349,12 @@ def build(manager: ModelManager, limits: Limits) -> ExplainControls:
     outputs = [*run_outputs, x0, step_label, export]
     recorded = start.click(record, inputs, outputs, show_progress_on=step_label, api_visibility="private", **GPU)
     recorded.then(**redraw_event, api_visibility="private")
+    decoded_unasked = recorded.success(
+        decode_if_cheap, [view, step], x0, show_progress="hidden", api_visibility="private", **GPU
+    )
 
-    wire_stop(manager, stop, recorded)
-    wire_stop(manager, stop, decoded)
+    for event in (recorded, decoded, decoded_unasked):
+        wire_stop(manager, stop, event)
 
     def replay(path: str | None):
         if path is None:
