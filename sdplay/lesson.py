@@ -18,6 +18,7 @@ from sdplay.compare import FIELDS
 from sdplay.errors import UserError
 from sdplay.executor import JobSpec
 from sdplay.explain.capture import ExplainRun
+from sdplay.explain.decoding import decode_x0_if_cheap
 from sdplay.explain.embeddings import (
     CausalRequest,
     CausalTest,
@@ -251,7 +252,8 @@ MODEL_QUESTIONS = (
 
 def ask(manager: ModelManager, lesson: LessonView, limits: Limits = Limits(), owner: str | None = None) -> LessonView:
     """With the run's model loaded, ask it the lesson's questions (each a job on the executor) and keep the answers
-    in `lesson`; a question it cannot answer leaves its panels to their fallbacks."""
+    in `lesson`; a question it cannot answer leaves its panels to their fallbacks. x̂₀ is decoded too where that is
+    cheap (the bundled model's linear preview shows its red as brown)."""
     if not lesson.model_loaded:
         return lesson
     for question in MODEL_QUESTIONS:
@@ -260,6 +262,7 @@ def ask(manager: ModelManager, lesson: LessonView, limits: Limits = Limits(), ow
         except UserError:
             continue
         setattr(lesson, question.answer, answer)
+    decode_x0_if_cheap(manager, lesson.view, limits, owner)
     return lesson
 
 

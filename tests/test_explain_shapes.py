@@ -13,6 +13,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
+from sdplay.compare import Comparison
 from sdplay.explain.capture import explain
 from sdplay.explain.decoding import cheap_to_decode
 from sdplay.explain.export import load_run, save_run
@@ -55,7 +56,7 @@ def test_explain_decodes_x0_unasked_when_the_vae_is_cheap(shapes):
     (brown for red, a blue halo). SD's VAE at 512² costs far more: there x̂₀ waits for the Decode button."""
     demo = build_demo(shapes, Limits(), ModelSwitch({"shapes": str(MODEL)}, SwitchPolicy.LOCKED))
     decode_if_cheap = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", None) == "decode_if_cheap")
-    session, quiet = SimpleNamespace(session_hash="a visitor"), lambda *args, **kwargs: None
+    session, quiet = SimpleNamespace(session_hash="a visitor", headers={}, username=None), lambda *args, **kwargs: None
     request = GenerationRequest(prompt="a large red circle on the left on a gray background", sampler="Euler", seed=3)
     run = explain(shapes, replace(request, steps=4))
 
@@ -70,6 +71,12 @@ def test_explain_decodes_x0_unasked_when_the_vae_is_cheap(shapes):
     # Euler's last step lands on x̂₀: decoded, it is the final image; the linear preview was far from it.
     final = np.asarray(view.image, dtype=int)
     assert np.abs(np.asarray(view.x0(3), dtype=int) - final).mean() < 2 < 10 < np.abs(preview - final).mean()
+
+    compare_runs = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", None) == "compare_runs")
+    prompt = "a large red circle on the left on a gray background"
+    *_, shown = compare_runs(prompt, "", "Euler", 4, 4, 3, 64, 64, "Automatic", "CFG scale", "1", session, quiet)
+    pair = next(value for value in shown.values() if isinstance(value, Comparison))
+    assert [view.decoded_steps for view in pair.views] == [frozenset(range(4))] * 2  # Compare's x̂₀s too
 
     with torch.device("meta"):  # SD 1.5's VAE, without its weights
         sd_vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, **SD_VAE_BLOCKS)

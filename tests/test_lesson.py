@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from sdplay.compare import FIELDS, variant
 from sdplay.explain.capture import explain
+from sdplay.explain.decoding import vae_decode
 from sdplay.explain.export import save_run
 from sdplay.explain.lesson_panels import causal_reads, skip_pairs, value_counts
 from sdplay.explain.render import FUNCTION_WORDS, ExplainView, replay_view
@@ -193,6 +195,16 @@ def test_with_its_model_loaded_the_lesson_asks_it(shapes, recorded) -> None:
     scale = attention.grid[0] / peak.shape[0]
     assert attention.cell == (int(row * scale), int(column * scale))
     assert attention.self_map().sum() == pytest.approx(1, abs=1e-4)
+
+
+def test_with_its_model_loaded_the_lesson_shows_x0_decoded(shapes, recorded, replayed) -> None:
+    """The bundled model's VAE is cheap: every step's x̂₀ is its decode, not the linear preview (a replay without the
+    model keeps the preview)."""
+    steps = recorded.run.steps
+    assert recorded.view.decoded_steps == frozenset(range(steps)) and replayed.view.decoded_steps == frozenset()
+    decoded = vae_decode(shapes.model.pipe.vae, recorded.run.x0[3]).resize(recorded.view.size, Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(recorded.view.x0(3)), np.asarray(decoded))
+    assert not np.array_equal(np.asarray(replayed.view.x0(3)), np.asarray(decoded))
 
 
 def test_the_causal_mask_drawn_is_the_text_encoders_own(shapes, recorded) -> None:

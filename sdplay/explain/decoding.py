@@ -4,17 +4,26 @@ The decoding runs the model, so it is a job like a generation: `decode_latents` 
 thread here, the GPU worker on ZeroGPU), one job at a time, stopped by its session's Stop between two latents.
 """
 
+from __future__ import annotations
+
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from sdplay.errors import UserError
+from sdplay.executor import JobSpec
 from sdplay.models import ModelManager
 from sdplay.requests import Limits
+
+if TYPE_CHECKING:
+    from sdplay.explain.capture import ExplainRun
+    from sdplay.explain.render import ExplainView
 
 # VAE decodes per press of "Decode x̂₀" (each costs more than a UNet step): longer runs get this many, spread out.
 MAX_DECODED = 30
@@ -51,6 +60,33 @@ def cheap_to_decode(vae, pixels: int) -> bool:
     """Whether decoding x̂₀ of every step of a run of `pixels` output pixels is cheap enough to do unasked."""
     decoder = sum(parameter.numel() for parameter in vae.decoder.parameters())  # the meta device's too (Ray's front)
     return decoder * pixels <= AUTO_DECODE_WORK
+
+
+def decodes_unasked(manager: ModelManager, run: ExplainRun) -> bool:
+    """Whether x̂₀ of `run` is decoded without a press: the loaded model made it, and its VAE is cheap."""
+    model = manager.model
+    pixels = run.image.shape[0] * run.image.shape[1]
+    return run.recipe.get("model") == model.name and cheap_to_decode(model.pipe.vae, pixels)
+
+
+def decode_x0_if_cheap(manager: ModelManager, view: ExplainView, limits: Limits, owner: str | None) -> None:
+    """Decode `view`'s x̂₀s where `decodes_unasked` says so, waiting for them; an error keeps the linear preview."""
+    if decodes_unasked(manager, view.run):
+        with suppress(UserError):
+            for _ in decode_x0(manager, view, view.run.steps - 1, limits, owner):
+                pass
+
+
+def decode_x0(manager: ModelManager, view: ExplainView, first: int, limits: Limits, owner: str | None) -> Iterator[int]:
+    """Decode the x̂₀s of `view`'s run (`decode_order`, from the 0-based step `first`) as one job on the manager's
+    executor, `owner`'s to stop; keep each image in the view, and yield its step."""
+    run = view.run
+    order = decode_order(run.steps, first)
+    request = DecodeRequest(str(run.recipe.get("model")), tuple(order), run.x0[order])
+    for item in manager.executor.run(JobSpec(decode_latents, request, limits, owner)):
+        if isinstance(item, Decoded):
+            view.keep_decoded(item.step, item.image)
+            yield item.step
 
 
 def vae_decode(vae, latents: torch.Tensor) -> Image.Image:

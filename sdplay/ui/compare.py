@@ -26,6 +26,7 @@ from sdplay.compare import (
     with_seed,
 )
 from sdplay.explain.capture import ExplainRun, explain
+from sdplay.explain.decoding import decode_x0_if_cheap
 from sdplay.explain.render import content_word
 from sdplay.generate import StepUpdate
 from sdplay.models import LoadedModel, ModelManager
@@ -319,6 +320,8 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
             return
         with user_errors():
             pair = Comparison(*runs, *pair_labels(a, b, field_name))
+            for view in pair.views:
+                decode_x0_if_cheap(manager, view, limits, request.session_hash if request else None)
             yield show_compared(pair, a)
 
     a_inputs = [*c.inputs(), c.width, c.height, c.schedule]

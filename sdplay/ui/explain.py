@@ -11,10 +11,9 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from sdplay.executor import JobSpec
 from sdplay.explain.captions import PER_MODEL, Caption, ModelFacts, captions
 from sdplay.explain.capture import ExplainRun, explain
-from sdplay.explain.decoding import Decoded, DecodeRequest, cheap_to_decode, decode_latents, decode_order
+from sdplay.explain.decoding import decode_order, decode_x0, decodes_unasked
 from sdplay.explain.export import save_run
 from sdplay.explain.render import (
     COLORMAPS,
@@ -282,30 +281,24 @@ def build(manager: ModelManager, limits: Limits) -> ExplainControls:
         if shown is None:
             raise gr.Error("Explain a prompt first.")
         steps, first = shown.run.steps, step_index(at, shown.run.steps)
-        order = decode_order(steps, first)
-        job = DecodeRequest(str(shown.run.recipe.get("model")), tuple(order), shown.run.x0[order])
-        done = 0
+        wanted, done = len(decode_order(steps, first)), 0
         with user_errors():
-            progress((0, len(order)), desc="Decoding x̂₀")
-            for item in manager.executor.run(JobSpec(decode_latents, job, limits, request.session_hash)):
-                if isinstance(item, Decoded):
-                    shown.keep_decoded(item.step, item.image)
-                    done += 1
-                    progress((done, len(order)), desc="Decoding x̂₀")
-                    # A yield per step: where Gradio can cancel the job (on ZeroGPU, Stop cancels it).
-                    yield shown.x0(first) if item.step == first else gr.skip()
-        if done < len(order):
-            gr.Info(f"Stopped: x̂₀ decoded at {done} of {len(order)} steps.")
-        elif len(order) < steps:
+            progress((0, wanted), desc="Decoding x̂₀")
+            for decoded in decode_x0(manager, shown, first, limits, request.session_hash):
+                done += 1
+                progress((done, wanted), desc="Decoding x̂₀")
+                # A yield per step: where Gradio can cancel the job (on ZeroGPU, Stop cancels it).
+                yield shown.x0(first) if decoded == first else gr.skip()
+        if done < wanted:
+            gr.Info(f"Stopped: x̂₀ decoded at {done} of {wanted} steps.")
+        elif wanted < steps:
             gr.Info(f"x̂₀ decoded at {done} of the {steps} steps, spread over the run; the others keep the preview.")
 
     decoded = decode.click(decode_all, [view, step], x0, api_visibility="private", **GPU)
 
     def decode_if_cheap(shown: ExplainView | None, at: int, request: gr.Request, progress=gr.Progress()):
-        """After a run, decode x̂₀ unasked when the loaded model made it and its VAE is cheap (`cheap_to_decode`)."""
-        model = manager.model
-        pixels = shown.run.image.shape[0] * shown.run.image.shape[1] if shown else 0
-        if shown and shown.run.recipe.get("model") == model.name and cheap_to_decode(model.pipe.vae, pixels):
+        """After a run, decode x̂₀ unasked where that is cheap (`decodes_unasked`)."""
+        if shown is not None and decodes_unasked(manager, shown.run):
             yield from decode_all(shown, at, request, progress)
         else:
             yield gr.skip()  # a generator that yields nothing would empty x̂₀
