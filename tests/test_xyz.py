@@ -15,6 +15,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from sdplay.errors import UserError
+from sdplay.executor import JobSpec
 from sdplay.generate import Cancelled, generate
 from sdplay.metadata import parse_infotext, read_infotext
 from sdplay.models import ModelManager
@@ -207,6 +208,13 @@ def _pnginfo(image: Image.Image):
     return get_pil_metadata(image)
 
 
+def single_run(manager: ModelManager, request: GenerationRequest) -> Image.Image:
+    """The image of `request` as a single run makes it: a job on the executor's thread, where the cells run too (the
+    test's own thread may run torch on another number of threads, whose sums can differ in the last bit)."""
+    *_, result = manager.executor.run(JobSpec(generate, request, Limits()))
+    return result.images[0]
+
+
 def run_plot(manager: ModelManager, cells, limits=Limits(), **kwargs) -> dict[int, Image.Image]:
     return {
         item.index: item.result.images[0]
@@ -227,7 +235,7 @@ def test_every_cell_is_bit_identical_to_a_single_run(manager):
             schedule=cell.request.schedule, steps=3, guidance_scale=cell.request.guidance_scale,
             seed=cell.request.seed, width=64, height=64, batch_size=1,
         )  # fmt: skip
-        alone = generate(manager, single).images[0]
+        alone = single_run(manager, single)
         assert np.array_equal(pixels(images[index]), pixels(alone)), f"cell {index}"
         assert images[index].info["parameters"] == alone.info["parameters"]  # its own infotext
 
@@ -240,7 +248,7 @@ def test_img2img_cells_equal_single_img2img_runs(manager, tmp_path):
     cells = plan(base, axes, manager.model.name)
     images = run_plot(manager, cells)
     for index, strength in enumerate([0.5, 1.0]):
-        alone = generate(manager, replace(base, strength=strength)).images[0]
+        alone = single_run(manager, replace(base, strength=strength))
         assert np.array_equal(pixels(images[index]), pixels(alone))
         assert "Denoising strength: " in images[index].info["parameters"]
 
@@ -279,7 +287,7 @@ def test_model_cells_load_each_model_once_equal_single_runs_and_the_first_model_
     assert loads == ["other", "tiny"] and manager.model.name == "tiny"
     for index, cell in enumerate(cells):
         manager.load(str(two_models[cell.model]))
-        alone = generate(manager, cell.request).images[0]
+        alone = single_run(manager, cell.request)
         assert (
             np.array_equal(pixels(images[index]), pixels(alone)) and f"Model: {cell.model}" in alone.info["parameters"]
         )
