@@ -72,6 +72,12 @@ def test_explain_decodes_x0_unasked_when_the_vae_is_cheap(shapes):
     final = np.asarray(view.image, dtype=int)
     assert np.abs(np.asarray(view.x0(3), dtype=int) - final).mean() < 2 < 10 < np.abs(preview - final).mean()
 
+    # Decoding, unasked or pressed, then redraws the page's filmstrip, whose frames are those x̂₀s.
+    for name in ("decode_if_cheap", "decode_all"):
+        index = next(i for i, f in demo.fns.items() if getattr(f.fn, "__name__", None) == name)
+        followers = [f for f in demo.fns.values() if f.trigger_after == index]
+        assert any("sdplay-filmstrip-page" in (output.elem_classes or []) for f in followers for output in f.outputs)
+
     compare_runs = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", None) == "compare_runs")
     prompt = "a large red circle on the left on a gray background"
     *_, shown = compare_runs(prompt, "", "Euler", 4, 4, 3, 64, 64, "Automatic", "CFG scale", "1", session, quiet)

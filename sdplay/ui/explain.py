@@ -178,7 +178,7 @@ def build(manager: ModelManager, limits: Limits) -> ExplainControls:
             guidance = image("Guidance term", PANEL_FORMATS["guidance"])
             caption("guidance")
     eps_note = gr.Markdown()
-    presentation.filmstrip_panel(view, step, final)
+    redraw_strip = presentation.filmstrip_panel(view, step, final)
     with gr.Row():
         with gr.Column(scale=2):
             channels = gr.Image(label="Latent channels", format=PANEL_FORMATS["channels"], interactive=False)
@@ -348,6 +348,8 @@ def build(manager: ModelManager, limits: Limits) -> ExplainControls:
 
     for event in (recorded, decoded, decoded_unasked):
         wire_stop(manager, stop, event)
+    for event in (decoded, decoded_unasked):
+        event.then(**redraw_strip)  # its frames are x̂₀s: now the decoded ones
 
     def replay(path: str | None):
         if path is None:

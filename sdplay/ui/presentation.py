@@ -214,10 +214,11 @@ def panel(name: str) -> gr.Image | gr.HTML:
     return picture
 
 
-def filmstrip_panel(view: gr.State, step: gr.Slider, final: gr.Image) -> gr.Image:
+def filmstrip_panel(view: gr.State, step: gr.Slider, final: gr.Image) -> dict:
     """The x̂₀ filmstrip for the Explain tab's own page, following its step slider (and each new run, whose final
     image changes); a click on a frame moves the slider there. Its box is lower than the strip (104 px): Gradio
-    maps a click to the image's pixels right only for an image shown at most at its own size."""
+    maps a click to the image's pixels right only for an image shown at most at its own size. Returns its redraw
+    event, for what else changes its frames (x̂₀ decoded)."""
     gr.Markdown("**x̂₀ at every step**: coarse first, details last (click a frame to go to its step)")
     strip = gr.Image(
         label="x̂₀ at every step", show_label=False, format="jpeg", interactive=False, buttons=[], height=90,
@@ -232,9 +233,10 @@ def filmstrip_panel(view: gr.State, step: gr.Slider, final: gr.Image) -> gr.Imag
         kept = kept if kept is not None and kept.view is shown else Filmstrip(shown)
         return kept.draw(min(max(int(value), 1), shown.run.steps) - 1), kept
 
-    gr.on([step.change, final.change], draw, [view, step, strips], [strip, strips], **quiet)
+    redraw = dict(fn=draw, inputs=[view, step, strips], outputs=[strip, strips], **quiet)
+    gr.on([step.change, final.change], **redraw)
     strip.select(jump, view, step, **quiet)
-    return strip
+    return redraw
 
 
 def jump(shown: ExplainView | None, event: gr.SelectData):
