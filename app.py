@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sdplay.disk import DEFAULT_MAX_DISK, parse_size  # the standard library only: --help stays instant
+from sdplay.runtime.disk import DEFAULT_MAX_DISK, parse_size  # the standard library only: --help stays instant
 
 # Our own small model (sdplay/shapes), trained in this repo: it runs offline on any CPU in seconds.
 BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "shapes"
@@ -19,9 +19,9 @@ DEFAULT_MODEL = (
     if (BUNDLED_MODEL / "model_index.json").is_file()
     else "stable-diffusion-v1-5/stable-diffusion-v1-5"  # a checkout without assets/
 )
-# sdplay.models.SwitchPolicy's values: parsing flags imports no torch.
+# sdplay.runtime.models.SwitchPolicy's values: parsing flags imports no torch.
 MODEL_POLICIES = ("catalog", "any", "locked")
-# sdplay.executor.EXECUTORS, named here so that --help stays instant.
+# sdplay.runtime.executor.EXECUTORS, named here so that --help stays instant.
 EXECUTORS = ("local", "zerogpu", "ray")
 
 
@@ -204,12 +204,12 @@ def _is_loopback(host: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sdplay.executor import zero_gpu
+    from sdplay.runtime.executor import zero_gpu
 
     zero_gpu()  # on a ZeroGPU Space, `spaces` must be imported before anything initialises CUDA; imports no torch
     args = parse_args(argv)
     if args.executor == "ray":
-        from sdplay.ray_worker import RAY_MISSING
+        from sdplay.runtime.ray_worker import RAY_MISSING
 
         try:
             import ray  # noqa: F401  (here only to fail early, before the model loads, with how to install it)
@@ -219,15 +219,15 @@ def main(argv: list[str] | None = None) -> None:
     # (<tmp>/gradio) is shared by every Gradio app on the machine. Gradio reads the variable as it makes each file.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(tempfile.gettempdir()) / f"sdplay-gradio-{args.port}"))
     # Imported after parsing so that --help is instant and flags can still set import-time environment.
-    from sdplay.catalog import HUB_MODELS
-    from sdplay.errors import UserError
-    from sdplay.models import MemoryOptions, ModelManager, ModelSwitch, SwitchPolicy
-    from sdplay.requests import Limits
+    from sdplay.lesson.ui import i18n
+    from sdplay.page import build_demo
+    from sdplay.runtime.catalog import HUB_MODELS
+    from sdplay.runtime.errors import UserError
+    from sdplay.runtime.models import MemoryOptions, ModelManager, ModelSwitch, SwitchPolicy
+    from sdplay.runtime.request import Limits
     from sdplay.ui.cache import CacheCap
-    from sdplay.ui.layout import build_demo
-    from sdplay.ui.lesson import i18n
     from sdplay.ui.style import CSS, JS
-    from sdplay.xyz import PlotLimits
+    from sdplay.xyz.plot import PlotLimits
 
     try:
         memory = MemoryOptions(args.cpu_offload, args.vae_tiling, args.attention_slicing)
@@ -269,9 +269,9 @@ def main(argv: list[str] | None = None) -> None:
 def ray_manager(args: argparse.Namespace, memory):
     """The front end's model manager on a pool of Ray Serve workers (`--executor ray`): they load the model and run
     the jobs; this process keeps the model's facts."""
-    from sdplay.models import ModelManager
-    from sdplay.ray_executor import RayExecutor
-    from sdplay.ray_worker import ModelSource, WorkerOptions
+    from sdplay.runtime.models import ModelManager
+    from sdplay.runtime.ray_executor import RayExecutor
+    from sdplay.runtime.ray_worker import ModelSource, WorkerOptions
 
     where = f"the Ray cluster at {args.ray_address}" if args.ray_address else "a local Ray instance"
     print(f"sdplay: starting the workers on {where} (or joining those deployed there) ...", flush=True)

@@ -28,9 +28,9 @@ from overhead import Run, runs_table, sd15_folder, timed  # noqa: E402
 
 from sdplay.explain.capture import ExplainRun, explain  # noqa: E402
 from sdplay.explain.export import save_run  # noqa: E402
-from sdplay.generate import generate  # noqa: E402
-from sdplay.models import ModelManager  # noqa: E402
-from sdplay.requests import GenerationRequest  # noqa: E402
+from sdplay.runtime.generate import generate  # noqa: E402
+from sdplay.runtime.models import ModelManager  # noqa: E402
+from sdplay.runtime.request import GenerationRequest  # noqa: E402
 
 # Configuration
 SIZE = 256  # the size the time bar is set for: 32×32 latents

@@ -23,11 +23,11 @@ from diffusers import UNet2DConditionModel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from sdplay.explain.capture import explain  # noqa: E402
-from sdplay.explain.point_attention import ALL_BLOCKS, PointRequest, attend_at, recorded_shares  # noqa: E402
-from sdplay.explain.unet_step import step_input  # noqa: E402
-from sdplay.explain.unet_views import ATTENTION_KERNELS, UNetRequest, look_inside  # noqa: E402
-from sdplay.models import ModelManager  # noqa: E402
-from sdplay.requests import GenerationRequest  # noqa: E402
+from sdplay.inside.attention import ALL_BLOCKS, PointRequest, attend_at, recorded_shares  # noqa: E402
+from sdplay.inside.unet import ATTENTION_KERNELS, UNetRequest, look_inside  # noqa: E402
+from sdplay.inside.unet_step import step_input  # noqa: E402
+from sdplay.runtime.models import ModelManager  # noqa: E402
+from sdplay.runtime.request import GenerationRequest  # noqa: E402
 
 # Configuration
 SHAPES = results.ROOT / "assets" / "shapes"

@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
 from overhead import sd15_folder  # noqa: E402
 
-from sdplay.generate import generate  # noqa: E402
-from sdplay.models import ModelManager, shared_weight_ratio  # noqa: E402
-from sdplay.random_models import SD15_SCHEDULER, tiny_pipeline  # noqa: E402
-from sdplay.requests import GenerationRequest, Task  # noqa: E402
-from sdplay.tokenizer import build_clip_tokenizer  # noqa: E402
+from sdplay.runtime.generate import generate  # noqa: E402
+from sdplay.runtime.models import ModelManager, shared_weight_ratio  # noqa: E402
+from sdplay.runtime.random_models import SD15_SCHEDULER, tiny_pipeline  # noqa: E402
+from sdplay.runtime.request import GenerationRequest, Task  # noqa: E402
+from sdplay.runtime.tokenizer import build_clip_tokenizer  # noqa: E402
 
 # Configuration
 SWITCHES = 10

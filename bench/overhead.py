@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
 from startup import served_app  # noqa: E402
 
-from sdplay.generate import generate  # noqa: E402
-from sdplay.models import DTYPES, ModelManager, pick_device, pick_dtype  # noqa: E402
-from sdplay.random_models import sd15_pipeline  # noqa: E402
-from sdplay.requests import GenerationRequest  # noqa: E402
+from sdplay.runtime.generate import generate  # noqa: E402
+from sdplay.runtime.models import DTYPES, ModelManager, pick_device, pick_dtype  # noqa: E402
+from sdplay.runtime.random_models import sd15_pipeline  # noqa: E402
+from sdplay.runtime.request import GenerationRequest  # noqa: E402
 
 # Configuration
 SIZE = 256  # 32×32 latents: the real UNet at a size a 2-core CPU runs in seconds per step

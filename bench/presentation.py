@@ -1,7 +1,7 @@
 """Explain's presentation mode: how fast a step change redraws (issue 12 bar: ≤ 150 ms on the bundled model).
 
 Run `python bench/presentation.py` (CPU, the bundled model in assets/shapes). The page steps through a reel of every
-step's panels that the server draws once, on entering and on each word picked (`sdplay.ui.presentation.reel`). It
+step's panels that the server draws once, on entering and on each word picked (`sdplay.explain.presentation.reel`). It
 measures the server's part (drawing and encoding the reel) and, in Chromium, the step change itself: from pressing ←
 or → in presentation mode to the new x̂₀ shown, on `python app.py` serving a replayed run.
 `--no-browser` skips the second part; `--no-write` prints without writing bench/RESULTS.md (for trials).
@@ -22,10 +22,10 @@ from startup import free_port, wait_for_page  # noqa: E402
 from sdplay.explain.capture import ExplainRun, explain  # noqa: E402
 from sdplay.explain.export import save_run  # noqa: E402
 from sdplay.explain.filmstrip import Filmstrip  # noqa: E402
+from sdplay.explain.presentation import reel  # noqa: E402
 from sdplay.explain.render import ExplainView, HeatmapSettings, content_word  # noqa: E402
-from sdplay.models import ModelManager  # noqa: E402
-from sdplay.requests import GenerationRequest  # noqa: E402
-from sdplay.ui.presentation import reel  # noqa: E402
+from sdplay.runtime.models import ModelManager  # noqa: E402
+from sdplay.runtime.request import GenerationRequest  # noqa: E402
 
 # Configuration
 SHAPES = results.ROOT / "assets" / "shapes"

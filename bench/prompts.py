@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
 from overhead import sd15_folder  # noqa: E402
 
-from sdplay.conditioning import encode_prompts  # noqa: E402
-from sdplay.generate import generate  # noqa: E402
-from sdplay.models import ModelManager  # noqa: E402
-from sdplay.requests import GenerationRequest, Task  # noqa: E402
+from sdplay.runtime.conditioning import encode_prompts  # noqa: E402
+from sdplay.runtime.generate import generate  # noqa: E402
+from sdplay.runtime.models import ModelManager  # noqa: E402
+from sdplay.runtime.request import GenerationRequest, Task  # noqa: E402
 
 # Configuration
 SHAPES = results.ROOT / "assets" / "shapes"

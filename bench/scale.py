@@ -33,10 +33,10 @@ import raw_api  # noqa: E402
 import results  # noqa: E402
 from startup import served_app  # noqa: E402
 
-from sdplay.executor import JobSpec  # noqa: E402
-from sdplay.generate import generate  # noqa: E402
-from sdplay.models import ModelManager  # noqa: E402
-from sdplay.requests import GenerationRequest, Limits  # noqa: E402
+from sdplay.runtime.executor import JobSpec  # noqa: E402
+from sdplay.runtime.generate import generate  # noqa: E402
+from sdplay.runtime.models import ModelManager  # noqa: E402
+from sdplay.runtime.request import GenerationRequest, Limits  # noqa: E402
 
 # Configuration
 BUNDLED = results.ROOT / "assets" / "shapes"
@@ -129,8 +129,8 @@ def overhead(device: str, rounds: int) -> tuple[dict[str, list[Round]], bool]:
     match."""
     import torch
 
-    from sdplay.ray_executor import RayExecutor
-    from sdplay.ray_worker import ModelSource, WorkerOptions
+    from sdplay.runtime.ray_executor import RayExecutor
+    from sdplay.runtime.ray_worker import ModelSource, WorkerOptions
 
     threads = 1 if device == "cpu" else None
     pool = RayExecutor.start(1, None, WorkerOptions(device=device, threads=threads), ModelSource(str(BUNDLED)))

@@ -20,10 +20,10 @@ from overhead import sd15_folder  # noqa: E402
 from sdplay.explain.capture import ExplainRun, explain  # noqa: E402
 from sdplay.explain.export import save_run  # noqa: E402
 from sdplay.explain.render import ExplainView, HeatmapSettings, Panels  # noqa: E402
-from sdplay.models import ModelManager  # noqa: E402
-from sdplay.random_models import tiny_pipeline  # noqa: E402
-from sdplay.requests import GenerationRequest  # noqa: E402
-from sdplay.ui.explain import PANEL_FORMATS  # noqa: E402
+from sdplay.explain.ui import PANEL_FORMATS  # noqa: E402
+from sdplay.runtime.models import ModelManager  # noqa: E402
+from sdplay.runtime.random_models import tiny_pipeline  # noqa: E402
+from sdplay.runtime.request import GenerationRequest  # noqa: E402
 
 # Configuration
 SIZE = 256  # SD 1.5 at 32×32 latents, the size the bar is set for

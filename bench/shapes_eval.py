@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from sdplay.catalog import read_settings_file
 from sdplay.explain.capture import attention_probabilities
+from sdplay.runtime.catalog import read_settings_file
 from sdplay.shapes.evaluate import DAAM_THRESHOLD, Measured, border_colour, measure, measure_objects, nearest
 from sdplay.shapes.world import BACKGROUNDS, Pair, Scene, region, sample_pair, sample_scene
 

@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from sdplay.explain.capture import explain
 from sdplay.explain.render import FUNCTION_WORDS, ExplainView, HeatmapSettings
-from sdplay.models import ModelManager
-from sdplay.requests import GenerationRequest
+from sdplay.runtime.models import ModelManager
+from sdplay.runtime.request import GenerationRequest
 
 FIGURES = {  # file name: (prompt, seed)
     "red-circle-blue-square": (

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
 from startup import free_port  # noqa: E402
 
-from sdplay.disk import GRACE_S, cached_files, megabytes, parse_size  # noqa: E402
+from sdplay.runtime.disk import GRACE_S, cached_files, megabytes, parse_size  # noqa: E402
 from sdplay.ui.cache import CLEAN_EVERY_S  # noqa: E402
 
 # Configuration

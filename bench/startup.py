@@ -24,7 +24,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
 
-from sdplay.random_models import tiny_pipeline  # noqa: E402
+from sdplay.runtime.random_models import tiny_pipeline  # noqa: E402
 
 # Configuration
 RUNS = 5

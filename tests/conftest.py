@@ -16,8 +16,8 @@ import pytest
 import requests
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
-from sdplay.models import ModelManager
-from sdplay.random_models import tiny_pipeline
+from sdplay.runtime.models import ModelManager
+from sdplay.runtime.random_models import tiny_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"

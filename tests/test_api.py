@@ -14,7 +14,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from sdplay.metadata import parse_infotext, read_infotext
+from sdplay.runtime.metadata import parse_infotext, read_infotext
 from tests.conftest import served_app
 from tests.test_images import png_claiming_size
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Locator, Page, expect
 
-from sdplay.images import EMPTY_MASK_MESSAGE
+from sdplay.runtime.images import EMPTY_MASK_MESSAGE
 
 SCREENSHOT = Path(__file__).parent / "artifacts" / "browser.png"  # git-ignored
 PROMPT = "a red cat"

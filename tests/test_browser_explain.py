@@ -10,8 +10,8 @@ from playwright.sync_api import Locator, Page, expect
 
 from sdplay.explain.capture import explain
 from sdplay.explain.export import save_run
-from sdplay.models import ModelManager
-from sdplay.requests import GenerationRequest
+from sdplay.runtime.models import ModelManager
+from sdplay.runtime.request import GenerationRequest
 from tests.test_browser import GENERATE_TIMEOUT_MS, open_tab
 
 SCREENSHOT = Path(__file__).parent / "artifacts" / "explain.png"  # git-ignored

@@ -11,9 +11,9 @@ from playwright.sync_api import Browser, Locator, Page, expect
 
 from sdplay.explain.capture import explain
 from sdplay.explain.export import save_run
-from sdplay.lesson import STAGES, translations
-from sdplay.models import ModelManager
-from sdplay.requests import GenerationRequest
+from sdplay.lesson.stages import STAGES, translations
+from sdplay.runtime.models import ModelManager
+from sdplay.runtime.request import GenerationRequest
 from tests.conftest import ARTIFACTS, LOAD_TIMEOUT_MS, served_app
 from tests.test_browser import GENERATE_TIMEOUT_MS, open_tab
 

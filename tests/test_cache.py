@@ -16,8 +16,8 @@ import requests
 from gradio_client import Client, handle_file
 from playwright.sync_api import Page, expect
 
-from sdplay.disk import folder_size
-from sdplay.images import GONE_MESSAGE
+from sdplay.runtime.disk import folder_size
+from sdplay.runtime.images import GONE_MESSAGE
 from sdplay.ui.cache import CacheCap
 from sdplay.ui.fair_share import one_job_per_session, queued_jobs
 from tests.conftest import free_port, served_app

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler
 
-from sdplay.catalog import (
+from sdplay.page import model_notes
+from sdplay.runtime.catalog import (
     CATALOG,
     SETTINGS_FILE,
     model_settings,
@@ -14,14 +15,13 @@ from sdplay.catalog import (
     settings_from_scheduler,
     unknown_words,
 )
-from sdplay.errors import UserError
-from sdplay.models import ModelManager
-from sdplay.random_models import SD15_SCHEDULER
-from sdplay.requests import GenerationRequest, Limits
-from sdplay.samplers import resolve
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.models import ModelManager
+from sdplay.runtime.random_models import SD15_SCHEDULER
+from sdplay.runtime.request import GenerationRequest, Limits
+from sdplay.runtime.samplers import resolve
 from sdplay.shapes.world import RECOMMENDED_SETTINGS, VOCABULARY
 from sdplay.ui.common import warnings_before
-from sdplay.ui.layout import model_notes
 
 SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 SD15 = {k: v for k, v in SD15_SCHEDULER.items() if k not in ("skip_prk_steps", "set_alpha_to_one")}

@@ -6,10 +6,10 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from sdplay.catalog import ModelSettings
-from sdplay.errors import UserError
-from sdplay.generate import GenerationResult, StepUpdate
-from sdplay.requests import GenerationRequest, Limits
+from sdplay.runtime.catalog import ModelSettings
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.generate import GenerationResult, StepUpdate
+from sdplay.runtime.request import GenerationRequest, Limits
 from sdplay.ui.common import run, user_errors
 
 PATHS = [

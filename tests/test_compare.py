@@ -1,4 +1,4 @@
-"""Same-seed A/B and word ablation (sdplay/compare.py) on the tiny random model: B differs in one field only,
+"""Same-seed A/B and word ablation (sdplay/compare/comparison.py) on the tiny random model: B differs in one field only,
 identical runs measure zero, different prompts do not, and weight 1 is the original to the bit."""
 
 import re
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdplay.compare import (
+from sdplay.compare.comparison import (
     ABLATIONS,
     SD_CONTRASTS,
     SHAPES_CONTRASTS,
@@ -26,10 +26,10 @@ from sdplay.compare import (
     with_seed,
     x0_difference,
 )
-from sdplay.errors import UserError
 from sdplay.explain.capture import explain
 from sdplay.explain.render import COLORMAPS, words_of
-from sdplay.requests import GenerationRequest, validated
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.request import GenerationRequest, validated
 
 A = validated(GenerationRequest(prompt="a red cat on a dog", sampler="Euler", steps=4, guidance_scale=4, seed=7))
 
@@ -245,7 +245,7 @@ def test_cancel_stops_a_comparison_and_frees_the_model(client):
 
 
 def test_an_ablation_reuses_the_a_just_compared_only_when_a_is_unchanged(run_a):
-    from sdplay.ui.compare import Recorded
+    from sdplay.compare.ui import Recorded
 
     recorded = Recorded(A, run_a)
     assert recorded.matches(A)

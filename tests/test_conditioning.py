@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from sdplay.conditioning import CHUNK_TOKENS, Chunk, chunk_tokens, encode_prompts, tokenize
-from sdplay.errors import UserError
-from sdplay.generate import generate
-from sdplay.metadata import parse_infotext
-from sdplay.models import ModelManager
-from sdplay.requests import GenerationRequest, Task
+from sdplay.runtime.conditioning import CHUNK_TOKENS, Chunk, chunk_tokens, encode_prompts, tokenize
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.generate import generate
+from sdplay.runtime.metadata import parse_infotext
+from sdplay.runtime.models import ModelManager
+from sdplay.runtime.request import GenerationRequest, Task
 
 SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 COMMA = 9

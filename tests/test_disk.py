@@ -1,11 +1,11 @@
-"""The byte cap on cached files (sdplay/disk.py), on a temporary folder: oldest first, never a file in use."""
+"""The byte cap on cached files (sdplay/runtime/disk.py), on a temporary folder: oldest first, never a file in use."""
 
 import os
 from pathlib import Path
 
 import pytest
 
-from sdplay.disk import cap_folder, folder_size, parse_size
+from sdplay.runtime.disk import cap_folder, folder_size, parse_size
 
 NOW = 1_000_000.0
 

@@ -1,5 +1,5 @@
-"""Hub downloads (sdplay/downloads.py) against a local stand-in for the Hub: the files chosen, the disk check, the
-progress reports, and the load from the cache that follows, online and offline."""
+"""Hub downloads (sdplay/runtime/downloads.py) against a local stand-in for the Hub: the files chosen, the disk check,
+the progress reports, and the load from the cache that follows, online and offline."""
 
 import shutil
 import threading
@@ -10,11 +10,11 @@ import gradio as gr
 import pytest
 from huggingface_hub import constants
 
-from sdplay.downloads import SPARE_BYTES, DownloadProgress, fetch_model, needed_files, size_text
-from sdplay.errors import UserError
-from sdplay.models import ModelManager, ModelSwitch, SwitchPolicy
-from sdplay.requests import Limits, Task
-from sdplay.ui.layout import build_demo
+from sdplay.page import build_demo
+from sdplay.runtime.downloads import SPARE_BYTES, DownloadProgress, fetch_model, needed_files, size_text
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.models import ModelManager, ModelSwitch, SwitchPolicy
+from sdplay.runtime.request import Limits, Task
 from tests.conftest import free_port
 from tests.fake_hub import FakeHub, serving
 

@@ -19,13 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
-from sdplay.errors import UserError
-from sdplay.executor import MAX_GPU_SECONDS, MIN_GPU_SECONDS, Executor, JobSpec, JobThread
 from sdplay.explain.capture import ExplainRun, explain
 from sdplay.explain.decoding import Decoded, DecodeRequest, decode_latents
-from sdplay.generate import Cancelled, GenerationResult, StepUpdate, generate
-from sdplay.models import ModelManager
-from sdplay.requests import GenerationRequest, Limits, Task
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.executor import MAX_GPU_SECONDS, MIN_GPU_SECONDS, Executor, JobSpec, JobThread
+from sdplay.runtime.generate import Cancelled, GenerationResult, StepUpdate, generate
+from sdplay.runtime.models import ModelManager
+from sdplay.runtime.request import GenerationRequest, Limits, Task
 
 FORK = multiprocessing.get_context("fork")
 TIMEOUT = 60  # seconds the parent waits for the worker's next message before the test fails

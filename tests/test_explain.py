@@ -16,12 +16,12 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from sdplay.errors import UserError
 from sdplay.explain import export
 from sdplay.explain.capture import ExplainRun, explain
 from sdplay.explain.export import load_run, save_run
-from sdplay.generate import Cancelled, generate
-from sdplay.requests import GenerationRequest, Limits, Task
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.generate import Cancelled, generate
+from sdplay.runtime.request import GenerationRequest, Limits, Task
 
 REQUEST = GenerationRequest(prompt="a red cat", negative_prompt="dog", sampler="Euler", steps=5, seed=3)
 

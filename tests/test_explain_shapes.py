@@ -13,16 +13,16 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from sdplay.compare import Comparison
+from sdplay.compare.comparison import Comparison
 from sdplay.explain.capture import explain
 from sdplay.explain.decoding import cheap_to_decode
 from sdplay.explain.export import load_run, save_run
 from sdplay.explain.render import ExplainView
-from sdplay.models import ModelManager, ModelSwitch, SwitchPolicy
-from sdplay.requests import GenerationRequest, Limits
+from sdplay.page import build_demo
+from sdplay.runtime.models import ModelManager, ModelSwitch, SwitchPolicy
+from sdplay.runtime.request import GenerationRequest, Limits
 from sdplay.shapes.evaluate import daam_iou, measure
 from sdplay.shapes.world import sample_scene
-from sdplay.ui.layout import build_demo
 
 SD_VAE_BLOCKS = dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
 MODEL = Path(__file__).resolve().parent.parent / "assets" / "shapes"

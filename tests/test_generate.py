@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdplay.errors import UserError
-from sdplay.generate import Cancelled, StepUpdate, generate
-from sdplay.images import blur_mask
-from sdplay.metadata import parse_infotext, save_png, settings_from_infotext
-from sdplay.requests import GenerationRequest, Limits, Task
-from sdplay.samplers import SAMPLERS
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.generate import Cancelled, StepUpdate, generate
+from sdplay.runtime.images import blur_mask
+from sdplay.runtime.metadata import parse_infotext, save_png, settings_from_infotext
+from sdplay.runtime.request import GenerationRequest, Limits, Task
+from sdplay.runtime.samplers import SAMPLERS
 from sdplay.ui.common import run
 
 
@@ -83,7 +83,7 @@ def test_inpaint_leaves_every_pixel_outside_the_blurred_mask_unchanged(manager, 
 
 
 def test_inpainting_checkpoints_inpaint_and_refuse_other_tasks(tiny_inpaint_model):
-    from sdplay.models import ModelManager
+    from sdplay.runtime.models import ModelManager
 
     manager = ModelManager(device="cpu")
     manager.load(str(tiny_inpaint_model))

@@ -1,4 +1,4 @@
-"""Tests for sdplay.images: refusing bad uploads, reading masks, and the crop and paste maths of inpainting.
+"""Tests for sdplay.runtime.images: refusing bad uploads, reading masks, and the crop and paste maths of inpainting.
 
 Malformed files are built in memory; the decompression bomb is a tiny PNG whose header claims a huge size.
 """
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from sdplay.errors import UserError
-from sdplay.images import (
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.images import (
     GONE_MESSAGE,
     MAX_IMAGE_PIXELS,
     blur_mask,

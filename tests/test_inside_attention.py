@@ -8,11 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sdplay.errors import UserError
-from sdplay.executor import Executor, JobSpec
 from sdplay.explain.capture import explain
 from sdplay.explain.export import load_run, save_run
-from sdplay.explain.point_attention import (
+from sdplay.inside.attention import (
     ALL_BLOCKS,
     MAX_BARS,
     PointRequest,
@@ -25,8 +23,10 @@ from sdplay.explain.point_attention import (
     shown_bars,
     token_labels,
 )
-from sdplay.explain.unet_step import step_input
-from sdplay.requests import GenerationRequest, Limits
+from sdplay.inside.unet_step import step_input
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.executor import Executor, JobSpec
+from sdplay.runtime.request import GenerationRequest, Limits
 from tests.test_executor import ZeroGPU
 
 REQUEST = GenerationRequest(prompt="a large red circle on the left", sampler="Euler", steps=5, seed=1)

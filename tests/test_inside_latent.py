@@ -10,7 +10,8 @@ from PIL import Image
 
 from sdplay.explain.captions import ModelFacts
 from sdplay.explain.capture import explain
-from sdplay.explain.latent_space import (
+from sdplay.explain.render import ExplainView, run_facts
+from sdplay.inside.latent import (
     CHANNEL_SCALE,
     Compression,
     RoundTripRequest,
@@ -20,9 +21,8 @@ from sdplay.explain.latent_space import (
     round_trip,
     vae_size,
 )
-from sdplay.explain.render import ExplainView, run_facts
-from sdplay.requests import GenerationRequest, Limits
-from sdplay.ui.inside_latent import channels_at, compression_text
+from sdplay.inside.latent_ui import channels_at, compression_text
+from sdplay.runtime.request import GenerationRequest, Limits
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-from sdplay.errors import UserError
 from sdplay.explain.capture import explain
-from sdplay.explain.embeddings import (
+from sdplay.explain.export import load_run, save_run
+from sdplay.inside.text import (
     CausalRequest,
     NeighboursRequest,
     TextEmbeddings,
@@ -27,8 +27,8 @@ from sdplay.explain.embeddings import (
     vector_strips,
     whole_words,
 )
-from sdplay.explain.export import load_run, save_run
-from sdplay.requests import GenerationRequest
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.request import GenerationRequest
 from tests.test_explain import no_tensor_is_built, synthetic_run  # noqa: F401 (a fixture)
 
 PROMPT = "a large red circle on the left"

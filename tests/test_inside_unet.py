@@ -9,11 +9,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from sdplay.errors import UserError
-from sdplay.executor import Executor, JobSpec
 from sdplay.explain.capture import explain
-from sdplay.explain.unet_step import call_unet, first_call, step_input
-from sdplay.explain.unet_views import (
+from sdplay.inside.unet import (
     DIAGRAM_SIZE,
     MOSAIC_CHANNELS,
     UNetRequest,
@@ -25,12 +22,15 @@ from sdplay.explain.unet_views import (
     skip_connections,
     unet_parts,
 )
-from sdplay.models import ModelManager
-from sdplay.requests import GenerationRequest, Limits
+from sdplay.inside.unet_step import call_unet, first_call, step_input
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.executor import Executor, JobSpec
+from sdplay.runtime.models import ModelManager
+from sdplay.runtime.request import GenerationRequest, Limits
 from tests.test_executor import ZeroGPU
 
 REQUEST = GenerationRequest(prompt="a red cat", negative_prompt="dog", sampler="Euler", steps=4, seed=3)
-OURS = ("sdplay.explain.unet_step", "sdplay.explain.unet_views", "sdplay.explain.point_attention")
+OURS = ("sdplay.inside.unet_step", "sdplay.inside.unet", "sdplay.inside.attention")
 
 
 def outputs_of_every_call(manager: ModelManager, request: GenerationRequest, modules: dict[str, torch.nn.Module]):
@@ -232,7 +232,7 @@ def test_a_normal_explain_run_meets_none_of_our_hooks(shapes):
         look_inside(shapes, UNetRequest(step_input(run, 2)))
     finally:
         handle.remove()
-    assert "sdplay.explain.unet_views" in seen and "global hook" in seen
+    assert "sdplay.inside.unet" in seen and "global hook" in seen
 
     seen.clear()
     explain(shapes, request, on_step=inspect)  # the view left nothing behind

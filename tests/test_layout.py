@@ -3,10 +3,10 @@
 import gradio as gr
 from PIL import Image
 
-from sdplay.images import brush_radius
-from sdplay.models import ModelManager, ModelSwitch, SwitchPolicy
-from sdplay.requests import Limits
-from sdplay.ui.layout import CONTROL_FIELDS, _image_value, _settings_updates, build_demo
+from sdplay.page import CONTROL_FIELDS, _image_value, _settings_updates, build_demo
+from sdplay.runtime.images import brush_radius
+from sdplay.runtime.models import ModelManager, ModelSwitch, SwitchPolicy
+from sdplay.runtime.request import Limits
 
 
 def test_send_to_inpaint_sizes_the_brush_to_the_sent_image(tmp_path):

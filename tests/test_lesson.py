@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from sdplay.compare import FIELDS, variant
+from sdplay.compare.comparison import FIELDS, variant
 from sdplay.explain.capture import explain
 from sdplay.explain.decoding import vae_decode
 from sdplay.explain.export import save_run
-from sdplay.explain.lesson_panels import causal_reads, skip_pairs, value_counts
 from sdplay.explain.render import FUNCTION_WORDS, ExplainView, replay_view
-from sdplay.lesson import (
+from sdplay.lesson.pictures import causal_reads, skip_pairs, value_counts
+from sdplay.lesson.stages import (
     EXPLAIN,
     NEEDS,
     STAGES,

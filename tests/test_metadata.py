@@ -1,4 +1,4 @@
-"""Tests for sdplay.metadata: infotext formatting, parsing and storage in image files.
+"""Tests for sdplay.runtime.metadata: infotext formatting, parsing and storage in image files.
 
 Round trips cover the characters that break naive writers: commas, colons, quotes, newlines, non-Latin text.
 """
@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import ExifTags, Image, PngImagePlugin
 
-from sdplay.metadata import (
+from sdplay.runtime.metadata import (
     Infotext,
     format_infotext,
     parse_infotext,

@@ -8,8 +8,8 @@ import weakref
 import pytest
 import torch
 
-from sdplay.errors import UserError
-from sdplay.models import (
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.models import (
     MemoryOptions,
     ModelManager,
     ModelSwitch,
@@ -18,7 +18,7 @@ from sdplay.models import (
     pick_dtype,
     shared_weight_ratio,
 )
-from sdplay.requests import Task
+from sdplay.runtime.request import Task
 
 
 def test_loads_a_diffusers_folder_and_reports_it(manager, tiny_model):

@@ -2,8 +2,8 @@
 
 import torch
 
-from sdplay.predictions import Prediction, alpha_bar_at, watch_predictions
-from sdplay.requests import Task
+from sdplay.runtime.predictions import Prediction, alpha_bar_at, watch_predictions
+from sdplay.runtime.request import Task
 
 
 def run_with_watch(manager, sampler: str, steps: int, guidance: float = 5.0):

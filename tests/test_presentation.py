@@ -14,9 +14,9 @@ from playwright.sync_api import Locator, Page, expect
 
 from sdplay.explain.capture import explain
 from sdplay.explain.filmstrip import BACKGROUND, BORDER, MAX_FRAME, MIN_FRAME, Filmstrip, filmstrip, strip_layout
+from sdplay.explain.presentation import REEL_PANELS, reel, shown_word, slide
 from sdplay.explain.render import CHOSEN_COLOUR, ExplainView, HeatmapSettings
-from sdplay.requests import GenerationRequest
-from sdplay.ui.presentation import REEL_PANELS, reel, shown_word, slide
+from sdplay.runtime.request import GenerationRequest
 from tests.test_browser import GENERATE_TIMEOUT_MS, open_tab
 from tests.test_browser_explain import shapes_run
 from tests.test_explain import synthetic_run

@@ -6,8 +6,8 @@ plus the cases where we deliberately refuse what A1111 guesses.
 
 import pytest
 
-from sdplay.errors import UserError
-from sdplay.prompts import Fragment, parse_emphasis, prompt_at, prompt_schedule
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.prompts import Fragment, parse_emphasis, prompt_at, prompt_schedule
 
 
 def runs(text: str) -> list[tuple[str, float]]:

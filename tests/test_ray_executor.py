@@ -26,18 +26,18 @@ from PIL import Image
 from playwright.sync_api import Page, expect
 from ray import serve
 
-from sdplay.errors import UserError
-from sdplay.executor import JobSpec
 from sdplay.explain.captions import ModelFacts
 from sdplay.explain.export import load_run
-from sdplay.generate import PREVIEW_EVERY, Cancelled, GenerationResult, StepUpdate, generate
-from sdplay.models import ModelManager, ModelSwitch
-from sdplay.random_models import tiny_pipeline
-from sdplay.ray_executor import RayExecutor, start_local_ray, with_upload_bytes
-from sdplay.ray_worker import ModelSource, Placed, WorkerOptions, app, needs_sending
-from sdplay.requests import GenerationRequest, Limits, Task
+from sdplay.page import build_demo
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.executor import JobSpec
+from sdplay.runtime.generate import PREVIEW_EVERY, Cancelled, GenerationResult, StepUpdate, generate
+from sdplay.runtime.models import ModelManager, ModelSwitch
+from sdplay.runtime.random_models import tiny_pipeline
+from sdplay.runtime.ray_executor import RayExecutor, start_local_ray, with_upload_bytes
+from sdplay.runtime.ray_worker import ModelSource, Placed, WorkerOptions, app, needs_sending
+from sdplay.runtime.request import GenerationRequest, Limits, Task
 from sdplay.ui.common import GPU
-from sdplay.ui.layout import build_demo
 from tests.conftest import ROOT, served_app
 from tests.test_api import load
 
@@ -283,7 +283,7 @@ def test_a_replica_sends_progress_at_the_previews_pace():
 
 
 def test_serve_runs_builder_takes_the_documented_arguments():
-    """`serve run --name sdplay sdplay.ray_worker:app model=... workers=2 ...`, as the README shows it."""
+    """`serve run --name sdplay sdplay.runtime.ray_worker:app model=... workers=2 ...`, as the README shows it."""
     deployment = app({"model": "assets/shapes", "workers": "2", "threads": "1", "gpus": "0"})._bound_deployment
     options, model = deployment.init_args
     assert deployment.num_replicas == 2 and deployment.max_ongoing_requests == 1
@@ -345,7 +345,10 @@ def test_executor_flags_are_checked(flags, message):
 
 
 def test_importing_sdplay_needs_no_ray():
-    code = "import sys; sys.modules['ray'] = None; import app, sdplay.ray_executor, sdplay.ray_worker; print('ok')"
+    code = (
+        "import sys; sys.modules['ray'] = None; import app, sdplay.runtime.ray_executor, sdplay.runtime.ray_worker; "
+        "print('ok')"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr
     assert Path(ROOT / "requirements-ray.txt").read_text().count("ray[serve]") == 1

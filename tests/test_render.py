@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdplay.errors import UserError
 from sdplay.explain.captions import ModelFacts, captions
 from sdplay.explain.capture import explain
 from sdplay.explain.decoding import MAX_DECODED, Decoded, DecodeRequest, decode_latents, decode_order, vae_decode
@@ -32,9 +31,10 @@ from sdplay.explain.render import (
     replay_view,
     words_of,
 )
-from sdplay.models import ModelManager
-from sdplay.requests import GenerationRequest, Task
-from sdplay.ui.explain import step_sliders
+from sdplay.explain.ui import step_sliders
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.models import ModelManager
+from sdplay.runtime.request import GenerationRequest, Task
 from tests.test_explain import synthetic_run
 
 SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"

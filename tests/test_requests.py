@@ -5,8 +5,8 @@ import math
 import pytest
 from PIL import Image
 
-from sdplay.errors import UserError
-from sdplay.requests import GenerationRequest, Limits, Task, size_warnings, validated
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.request import GenerationRequest, Limits, Task, size_warnings, validated
 
 
 def test_valid_request_is_rounded_to_what_the_pipeline_accepts():

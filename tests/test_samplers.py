@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
-from sdplay.errors import UserError
-from sdplay.random_models import SD15_SCHEDULER
-from sdplay.samplers import (
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.random_models import SD15_SCHEDULER
+from sdplay.runtime.samplers import (
     AUTOMATIC,
     SAMPLERS,
     SCHEDULES,

@@ -12,9 +12,9 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from transformers import CLIPTokenizer
 
-from sdplay.generate import generate
-from sdplay.models import ModelManager
-from sdplay.requests import GenerationRequest, Task
+from sdplay.runtime.generate import generate
+from sdplay.runtime.models import ModelManager
+from sdplay.runtime.request import GenerationRequest, Task
 from sdplay.shapes.evaluate import measure, measure_objects
 from sdplay.shapes.world import (
     BACKGROUNDS,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from sdplay.errors import UserError
-from sdplay.generate import generate
-from sdplay.models import ModelManager
-from sdplay.requests import GenerationRequest
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.generate import generate
+from sdplay.runtime.models import ModelManager
+from sdplay.runtime.request import GenerationRequest
 from tests.single_file import save_original_checkpoint
 
 REQUEST = GenerationRequest(prompt="a red cat", negative_prompt="dog", sampler="DPM++ 2M", steps=4, seed=1234)

@@ -13,7 +13,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 
 from app import parse_args
-from sdplay.catalog import CATALOG
+from sdplay.runtime.catalog import CATALOG
 from tests.conftest import ARTIFACTS, ROOT, free_port
 
 SPACE_KEYS = {

@@ -7,14 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from sdplay import models
-from sdplay.models import ModelManager
+from sdplay.runtime import models
+from sdplay.runtime.models import ModelManager
 from tests.conftest import ARTIFACTS, ROOT
 
 # What app.py's main() imports before it loads the model; printing which diffusers pipeline families came with it.
 IMPORT_THE_APP = """
 import json, sys
-import sdplay.models, sdplay.ui.layout
+import sdplay.runtime.models, sdplay.page
 families = [m for m, module in sys.modules.items() if m.startswith("diffusers.pipelines.") and m.count(".") == 2
             and hasattr(module, "__path__")]
 print(json.dumps(sorted(families)))

@@ -8,8 +8,8 @@ import pathlib
 import pytest
 import transformers
 
+from sdplay.runtime.tokenizer import build_clip_tokenizer
 from sdplay.shapes.world import VOCABULARY
-from sdplay.tokenizer import build_clip_tokenizer
 
 
 @pytest.fixture(scope="module")

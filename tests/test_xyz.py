@@ -14,14 +14,14 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from sdplay.errors import UserError
-from sdplay.executor import JobSpec
-from sdplay.generate import Cancelled, generate
-from sdplay.metadata import parse_infotext, read_infotext
-from sdplay.models import ModelManager
-from sdplay.random_models import tiny_pipeline
-from sdplay.requests import GenerationRequest, Limits, Task
-from sdplay.xyz import (
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.executor import JobSpec
+from sdplay.runtime.generate import Cancelled, generate
+from sdplay.runtime.metadata import parse_infotext, read_infotext
+from sdplay.runtime.models import ModelManager
+from sdplay.runtime.random_models import tiny_pipeline
+from sdplay.runtime.request import GenerationRequest, Limits, Task
+from sdplay.xyz.plot import (
     AXIS_TYPES,
     RECIPE_KEY,
     CellDone,

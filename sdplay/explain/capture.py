@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, PNDMScheduler
 
-from sdplay.conditioning import CHUNK_TOKENS, Chunk, chunk_token_names, encode
 from sdplay.explain.captions import ModelFacts
-from sdplay.generate import StepUpdate, generate
-from sdplay.models import ModelManager
-from sdplay.predictions import Prediction, watch_predictions
-from sdplay.prompts import prompt_schedule
-from sdplay.requests import GenerationRequest, Limits, Task, validated
+from sdplay.runtime.conditioning import CHUNK_TOKENS, Chunk, chunk_token_names, encode
+from sdplay.runtime.generate import StepUpdate, generate
+from sdplay.runtime.models import ModelManager
+from sdplay.runtime.predictions import Prediction, watch_predictions
+from sdplay.runtime.prompts import prompt_schedule
+from sdplay.runtime.request import GenerationRequest, Limits, Task, validated
 
 
 @dataclass

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdplay.errors import UserError
-from sdplay.executor import JobSpec
-from sdplay.models import ModelManager
-from sdplay.requests import Limits
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.executor import JobSpec
+from sdplay.runtime.models import ModelManager
+from sdplay.runtime.request import Limits
 
 if TYPE_CHECKING:
     from sdplay.explain.capture import ExplainRun

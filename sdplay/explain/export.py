@@ -17,10 +17,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
-from sdplay.errors import UserError
 from sdplay.explain.captions import ModelFacts
 from sdplay.explain.capture import ExplainRun
-from sdplay.requests import Limits
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.request import Limits
 
 FORMAT = "sdplay-explain/1"
 STEP_TENSORS = ["latents", "x0", "eps_cond", "eps_uncond", "guidance", "timesteps", "sigmas"]

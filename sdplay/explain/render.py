@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from sdplay.errors import UserError
 from sdplay.explain.captions import ModelFacts
 from sdplay.explain.capture import ExplainRun
 from sdplay.explain.export import load_run
-from sdplay.previews import latents_to_rgb
-from sdplay.requests import Limits
-from sdplay.samplers import AUTOMATIC
-from sdplay.tokenizer import END_OF_WORD, byte_to_unicode
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.previews import latents_to_rgb
+from sdplay.runtime.request import Limits
+from sdplay.runtime.samplers import AUTOMATIC
+from sdplay.runtime.tokenizer import END_OF_WORD, byte_to_unicode
 
 # Panels are drawn at the final image's size, brought into this range: tiny models make 64 px images, which a
 # browser would blur when stretching them; big ones would make every redraw slow.

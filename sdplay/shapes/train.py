@@ -36,10 +36,10 @@ from diffusers import (
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from sdplay.catalog import SETTINGS_FILE
+from sdplay.runtime.catalog import SETTINGS_FILE
+from sdplay.runtime.tokenizer import build_clip_tokenizer
 from sdplay.shapes.evaluate import measure, measure_objects
 from sdplay.shapes.world import MASKS, RECOMMENDED_SETTINGS, VOCABULARY, Pair, Scene, paint, sample_pair, sample_scene
-from sdplay.tokenizer import build_clip_tokenizer
 
 
 @dataclasses.dataclass

@@ -53,7 +53,8 @@ VOCABULARY = tuple(
     )
 )
 
-# What the model folder's sdplay.json says (see sdplay/catalog.py): the app applies and shows these when it loads.
+# What the model folder's sdplay.json says (see sdplay/runtime/catalog.py): the app applies and shows these when it
+# loads.
 RECOMMENDED_SETTINGS = {
     "sampler": "DPM++ 2M",
     "schedule": "Uniform",  # the saved scheduler's own trailing spacing, as the evaluation ran it

@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from sdplay.disk import Cleaning, cap_folder, megabytes
+from sdplay.runtime.disk import Cleaning, cap_folder, megabytes
 from sdplay.ui.fair_share import queued_jobs
 
 # Often enough that a burst of jobs passes the cap only briefly; a pass costs one stat per file.
@@ -53,7 +53,7 @@ def files_in_use(demo: gr.Blocks) -> set[str]:
 
 class CacheCap:
     """Keeps `demo`'s cache folder (GRADIO_TEMP_DIR) under `max_bytes`, oldest files first, every `every_s` seconds
-    on a thread of its own; see `sdplay.disk.cap_folder` for what is never deleted."""
+    on a thread of its own; see `sdplay.runtime.disk.cap_folder` for what is never deleted."""
 
     def __init__(self, demo: gr.Blocks, max_bytes: int, every_s: float = CLEAN_EVERY_S):
         self.demo, self.max_bytes, self.every_s = demo, max_bytes, every_s

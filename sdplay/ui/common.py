@@ -15,14 +15,14 @@ from typing import TypeVar
 
 import gradio as gr
 
-from sdplay.catalog import unknown_words
-from sdplay.errors import UserError
-from sdplay.executor import JobSpec
-from sdplay.generate import PREVIEW_EVERY, Cancelled, GenerationResult, StepUpdate, about, generate
-from sdplay.images import brush_radius, decode_errors, open_image
-from sdplay.models import LoadedModel, ModelManager
-from sdplay.requests import GenerationRequest, Limits, size_warnings
-from sdplay.samplers import AUTOMATIC, sampler_names, schedule_names
+from sdplay.runtime.catalog import unknown_words
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.executor import JobSpec
+from sdplay.runtime.generate import PREVIEW_EVERY, Cancelled, GenerationResult, StepUpdate, about, generate
+from sdplay.runtime.images import brush_radius, decode_errors, open_image
+from sdplay.runtime.models import LoadedModel, ModelManager
+from sdplay.runtime.request import GenerationRequest, Limits, size_warnings
+from sdplay.runtime.samplers import AUTOMATIC, sampler_names, schedule_names
 
 # Every event that runs the model shares one queue slot: one job on the GPU at a time, across all tabs.
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}

@@ -1,0 +1,450 @@
+"""The model manager: loads one Stable Diffusion model, shares its weights across tasks, runs one job at a time.
+
+It owns all accelerator state. Nothing else in sdplay keeps a pipeline.
+"""
+
+import gc
+import json
+import re
+import struct
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import torch
+from diffusers import (
+    DiffusionPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+)
+
+from sdplay.runtime.catalog import ModelSettings, model_settings
+from sdplay.runtime.downloads import Report, fetch_model
+from sdplay.runtime.errors import UserError
+from sdplay.runtime.executor import Executor, zero_gpu
+from sdplay.runtime.previews import fit_latent_rgb
+from sdplay.runtime.request import Task
+from sdplay.runtime.samplers import AUTOMATIC, build_scheduler
+
+if TYPE_CHECKING:
+    from sdplay.runtime.ray_executor import RayExecutor
+
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+MAX_HUB_NAME = 96  # the Hub's limit on a user, organisation or repository name
+MAX_PATH_CHARS = 1024  # far more than a model's path needs; Linux refuses over 255 bytes a folder, 4096 in all
+PICKLE_SUFFIXES = {".bin", ".ckpt", ".pt", ".pth", ".pkl"}
+DTYPES = {
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+DTYPES |= {"float32": torch.float32, "fp32": torch.float32}
+# The pipeline class of each task view. Named here, not looked up by diffusers' AutoPipelineFor*: importing those
+# imports every pipeline diffusers has, about a second of every start-up, to map a class to its task variant.
+VIEWS: dict[Task, type[DiffusionPipeline]] = {
+    Task.TXT2IMG: StableDiffusionPipeline,
+    Task.IMG2IMG: StableDiffusionImg2ImgPipeline,
+    Task.INPAINT: StableDiffusionInpaintPipeline,
+}
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """The requested device, or the best one here: CUDA, then Apple MPS, then the CPU."""
+    if requested:
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise UserError(f"Unknown device {requested!r}: use cpu, cuda, cuda:N or mps.") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for, but PyTorch sees no CUDA GPU here.")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
+    """fp16 on GPUs (half the memory, tensor cores), fp32 on the CPU (fp16 matmuls are slow or missing there)."""
+    if requested:
+        if requested not in DTYPES:
+            raise UserError(f"Unknown dtype {requested!r}: use float16, bfloat16 or float32.")
+        return DTYPES[requested]
+    return torch.float32 if device.type == "cpu" else torch.float16
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse anything that is not a safetensors file, judged by its header: pickle checkpoints can run code."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        valid = 0 < size <= min(100_000_000, path.stat().st_size - 8)
+        header = f.read(size) if valid else b""
+    try:
+        valid = valid and isinstance(json.loads(header), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        valid = False
+    if not valid:
+        raise UserError(
+            f"{path.name} is not a safetensors file. sdplay loads only .safetensors weights: pickle checkpoints "
+            "(.ckpt, .bin, .pt) can run arbitrary code when loaded. Convert it to safetensors first."
+        )
+
+
+def check_source_name(source: str, allow_local: bool) -> None:
+    """Refuse a model name that is neither a Hub id nor (if `allow_local`) a plausible path, before it reaches the
+    filesystem or the Hub: a 5000-character name made the filesystem raise "File name too long"."""
+    if HUB_ID.fullmatch(source) and all(len(part) <= MAX_HUB_NAME for part in source.split("/")):
+        return
+    fits = len(source) <= MAX_PATH_CHARS and all(len(part.encode()) <= 255 for part in PurePath(source).parts)
+    if fits and "\0" not in source:
+        if allow_local:
+            return
+        if len(source) <= 2 * MAX_HUB_NAME + 1:
+            raise UserError("Local paths can only be given on the command line (--model); here, use a Hub id.")
+    raise UserError(
+        f"That is not a model name ({len(source)} characters): give a Hub id, org/name, each part at most "
+        f"{MAX_HUB_NAME} letters, digits, '-', '_' or '.'" + (", or a path to a model." if allow_local else ".")
+    )
+
+
+def check_diffusers_folder(folder: Path) -> None:
+    """A diffusers folder must have a model_index.json and safetensors weights only."""
+    if not (folder / "model_index.json").is_file():
+        raise UserError(f"{folder} is not a diffusers model folder (it has no model_index.json).")
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [p for p in sub.iterdir() if p.is_file()]
+        pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+        weights = [p for p in files if p.suffix == ".safetensors"]
+        if pickles and not weights:
+            raise UserError(
+                f"{sub.name}/ holds only pickle weights ({', '.join(pickles)}). sdplay loads only safetensors: "
+                "pickle files can run arbitrary code when loaded."
+            )
+        for path in weights:
+            check_safetensors(path)
+
+
+@dataclass
+class LoadedModel:
+    """One loaded model: the base pipeline whose modules every task view shares."""
+
+    name: str
+    source: str
+    config: str | None
+    pipe: StableDiffusionPipeline
+    scheduler_config: dict[str, Any]
+    latent_rgb: torch.Tensor  # the fitted latent -> RGB preview map (see previews.py)
+    settings: ModelSettings  # what the model works best with (see catalog.py)
+    loaded_by: str | None = None  # who switched to it from the web UI; None: the command line
+    loaded_at: datetime = field(default_factory=lambda: datetime.now().astimezone())
+
+    @property
+    def native_size(self) -> int:
+        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    @property
+    def is_inpainting(self) -> bool:
+        """Dedicated inpainting checkpoints take 9 input channels: latents, mask and masked-image latents."""
+        return self.pipe.unet.config.in_channels == 9
+
+    @property
+    def allows_lcm(self) -> bool:
+        """LCM-distilled models carry a guidance embedding (time_cond_proj_dim) or ship an LCM scheduler."""
+        distilled = self.pipe.unet.config.get("time_cond_proj_dim") is not None
+        return distilled or type(self.pipe.scheduler).__name__ == "LCMScheduler"
+
+    @property
+    def parameter_bytes(self) -> int:
+        modules = [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
+        return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+
+@dataclass
+class Job:
+    """The job holding the lock; `cancel` is checked between denoising steps."""
+
+    owner: str | None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    """Low-memory switches; they exist for CUDA only (elsewhere they either fail or do nothing)."""
+
+    cpu_offload: bool = False
+    vae_tiling: bool = False
+    attention_slicing: bool = False
+
+
+class SwitchPolicy(StrEnum):
+    """Which models the web UI may switch to (`--models`): switching changes the model for everyone."""
+
+    ANY = "any"  # the listed models and any Hub id (downloaded on first use)
+    CATALOG = "catalog"  # only the listed models: the catalog's and the command line's
+    LOCKED = "locked"  # none: the model given at start-up serves until the server stops
+
+
+@dataclass(frozen=True)
+class ModelSwitch:
+    """The web UI's rules for switching models: the models it lists, which it accepts, and who may switch.
+
+    `models` maps the names shown to their sources, so that server paths are never shown; `admin`, if set, is the
+    only logged-in user who may switch.
+    """
+
+    models: dict[str, str]
+    policy: SwitchPolicy = SwitchPolicy.ANY
+    admin: str | None = None
+
+    @property
+    def open(self) -> bool:
+        """Whether anyone at all may switch here (the Load button is shown)."""
+        return self.policy != SwitchPolicy.LOCKED
+
+    def source(self, name: str, user: str | None) -> tuple[str, bool]:
+        """What `user` (None: not logged in) choosing `name` loads: its source and whether it may be a local path.
+        A `UserError` says why not."""
+        name = name.strip()
+        if not self.open:
+            raise UserError("This server serves one model only: switching models is turned off.")
+        if self.admin is not None and user != self.admin:
+            raise UserError("Only the server's admin may switch models here (everyone shares the model).")
+        if not name:
+            raise UserError("Choose a model first.")
+        if name in self.models:
+            return self.models[name], True
+        if self.policy == SwitchPolicy.CATALOG:
+            raise UserError(f"This server loads only the models in the list: {', '.join(self.models)}.")
+        return name, False
+
+
+class ModelManager:
+    """Loads a model once, hands out task views that share its weights, and serialises jobs with a lock.
+
+    With a `pool` (the `ray` executor) the pool's workers hold the weights and run the jobs, each with a manager of
+    its own; this one then keeps the model's facts only (its configs, tokenizer and settings, weights on the meta
+    device: see ray_executor.py), which is all the front end reads.
+    """
+
+    def __init__(
+        self,
+        device: str | None = None,
+        dtype: str | None = None,
+        offline: bool = False,
+        memory: MemoryOptions = MemoryOptions(),
+        pool: "RayExecutor | None" = None,
+    ) -> None:
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.offline = offline
+        self.memory = memory
+        if self.device.type != "cuda" and memory != MemoryOptions():
+            raise UserError("CPU offload, VAE tiling and attention slicing are CUDA-only options.")
+        self._model: LoadedModel | None = None
+        self._lock = threading.Lock()
+        self._job: Job | None = None
+        # What runs jobs on this model: here, in a ZeroGPU worker, or on a Ray pool; it holds the ETA memory.
+        self.pool = pool
+        spaces = None if pool is not None else zero_gpu()
+        self.executor: Executor | RayExecutor = pool or Executor(self, gpu=spaces.GPU if spaces else None)
+        # ZeroGPU, Ray: only the workers have the GPU, not this process
+        self.jobs_elsewhere = spaces is not None or pool is not None
+
+    @property
+    def model(self) -> LoadedModel:
+        if self._model is None:
+            raise UserError("No model is loaded. Pick one in the Model box and press Load.")
+        return self._model
+
+    def load(
+        self,
+        source: str,
+        config: str | None = None,
+        allow_local: bool = True,
+        by: str | None = None,
+        progress: Report | None = None,
+    ) -> LoadedModel:
+        """Load `source` (Hub id, diffusers folder or .safetensors file with a local `config` folder); `by` names
+        who asked, for the status line (None: the command line). `allow_local=False` (the web UI) refuses paths on
+        this disk.
+
+        A Hub model's files download first, on the calling thread, after a disk check (see downloads.py), with
+        reports to `progress` (None: huggingface_hub's bars on the console); then it loads from the cache.
+
+        The new model is checked, downloaded, built and moved to the device before the old one is released, so a
+        load that fails leaves the serving model untouched. The price: memory holds both models for a moment (SD
+        1.5 in fp16 is ~2 GB); a machine too small for that fails the load and keeps serving the old model.
+        """
+        source = source.strip()
+        if self.pool is not None:  # the workers load it (and download it): this process keeps its facts
+            with self._lock:
+                self._model = self.pool.load(source, config, allow_local, by)
+                return self._model
+        load = self._loader(source, config, allow_local, progress)
+
+        def switch() -> LoadedModel:
+            with self._lock:
+                model = self._prepare(source, config, load(), by)
+                self._release()
+                self._model = model
+                return model
+
+        # On the job thread, behind the jobs queued before it: the thread that runs the model is the only one that
+        # touches its weights (see JobThread).
+        return self.executor.thread.call(switch)
+
+    def _loader(self, source: str, config: str | None, allow_local: bool, progress: Report | None = None):
+        """Check the source before anything is loaded (and download a Hub model's files, reporting to `progress`),
+        and return the function that loads it."""
+        check_source_name(source, allow_local)
+        common = dict(dtype=self.dtype, safety_checker=None, requires_safety_checker=False)
+        path = Path(source).expanduser()
+        looks_local = path.suffix in PICKLE_SUFFIXES | {".safetensors"} or source.startswith(("/", ".", "~"))
+        if path.exists() or looks_local or not HUB_ID.fullmatch(source):
+            if not allow_local:
+                raise UserError("Local paths can only be given on the command line (--model); here, use a Hub id.")
+            if path.is_dir():
+                check_diffusers_folder(path)
+                return lambda: StableDiffusionPipeline.from_pretrained(
+                    path, use_safetensors=True, local_files_only=True, **common
+                )
+            if path.is_file():
+                check_safetensors(path)
+                if config is not None and not (Path(config) / "model_index.json").is_file():
+                    raise UserError(f"--config {config} is not a diffusers folder (it has no model_index.json).")
+                return lambda: StableDiffusionPipeline.from_single_file(
+                    path,
+                    config=config,
+                    local_files_only=self.offline or config is not None,
+                    **common,
+                )
+            raise UserError(
+                f"No model at {source!r}: give a Hub id (org/name), a diffusers folder or a .safetensors file."
+            )
+
+        # Here, on the caller's thread, where its progress display works; None: the Hub could not be asked, and
+        # diffusers looks in the cache, as offline.
+        folder = None if self.offline else fetch_model(source, progress)
+
+        def from_hub() -> StableDiffusionPipeline:
+            try:
+                return StableDiffusionPipeline.from_pretrained(
+                    folder or source,
+                    use_safetensors=True,
+                    local_files_only=self.offline or folder is not None,
+                    **common,
+                )
+            except (OSError, ValueError) as error:
+                # The library's own message is long and can name cache folders on the server: log it, show ours.
+                print(f"sdplay: loading {source} failed: {error!r}", file=sys.stderr, flush=True)
+                where = "this machine's cache (offline)" if self.offline else "the Hugging Face Hub"
+                raise UserError(
+                    f"Could not load {source!r} from {where}: check the model id and the internet connection. "
+                    "Without internet, start sdplay with --model PATH (a local diffusers folder or .safetensors file)."
+                ) from error
+
+        return from_hub
+
+    def _prepare(self, source: str, config: str | None, pipe: StableDiffusionPipeline, by: str | None) -> LoadedModel:
+        pipe.set_progress_bar_config(disable=True)
+        if self.memory.cpu_offload:
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+        if self.memory.vae_tiling:
+            pipe.vae.enable_tiling()
+        if self.memory.attention_slicing:
+            pipe.enable_attention_slicing()
+        folder = Path(source).expanduser()
+        name = folder.name if folder.exists() else source
+        return LoadedModel(
+            name,
+            source,
+            config,
+            pipe,
+            dict(pipe.scheduler.config),
+            fit_latent_rgb(pipe.vae),
+            model_settings(source, folder if folder.is_dir() else config and Path(config), pipe.scheduler),
+            by,
+        )
+
+    def _release(self) -> None:
+        """Drop every reference to the current model and give its memory back."""
+        if self._model is None:
+            return  # nothing to give back, and a full collection right after start-up's imports costs ~0.3 s
+        self._model = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def pipeline(self, task: Task, sampler: str, schedule: str = AUTOMATIC) -> DiffusionPipeline:
+        """A view of the loaded model for `task`, with its own fresh scheduler; it shares every weight tensor."""
+        model = self.model
+        scheduler = build_scheduler(sampler, model.scheduler_config, schedule)
+        # The base pipeline's own modules, as loaded (no safety checker). Not `VIEWS[task].from_pipe`: it casts the
+        # shared modules to float32 unless given a dtype, and given one it warns and takes ~30 ms instead of ~1.
+        components = model.pipe.components | {"scheduler": scheduler}
+        view = VIEWS[task](**components, requires_safety_checker=False)
+        view.set_progress_bar_config(disable=True)
+        return view
+
+    @contextmanager
+    def job(self, owner: str | None = None, cancel: threading.Event | None = None) -> Iterator[Job]:
+        """Hold the lock for one job; `interrupt(owner)` from another thread sets its cancel flag."""
+        with self._lock:
+            self._job = Job(owner, cancel or threading.Event())
+            try:
+                yield self._job
+            finally:
+                self._job = None
+
+    def interrupt(self, owner: str | None) -> bool:
+        """Ask the running job to stop at the next step; only its owner may. No owner (a request without a session)
+        stops nothing, and a job without an owner can only be stopped through its own cancel flag."""
+        if self.pool is not None:  # the job runs on a worker: the pool stops it there
+            return owner is not None and self.pool.interrupt(owner)
+        job = self._job
+        if job is None or owner is None or job.owner != owner:
+            return False
+        job.cancel.set()
+        return True
+
+    def status(self) -> str:
+        """One line for the UI: model, device, dtype and memory in use."""
+        rss = psutil.Process().memory_info().rss / 2**20
+        if self._model is None:
+            return f"No model loaded · {self.device.type} · RAM {rss:.0f} MB"
+        model = self._model
+        where = f"{self.device.type} {str(self.dtype).removeprefix('torch.')}"
+        line = f"{model.name} · {self.pool.describe() if self.pool is not None else where}"
+        line += f" · weights {model.parameter_bytes / 2**20:.1f} MB · RAM {rss:.0f} MB"
+        if self.device.type == "cuda" and not self.jobs_elsewhere:
+            line += f" · VRAM {torch.cuda.memory_allocated(self.device) / 2**20:.0f} MB"
+        if model.loaded_by is not None:  # switched from the web UI: everyone sharing the server should know
+            line += f" · Loaded by {model.loaded_by} at {model.loaded_at:%H:%M %Z}"
+        return line
+
+
+def shared_weight_ratio(manager: ModelManager) -> float:
+    """Unique parameter bytes over all task views divided by one view's: 1.00 means the views share every tensor."""
+
+    def tensors(pipe: DiffusionPipeline) -> dict[int, int]:
+        modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+        return {p.data_ptr(): p.numel() * p.element_size() for m in modules for p in m.parameters()}
+
+    views = [tensors(manager.pipeline(task, "Euler")) for task in Task]
+    union: dict[int, int] = {}
+    for view in views:
+        union |= view
+    return sum(union.values()) / sum(views[0].values())
