@@ -222,8 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     from sdplay.lesson.ui import i18n
     from sdplay.page import build_demo
     from sdplay.runtime.catalog import HUB_MODELS
+    from sdplay.runtime.composition import local_manager
     from sdplay.runtime.errors import UserError
-    from sdplay.runtime.models import MemoryOptions, ModelManager, ModelSwitch, SwitchPolicy
+    from sdplay.runtime.models import MemoryOptions, ModelSwitch, SwitchPolicy
     from sdplay.runtime.request import Limits
     from sdplay.ui.cache import CacheCap
     from sdplay.ui.style import CSS, JS
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.executor == "ray":
             manager = ray_manager(args, memory)
         else:
-            manager = ModelManager(args.device, args.dtype, offline=args.offline, memory=memory)
+            manager = local_manager(args.device, args.dtype, offline=args.offline, memory=memory)
             print(f"sdplay: loading {args.model} on {manager.device} ...", flush=True)
         manager.load(args.model, config=args.config)
     except UserError as error:

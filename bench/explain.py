@@ -28,6 +28,7 @@ from overhead import Run, runs_table, sd15_folder, timed  # noqa: E402
 
 from sdplay.explain.capture import ExplainRun, explain  # noqa: E402
 from sdplay.explain.export import save_run  # noqa: E402
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.generate import generate  # noqa: E402
 from sdplay.runtime.models import ModelManager  # noqa: E402
 from sdplay.runtime.request import GenerationRequest  # noqa: E402
@@ -94,7 +95,7 @@ class Memory:
 def load_manager(threads: int) -> ModelManager:
     if threads:
         torch.set_num_threads(threads)
-    manager = ModelManager("cpu", "float32")
+    manager = local_manager("cpu", "float32")
     manager.load(str(sd15_folder()))
     return manager
 

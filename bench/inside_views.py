@@ -26,7 +26,7 @@ from sdplay.explain.capture import explain  # noqa: E402
 from sdplay.inside.attention import ALL_BLOCKS, PointRequest, attend_at, recorded_shares  # noqa: E402
 from sdplay.inside.unet import ATTENTION_KERNELS, UNetRequest, look_inside  # noqa: E402
 from sdplay.inside.unet_step import step_input  # noqa: E402
-from sdplay.runtime.models import ModelManager  # noqa: E402
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.request import GenerationRequest  # noqa: E402
 
 # Configuration
@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     load_before = results.cpu_load()
 
-    manager = ModelManager("cpu", "float32")
+    manager = local_manager("cpu", "float32")
     manager.load(str(SHAPES))
     settings = manager.model.settings
     request = GenerationRequest(

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
 from overhead import sd15_folder  # noqa: E402
 
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.generate import generate  # noqa: E402
 from sdplay.runtime.models import ModelManager, shared_weight_ratio  # noqa: E402
 from sdplay.runtime.random_models import SD15_SCHEDULER, tiny_pipeline  # noqa: E402
@@ -100,7 +101,7 @@ def parameter_storage(pipe: StableDiffusionPipeline) -> dict[int, int]:
 
 
 def sharing(name: str, folder: Path) -> Sharing:
-    manager = ModelManager("cpu")
+    manager = local_manager("cpu")
     manager.load(str(folder))
     before = rss()
     views = [manager.pipeline(task, "Euler") for task in Task]
@@ -122,7 +123,7 @@ def load_and_generate(manager: ModelManager, folder: Path) -> int:
 
 
 def switching(name: str, first: Path, second: Path) -> Switching:
-    manager = ModelManager("cpu")
+    manager = local_manager("cpu")
     sizes = [load_and_generate(manager, first)]
     memory = [rss()]
     for switch in range(SWITCHES):

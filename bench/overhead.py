@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
 from startup import served_app  # noqa: E402
 
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.generate import generate  # noqa: E402
 from sdplay.runtime.models import DTYPES, ModelManager, pick_device, pick_dtype  # noqa: E402
 from sdplay.runtime.random_models import sd15_pipeline  # noqa: E402
@@ -135,7 +136,7 @@ def load(folder: Path, settings: Settings) -> tuple[ModelManager, StableDiffusio
     """Our manager and a plain diffusers pipeline, each loading `folder` itself, with the Euler sampler."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    manager = ModelManager(settings.device, settings.dtype)
+    manager = local_manager(settings.device, settings.dtype)
     manager.load(str(folder))
     plain = StableDiffusionPipeline.from_pretrained(
         folder,

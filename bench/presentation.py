@@ -24,7 +24,7 @@ from sdplay.explain.export import save_run  # noqa: E402
 from sdplay.explain.filmstrip import Filmstrip  # noqa: E402
 from sdplay.explain.presentation import reel  # noqa: E402
 from sdplay.explain.render import ExplainView, HeatmapSettings, content_word  # noqa: E402
-from sdplay.runtime.models import ModelManager  # noqa: E402
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.request import GenerationRequest  # noqa: E402
 
 # Configuration
@@ -40,7 +40,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 def record() -> ExplainRun:
-    manager = ModelManager("cpu", "float32")
+    manager = local_manager("cpu", "float32")
     manager.load(str(SHAPES))
     settings = manager.model.settings
     request = GenerationRequest(

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
 from overhead import sd15_folder  # noqa: E402
 
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.conditioning import encode_prompts  # noqa: E402
 from sdplay.runtime.generate import generate  # noqa: E402
 from sdplay.runtime.models import ModelManager  # noqa: E402
@@ -66,7 +67,7 @@ def encoding_ms(manager: ModelManager, prompt: str | None, steps: int) -> float:
 
 
 def measure(label: str, folder: Path, size: int, steps: int, device: str | None) -> list[str]:
-    manager = ModelManager(device=device)
+    manager = local_manager(device=device)
     manager.load(str(folder))
     sides = {"plain": PLAIN, "weighted": WEIGHTED, "two chunks": LONG}
     runs: dict[str, list[float]] = {side: [] for side in sides}

@@ -33,6 +33,7 @@ import raw_api  # noqa: E402
 import results  # noqa: E402
 from startup import served_app  # noqa: E402
 
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.executor import JobSpec  # noqa: E402
 from sdplay.runtime.generate import generate  # noqa: E402
 from sdplay.runtime.models import ModelManager  # noqa: E402
@@ -138,7 +139,7 @@ def overhead(device: str, rounds: int) -> tuple[dict[str, list[Round]], bool]:
     front.load(str(BUNDLED))
     if threads:
         torch.set_num_threads(threads)  # before the job thread first uses torch, in the load
-    local = ModelManager(device)
+    local = local_manager(device)
     local.load(str(BUNDLED))
     executor = local.executor
     executor.thread.own_torch_threads()

@@ -21,7 +21,7 @@ from sdplay.explain.capture import ExplainRun, explain  # noqa: E402
 from sdplay.explain.export import save_run  # noqa: E402
 from sdplay.explain.render import ExplainView, HeatmapSettings, Panels  # noqa: E402
 from sdplay.explain.ui import PANEL_FORMATS  # noqa: E402
-from sdplay.runtime.models import ModelManager  # noqa: E402
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.random_models import tiny_pipeline  # noqa: E402
 from sdplay.runtime.request import GenerationRequest  # noqa: E402
 
@@ -38,7 +38,7 @@ SHAPES = results.ROOT / "assets" / "shapes"
 
 def record(folder: Path, size: int | None) -> tuple[ExplainRun, float]:
     """One Explain run on the model in `folder`, and the seconds it took."""
-    manager = ModelManager("cpu", "float32")
+    manager = local_manager("cpu", "float32")
     manager.load(str(folder))
     request = GenerationRequest(
         prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler", steps=STEPS, seed=SEED, width=size or 0,

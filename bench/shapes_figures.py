@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from sdplay.explain.capture import explain
 from sdplay.explain.render import FUNCTION_WORDS, ExplainView, HeatmapSettings
-from sdplay.runtime.models import ModelManager
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.request import GenerationRequest
 
 FIGURES = {  # file name: (prompt, seed)
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("assets/shapes/binding"))
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(args.model)
     settings = manager.model.settings
     args.out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.models import ModelManager
 from sdplay.runtime.random_models import tiny_pipeline
 
@@ -38,7 +39,7 @@ def tiny_inpaint_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def manager(tiny_model) -> ModelManager:
     """A manager with the tiny model loaded; tests that switch models make their own."""
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(tiny_model))
     return manager
 
@@ -46,7 +47,7 @@ def manager(tiny_model) -> ModelManager:
 @pytest.fixture(scope="session")
 def shapes() -> ModelManager:
     """A manager with the bundled shapes model (assets/shapes) loaded, on the CPU; tests must not switch it."""
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(ROOT / "assets" / "shapes"))
     return manager
 

@@ -10,7 +10,7 @@ from playwright.sync_api import Locator, Page, expect
 
 from sdplay.explain.capture import explain
 from sdplay.explain.export import save_run
-from sdplay.runtime.models import ModelManager
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.request import GenerationRequest
 from tests.test_browser import GENERATE_TIMEOUT_MS, open_tab
 
@@ -98,7 +98,7 @@ def test_explain_scrub_and_pick_a_word(page: Page, page_errors: list[str]) -> No
 
 def shapes_run(folder: Path, steps: int) -> Path:
     """An Explain run of the bundled model (VAE factor 4), saved as a replayable file in `folder`."""
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(SHAPES))
     request = GenerationRequest(prompt="a large red circle on the left", sampler="Euler", steps=steps, seed=1)
     return save_run(explain(manager, request), folder / f"shapes-{steps}-steps.safetensors")

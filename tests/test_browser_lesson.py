@@ -12,7 +12,7 @@ from playwright.sync_api import Browser, Locator, Page, expect
 from sdplay.explain.capture import explain
 from sdplay.explain.export import save_run
 from sdplay.lesson.stages import STAGES, translations
-from sdplay.runtime.models import ModelManager
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.request import GenerationRequest
 from tests.conftest import ARTIFACTS, LOAD_TIMEOUT_MS, served_app
 from tests.test_browser import GENERATE_TIMEOUT_MS, open_tab
@@ -108,7 +108,7 @@ def test_the_lesson_walks_all_ten_stages_on_the_bundled_model(browser: Browser, 
 
 def tiny_run(model: Path, folder: Path) -> Path:
     """A run of another model (the tiny random one), saved the evening before."""
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(model))
     request = GenerationRequest(prompt="a red cat on a mat", sampler="Euler", steps=3, seed=5)
     return save_run(explain(manager, request), folder / "tiny.safetensors")

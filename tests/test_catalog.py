@@ -15,8 +15,8 @@ from sdplay.runtime.catalog import (
     settings_from_scheduler,
     unknown_words,
 )
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.errors import UserError
-from sdplay.runtime.models import ModelManager
 from sdplay.runtime.random_models import SD15_SCHEDULER
 from sdplay.runtime.request import GenerationRequest, Limits
 from sdplay.runtime.samplers import resolve
@@ -93,7 +93,7 @@ def test_the_manager_attaches_the_settings_to_the_loaded_model(manager):
 
 @pytest.fixture(scope="module")
 def shapes():
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     return manager.load(str(SHAPES))
 
 

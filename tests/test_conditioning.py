@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.conditioning import CHUNK_TOKENS, Chunk, chunk_tokens, encode_prompts, tokenize
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.generate import generate
@@ -104,7 +105,7 @@ def test_prompt_editing_changes_the_conditioning_mid_run(manager):
 def test_prompt_editing_works_in_a_batch_and_in_inpainting(tiny_inpaint_model):
     from PIL import Image
 
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(tiny_inpaint_model))
     image, mask = Image.new("RGB", (64, 64), "gray"), Image.new("L", (64, 64), 255)
     # Strength 0.75 runs 3 of the 4 steps, whose calls A1111 counts from 0: the edit switches after call 1.
@@ -140,7 +141,7 @@ def test_syntax_errors_are_user_errors_and_the_manager_keeps_serving(manager, pr
 
 @pytest.fixture(scope="module")
 def shapes() -> ModelManager:
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(SHAPES))
     return manager
 

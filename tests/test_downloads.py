@@ -11,9 +11,10 @@ import pytest
 from huggingface_hub import constants
 
 from sdplay.page import build_demo
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.downloads import SPARE_BYTES, DownloadProgress, fetch_model, needed_files, size_text
 from sdplay.runtime.errors import UserError
-from sdplay.runtime.models import ModelManager, ModelSwitch, SwitchPolicy
+from sdplay.runtime.models import ModelSwitch, SwitchPolicy
 from sdplay.runtime.request import Limits, Task
 from tests.conftest import free_port
 from tests.fake_hub import FakeHub, serving
@@ -104,7 +105,7 @@ def test_the_loader_needs_configs_and_plain_safetensors_only():
 
 
 def test_a_disk_too_small_refuses_before_downloading_anything(hub, tiny_model, tmp_path, monkeypatch):
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(tiny_model))
     before = manager.model
     free = 300_000_000
@@ -127,7 +128,7 @@ def test_a_disk_too_small_refuses_before_downloading_anything(hub, tiny_model, t
 
 
 def test_a_download_reports_its_progress_on_the_calling_thread_and_then_loads_the_model(hub):
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     reports: list[tuple[DownloadProgress, threading.Thread]] = []
     model = manager.load(REPO, progress=lambda report: reports.append((report, threading.current_thread())))
     sizes = repo_files(hub)
@@ -146,34 +147,34 @@ def test_a_download_reports_its_progress_on_the_calling_thread_and_then_loads_th
 
 
 def test_a_cached_model_loads_again_without_downloading_online_and_offline(hub):
-    ModelManager(device="cpu").load(REPO)
+    local_manager(device="cpu").load(REPO)
     hub.requests.clear()
     reports: list[DownloadProgress] = []
-    assert ModelManager(device="cpu").load(REPO, progress=reports.append).name == REPO
+    assert local_manager(device="cpu").load(REPO, progress=reports.append).name == REPO
     assert hub.downloaded() == [] and reports == []  # the Hub was asked for the list of files only
     hub.requests.clear()
-    assert ModelManager(device="cpu", offline=True).load(REPO, progress=reports.append).name == REPO
+    assert local_manager(device="cpu", offline=True).load(REPO, progress=reports.append).name == REPO
     assert hub.requests == [] and reports == []  # --offline never asks the Hub
     with pytest.raises(UserError, match=r"^The Hugging Face Hub has no model 'sdplay-tests/missing' that sdplay"):
-        ModelManager(device="cpu").load("sdplay-tests/missing")
+        local_manager(device="cpu").load("sdplay-tests/missing")
 
 
 def test_an_unreachable_hub_leaves_the_cache_to_serve_as_before(hub, monkeypatch):
-    ModelManager(device="cpu").load(REPO)
+    local_manager(device="cpu").load(REPO)
     nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the connection is refused
     monkeypatch.setattr(constants, "ENDPOINT", nowhere)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", nowhere + "/{repo_id}/resolve/{revision}/{filename}")
     reports: list[DownloadProgress] = []
     assert fetch_model(REPO, reports.append) is None and reports == []
-    assert ModelManager(device="cpu").load(REPO, progress=reports.append).name == REPO  # diffusers finds the cache
+    assert local_manager(device="cpu").load(REPO, progress=reports.append).name == REPO  # diffusers finds the cache
     with pytest.raises(UserError, match=r"Could not load 'sdplay-tests/other' from the Hugging Face Hub: check"):
-        ModelManager(device="cpu").load("sdplay-tests/other")
+        local_manager(device="cpu").load("sdplay-tests/other")
 
 
 def test_a_failed_download_says_so_and_the_next_load_fetches_only_the_rest(hub):
     unet = hub.repos[REPO] / "unet" / "diffusion_pytorch_model.safetensors"
     kept = unet.read_bytes()
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     original = hub.files
 
     def files_lost_midway(repo: str) -> dict[str, bytes]:
@@ -193,7 +194,7 @@ def test_a_failed_download_says_so_and_the_next_load_fetches_only_the_rest(hub):
 
 
 def test_the_load_button_shows_the_download_and_a_refusal_names_no_path(hub, tiny_model, tmp_path, monkeypatch):
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(tiny_model))
     switch = ModelSwitch({tiny_model.name: str(tiny_model), REPO: REPO}, SwitchPolicy.CATALOG)
     demo = build_demo(manager, Limits(), switch)

@@ -21,10 +21,10 @@ from PIL import Image
 
 from sdplay.explain.capture import ExplainRun, explain
 from sdplay.explain.decoding import Decoded, DecodeRequest, decode_latents
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.errors import UserError
-from sdplay.runtime.executor import MAX_GPU_SECONDS, MIN_GPU_SECONDS, Executor, JobSpec, JobThread
+from sdplay.runtime.executor import MAX_GPU_SECONDS, MIN_GPU_SECONDS, Executor, JobControl, JobSpec, JobThread
 from sdplay.runtime.generate import Cancelled, GenerationResult, StepUpdate, generate
-from sdplay.runtime.models import ModelManager
 from sdplay.runtime.request import GenerationRequest, Limits, Task
 
 FORK = multiprocessing.get_context("fork")
@@ -131,7 +131,7 @@ def tensors_in(value: object) -> Iterator[torch.Tensor]:
             yield from tensors_in(item)
 
 
-def holds_a_lock(manager, request, limits, *, owner, cancel, on_step) -> threading.Lock:
+def holds_a_lock(manager, request, limits, control) -> threading.Lock:
     """A job whose result cannot cross a process boundary."""
     return threading.Lock()
 
@@ -269,7 +269,7 @@ def test_every_job_runs_on_the_same_long_lived_thread(manager):
     """A fresh thread per job starts cold (malloc arena, OpenMP pool) and made generation ~20% slower."""
     threads = []
 
-    def job(manager, request, limits, *, owner, cancel, on_step) -> str:
+    def job(manager, request, limits, control) -> str:
         threads.append(threading.current_thread())
         return "done"
 
@@ -283,7 +283,7 @@ def sd15_sized(native: int = 512) -> Executor:
     """An executor over a stand-in manager whose UNet counts SD 1.5's 860 M parameters."""
     unet = SimpleNamespace(parameters=lambda: [SimpleNamespace(numel=lambda: 860_000_000)])
     model = SimpleNamespace(native_size=native, pipe=SimpleNamespace(unet=unet))
-    return Executor(SimpleNamespace(model=model))
+    return Executor(SimpleNamespace(model=model, thread=JobThread()))
 
 
 @pytest.mark.parametrize(
@@ -302,7 +302,11 @@ def test_the_gpu_duration_grows_with_steps_pixels_and_batch_within_bounds(reques
 
 def test_a_stopped_jobs_error_crosses_with_its_preview(manager):
     with pytest.raises(Cancelled) as stopped:
-        generate(manager, GenerationRequest(prompt="cat", steps=3), cancel=SimpleNamespace(is_set=lambda: True))
+        generate(
+            manager,
+            GenerationRequest(prompt="cat", steps=3),
+            control=JobControl(cancel=SimpleNamespace(is_set=lambda: True)),
+        )
     crossed = pickle.loads(pickle.dumps(stopped.value))
     assert str(crossed) == str(stopped.value) == "Stopped before the first step."
     update = StepUpdate(2, 5, 0.1, [Image.new("RGB", (8, 8), "red")], stopped=True)
@@ -341,7 +345,7 @@ def test_call_runs_on_the_job_thread_and_returns_or_raises_there():
 def test_models_load_on_the_job_thread(tiny_model):
     """The thread that loads the weights runs parallel torch ops: if it is not the job thread, the process has two
     OpenMP pools, and libgomp stops spinning between ops (every image ~30% slower)."""
-    manager = ModelManager("cpu")
+    manager = local_manager("cpu")
     loaders = []
     pipeline = manager._prepare
 

@@ -20,6 +20,7 @@ from sdplay.explain import export
 from sdplay.explain.capture import ExplainRun, explain
 from sdplay.explain.export import load_run, save_run
 from sdplay.runtime.errors import UserError
+from sdplay.runtime.executor import JobControl
 from sdplay.runtime.generate import Cancelled, generate
 from sdplay.runtime.request import GenerationRequest, Limits, Task
 
@@ -45,11 +46,11 @@ def test_processors_are_restored_after_an_error_or_stop(manager):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        explain(manager, REQUEST, on_step=fail)
+        explain(manager, REQUEST, control=JobControl(on_step=fail))
     assert processors(manager) == before
     cancel = threading.Event()
     with pytest.raises(Cancelled):
-        explain(manager, REQUEST, cancel=cancel, on_step=lambda update: cancel.set())
+        explain(manager, REQUEST, control=JobControl(cancel=cancel, on_step=lambda update: cancel.set()))
     assert processors(manager) == before
 
 

@@ -19,6 +19,7 @@ from sdplay.explain.decoding import cheap_to_decode
 from sdplay.explain.export import load_run, save_run
 from sdplay.explain.render import ExplainView
 from sdplay.page import build_demo
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.models import ModelManager, ModelSwitch, SwitchPolicy
 from sdplay.runtime.request import GenerationRequest, Limits
 from sdplay.shapes.evaluate import daam_iou, measure
@@ -31,7 +32,7 @@ PROMPTS = 16
 
 @pytest.fixture(scope="module")
 def shapes() -> ModelManager:
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(MODEL))
     return manager
 

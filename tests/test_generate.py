@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from sdplay.runtime.errors import UserError
+from sdplay.runtime.executor import JobControl
 from sdplay.runtime.generate import Cancelled, StepUpdate, generate
 from sdplay.runtime.images import blur_mask
 from sdplay.runtime.metadata import parse_infotext, save_png, settings_from_infotext
@@ -83,9 +84,9 @@ def test_inpaint_leaves_every_pixel_outside_the_blurred_mask_unchanged(manager, 
 
 
 def test_inpainting_checkpoints_inpaint_and_refuse_other_tasks(tiny_inpaint_model):
-    from sdplay.runtime.models import ModelManager
+    from sdplay.runtime.composition import local_manager
 
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(tiny_inpaint_model))
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
@@ -119,7 +120,7 @@ def test_long_prompts_are_not_truncated(manager):
 def test_every_step_is_reported_with_a_preview_when_due_and_never_for_the_last(manager):
     updates: list[StepUpdate] = []
     request = GenerationRequest(prompt="cat", steps=5, batch_size=2)
-    generate(manager, request, on_step=updates.append, preview_every=0)
+    generate(manager, request, control=JobControl(on_step=updates.append), preview_every=0)
     assert [u.step for u in updates] == [1, 2, 3, 4, 5] and {u.total for u in updates} == {5}
     assert [len(u.previews) for u in updates] == [2, 2, 2, 2, 0]  # the final image follows the last step at once
     assert updates[0].previews[0].size == (8, 8)  # latent size: the browser scales it up
@@ -129,7 +130,12 @@ def test_every_step_is_reported_with_a_preview_when_due_and_never_for_the_last(m
 
 def test_previews_are_throttled_by_wall_time_and_the_first_step_has_one(manager):
     updates: list[StepUpdate] = []
-    generate(manager, GenerationRequest(prompt="cat", steps=6), on_step=updates.append, preview_every=3600)
+    generate(
+        manager,
+        GenerationRequest(prompt="cat", steps=6),
+        control=JobControl(on_step=updates.append),
+        preview_every=3600,
+    )
     assert [len(u.previews) for u in updates] == [1, 0, 0, 0, 0, 0]
 
 
@@ -147,8 +153,8 @@ def test_stop_reports_the_step_it_ended_with_its_preview(manager):
             cancel.set()
 
     with pytest.raises(Cancelled) as stopped:
-        generate(manager, GenerationRequest(prompt="cat", steps=20, batch_size=2), cancel=cancel,
-                 on_step=stop_after_two, preview_every=3600)  # fmt: skip
+        control = JobControl(cancel=cancel, on_step=stop_after_two)
+        generate(manager, GenerationRequest(prompt="cat", steps=20, batch_size=2), control=control, preview_every=3600)
     update = stopped.value.update
     assert (update.step, update.total, update.stopped) == (3, 20, True)
     assert str(stopped.value) == "Stopped at step 3 of 20."
@@ -161,8 +167,8 @@ def test_interrupt_stops_the_owners_job(manager):
 
     def run():
         try:
-            generate(manager, GenerationRequest(prompt="cat", steps=150, width=512, height=512), owner="alice",
-                     on_step=lambda update: started.set())  # fmt: skip
+            control = JobControl(owner="alice", on_step=lambda update: started.set())
+            generate(manager, GenerationRequest(prompt="cat", steps=150, width=512, height=512), control=control)
         except BaseException as error:
             errors.append(error)
 
@@ -267,6 +273,6 @@ def test_progress_counts_the_steps_asked_for_not_unet_calls(manager, sampler, ta
     updates: list[StepUpdate] = []
     image = photo((64, 64)) if task == Task.IMG2IMG else None
     request = GenerationRequest(task=task, prompt="cat", sampler=sampler, steps=4, seed=1, image=image, strength=0.5)
-    generate(manager, request, on_step=updates.append)
+    generate(manager, request, control=JobControl(on_step=updates.append))
     assert {u.total for u in updates} == {steps} and updates[-1].step == steps
     assert [u.step for u in updates] == sorted(u.step for u in updates) and updates[0].step >= 1

@@ -24,7 +24,7 @@ from sdplay.inside.unet import (
 )
 from sdplay.inside.unet_step import call_unet, first_call, step_input
 from sdplay.runtime.errors import UserError
-from sdplay.runtime.executor import Executor, JobSpec
+from sdplay.runtime.executor import Executor, JobControl, JobSpec
 from sdplay.runtime.models import ModelManager
 from sdplay.runtime.request import GenerationRequest, Limits
 from tests.test_executor import ZeroGPU
@@ -223,7 +223,7 @@ def test_a_normal_explain_run_meets_none_of_our_hooks(shapes):
         seen.extend(type(p).__module__ for p in unet.attn_processors.values())
 
     request = GenerationRequest(prompt="a red circle", sampler="Euler", steps=4, seed=1)
-    run = explain(shapes, request, on_step=inspect)
+    run = explain(shapes, request, control=JobControl(on_step=inspect))
     assert seen and not any(module in OURS or module == "global hook" for module in seen)
 
     seen.clear()
@@ -235,7 +235,7 @@ def test_a_normal_explain_run_meets_none_of_our_hooks(shapes):
     assert "sdplay.inside.unet" in seen and "global hook" in seen
 
     seen.clear()
-    explain(shapes, request, on_step=inspect)  # the view left nothing behind
+    explain(shapes, request, control=JobControl(on_step=inspect))  # the view left nothing behind
     assert seen and not any(module in OURS or module == "global hook" for module in seen)
 
 

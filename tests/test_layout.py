@@ -4,8 +4,9 @@ import gradio as gr
 from PIL import Image
 
 from sdplay.page import CONTROL_FIELDS, _image_value, _settings_updates, build_demo
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.images import brush_radius
-from sdplay.runtime.models import ModelManager, ModelSwitch, SwitchPolicy
+from sdplay.runtime.models import ModelSwitch, SwitchPolicy
 from sdplay.runtime.request import Limits
 
 
@@ -32,7 +33,7 @@ def test_restored_settings_cover_every_control_and_set_the_schedules_offered(tmp
 def test_a_locked_server_offers_no_load_and_pages_opening_after_a_switch_show_the_new_model(
     tiny_model, tiny_inpaint_model
 ):
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(tiny_model))
     listed = {model.name: str(model) for model in (tiny_model, tiny_inpaint_model)}
     demo = build_demo(manager, Limits(), ModelSwitch(listed, SwitchPolicy.LOCKED))

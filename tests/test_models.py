@@ -4,14 +4,16 @@ import gc
 import shutil
 import threading
 import weakref
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.errors import UserError
+from sdplay.runtime.executor import JobControl
 from sdplay.runtime.models import (
     MemoryOptions,
-    ModelManager,
     ModelSwitch,
     SwitchPolicy,
     pick_device,
@@ -39,7 +41,7 @@ def test_task_views_share_every_weight_tensor(manager):
 
 def test_task_views_keep_the_models_dtype(tiny_model):
     """The views share the base modules, so a view that cast them (as `from_pipe` does by default) casts them all."""
-    manager = ModelManager(device="cpu", dtype="bfloat16")
+    manager = local_manager(device="cpu", dtype="bfloat16")
     manager.load(str(tiny_model))
     views = [manager.pipeline(task, "Euler") for task in Task]
     modules = [module for pipe in (*views, manager.model.pipe) for module in (pipe.unet, pipe.vae, pipe.text_encoder)]
@@ -56,7 +58,7 @@ def test_each_request_gets_its_own_scheduler(manager):
 
 
 def test_pickle_checkpoints_are_refused_by_their_header(tmp_path):
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     torch.save({"state_dict": {}}, tmp_path / "model.ckpt")
     with pytest.raises(UserError, match="pickle"):
         manager.load(str(tmp_path / "model.ckpt"))
@@ -70,11 +72,11 @@ def test_a_folder_with_only_pickle_weights_is_refused(tiny_model, tmp_path):
     for weights in (folder / "unet").glob("*.safetensors"):
         weights.rename(weights.with_suffix(".bin"))
     with pytest.raises(UserError, match="only pickle weights"):
-        ModelManager(device="cpu").load(str(folder))
+        local_manager(device="cpu").load(str(folder))
 
 
 def test_missing_paths_and_unreachable_hub_ids_say_what_to_do(tmp_path):
-    manager = ModelManager(device="cpu", offline=True)
+    manager = local_manager(device="cpu", offline=True)
     with pytest.raises(UserError, match="No model at"):
         manager.load(str(tmp_path / "nowhere"))
     with pytest.raises(UserError, match="--model"):
@@ -84,7 +86,7 @@ def test_missing_paths_and_unreachable_hub_ids_say_what_to_do(tmp_path):
 
 
 def test_switching_models_releases_the_old_one(tiny_model, tiny_inpaint_model):
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(tiny_model))
     old_unet = weakref.ref(manager.model.pipe.unet)
     manager.load(str(tiny_inpaint_model))
@@ -94,7 +96,7 @@ def test_switching_models_releases_the_old_one(tiny_model, tiny_inpaint_model):
 
 
 def test_a_failed_load_leaves_the_previous_model_working(tiny_model, tmp_path):
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(tiny_model))
     with pytest.raises(UserError):
         manager.load(str(tmp_path / "missing"))  # refused before anything is released
@@ -109,7 +111,7 @@ def test_a_failed_load_leaves_the_previous_model_working(tiny_model, tmp_path):
 
 
 def test_overlong_and_odd_model_names_are_refused_before_touching_the_disk():
-    manager = ModelManager(device="cpu", offline=True)
+    manager = local_manager(device="cpu", offline=True)
     for name, allow_local in [("a" * 5000, True), ("a" * 5000, False), ("org/" + "x" * 300, False)]:
         with pytest.raises(UserError, match=r"not a model name \(\d+ characters\): give a Hub id, org/name"):
             manager.load(name, allow_local=allow_local)
@@ -120,7 +122,7 @@ def test_overlong_and_odd_model_names_are_refused_before_touching_the_disk():
 
 
 def test_the_status_line_says_who_switched_and_when(tiny_model):
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(tiny_model), by="ann")
     at = manager.model.loaded_at
     assert f"Loaded by ann at {at:%H:%M}" in manager.status()
@@ -156,18 +158,18 @@ def test_device_and_dtype_are_picked_and_checked():
     with pytest.raises(UserError, match="dtype"):
         pick_dtype("float8", torch.device("cpu"))
     with pytest.raises(UserError, match="CUDA-only"):
-        ModelManager(device="cpu", memory=MemoryOptions(cpu_offload=True))
+        local_manager(device="cpu", memory=MemoryOptions(cpu_offload=True))
 
 
 def test_one_job_at_a_time_and_interrupt_reaches_only_its_owner(manager):
     entered = threading.Event()
-    with manager.job(owner="alice") as job:
+    with manager.job(JobControl(owner="alice")) as job:
         assert not manager.interrupt("bob")
         assert not manager.interrupt(None) and not job.cancel.is_set()  # a request without a session stops nothing
         assert manager.interrupt("alice") and job.cancel.is_set()
 
         def second_job():
-            with manager.job("bob"):
+            with manager.job(JobControl(owner="bob")):
                 entered.set()
 
         waiter = threading.Thread(target=second_job)
@@ -187,5 +189,5 @@ def test_on_zerogpu_the_status_line_asks_cuda_nothing(manager, monkeypatch):
     monkeypatch.setattr(manager, "device", torch.device("cuda"))
     with pytest.raises(RuntimeError):
         manager.status()  # a CUDA machine's server reports VRAM
-    monkeypatch.setattr(manager, "jobs_elsewhere", True)
+    monkeypatch.setattr(manager, "executor", SimpleNamespace(name="zerogpu"))
     assert manager.status().startswith(f"{manager.model.name} · cuda")

@@ -29,6 +29,7 @@ from ray import serve
 from sdplay.explain.captions import ModelFacts
 from sdplay.explain.export import load_run
 from sdplay.page import build_demo
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.executor import JobSpec
 from sdplay.runtime.generate import PREVIEW_EVERY, Cancelled, GenerationResult, StepUpdate, generate
@@ -218,7 +219,7 @@ def test_stop_ends_that_job_on_its_replica_and_the_other_finishes(pool, front):
 
 def test_a_model_switch_reaches_both_replicas(pool, front, tiny_model, tmp_path):
     other = tiny_pipeline(tmp_path / "other", seed=1)
-    reference = ModelManager(device="cpu")
+    reference = local_manager(device="cpu")
     reference.load(str(other))
     request = GenerationRequest(prompt="a cat", steps=30, seed=4, width=512, height=512)
     try:

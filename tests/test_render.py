@@ -32,8 +32,9 @@ from sdplay.explain.render import (
     words_of,
 )
 from sdplay.explain.ui import step_sliders
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.errors import UserError
-from sdplay.runtime.models import ModelManager
+from sdplay.runtime.executor import JobControl
 from sdplay.runtime.request import GenerationRequest, Task
 from tests.test_explain import synthetic_run
 
@@ -190,7 +191,7 @@ def test_x0_can_be_decoded_with_the_vae_and_is_kept(run, manager):
     view = ExplainView(run)  # its own: decoding changes what the view draws
     decoded: list[Decoded] = []
     request = DecodeRequest(run.recipe["model"], (1,), run.x0[[1]])
-    assert decode_latents(manager, request, on_step=decoded.append) == 1 and decoded[0].step == 1
+    assert decode_latents(manager, request, control=JobControl(on_step=decoded.append)) == 1 and decoded[0].step == 1
     view.keep_decoded(1, decoded[0].image)
     assert view.x0(1).size == view.size and not np.array_equal(pixels(view.x0(1)), pixels(ExplainView(run).x0(1)))
     assert np.array_equal(pixels(view.draw(1, HeatmapSettings()).x0), pixels(view.x0(1)))
@@ -336,7 +337,7 @@ def test_captions_state_the_tiny_models_numbers(view, manager):
 
 @pytest.fixture(scope="module")
 def shapes_view() -> ExplainView:
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(SHAPES))
     return ExplainView(explain(manager, GenerationRequest(prompt="a red circle", sampler="Euler", steps=2, seed=1)))
 
@@ -439,7 +440,9 @@ def test_decoding_stops_between_steps_on_stop_and_is_capped(run, manager):
 
     steps = decode_order(run.steps, 2)
     request = DecodeRequest(run.recipe["model"], tuple(steps), run.x0[steps])
-    assert decode_latents(manager, request, cancel=cancel, on_step=stop_after_the_second) == 2 and decoded == [2, 0]
+    assert decode_latents(
+        manager, request, control=JobControl(cancel=cancel, on_step=stop_after_the_second)
+    ) == 2 and decoded == [2, 0]
     with pytest.raises(UserError, match="did not make this run"):
         decode_latents(manager, DecodeRequest("another model", (0,), run.x0[:1]))
     with pytest.raises(UserError, match="at most 30"):

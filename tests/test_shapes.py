@@ -12,8 +12,8 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from transformers import CLIPTokenizer
 
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.generate import generate
-from sdplay.runtime.models import ModelManager
 from sdplay.runtime.request import GenerationRequest, Task
 from sdplay.shapes.evaluate import measure, measure_objects
 from sdplay.shapes.world import (
@@ -169,7 +169,7 @@ def test_committed_model_puts_a_red_circle_on_the_left(pipe: StableDiffusionPipe
 
 
 def test_all_three_tasks_run_on_it_through_the_app_manager() -> None:
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(MODEL))
     prompt = "a large blue square in the center on a white background"
     image = generate(manager, GenerationRequest(prompt=prompt, steps=10, seed=1, guidance_scale=5.0)).images[0]

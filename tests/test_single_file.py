@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.generate import generate
 from sdplay.runtime.models import ModelManager
@@ -26,7 +27,7 @@ def checkpoint(tiny_model: Path, tmp_path_factory) -> Path:
 
 
 def test_single_file_generates_the_folders_pixels(checkpoint: Path, tiny_model: Path, manager: ModelManager) -> None:
-    single = ModelManager(device="cpu")
+    single = local_manager(device="cpu")
     model = single.load(str(checkpoint), config=str(tiny_model))
     assert (model.name, model.config) == ("tiny.safetensors", str(tiny_model))
     from_file = generate(single, REQUEST).images[0]
@@ -39,9 +40,9 @@ def test_pickle_checkpoint_is_refused(tmp_path: Path, tiny_model: Path, name: st
     path = tmp_path / name
     torch.save({"state_dict": {"weight": torch.zeros(2)}}, path)
     with pytest.raises(UserError, match=r"not a safetensors file.*pickle"):
-        ModelManager(device="cpu").load(str(path), config=str(tiny_model))
+        local_manager(device="cpu").load(str(path), config=str(tiny_model))
 
 
 def test_missing_file_is_a_user_error(tmp_path: Path, tiny_model: Path) -> None:
     with pytest.raises(UserError, match="No model at"):
-        ModelManager(device="cpu").load(str(tmp_path / "missing.safetensors"), config=str(tiny_model))
+        local_manager(device="cpu").load(str(tmp_path / "missing.safetensors"), config=str(tiny_model))

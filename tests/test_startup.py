@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from sdplay.runtime import models
-from sdplay.runtime.models import ModelManager
+from sdplay.runtime.composition import local_manager
 from tests.conftest import ARTIFACTS, ROOT
 
 # What app.py's main() imports before it loads the model; printing which diffusers pipeline families came with it.
@@ -52,7 +52,7 @@ def test_flags_are_parsed_without_importing_the_libraries():
 def test_the_first_load_skips_the_garbage_collection(tiny_model, monkeypatch):
     collections = []
     monkeypatch.setattr(models, "gc", SimpleNamespace(collect=lambda: collections.append(1)))
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(tiny_model))
     assert collections == []  # nothing to release yet: a full collection after the imports costs ~0.3 s
     manager.load(str(tiny_model))

@@ -14,6 +14,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from sdplay.runtime.composition import local_manager
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.executor import JobSpec
 from sdplay.runtime.generate import Cancelled, generate
@@ -273,7 +274,7 @@ def two_models(tmp_path_factory):
 
 
 def test_model_cells_load_each_model_once_equal_single_runs_and_the_first_model_comes_back(two_models):
-    manager = ModelManager(device="cpu")
+    manager = local_manager(device="cpu")
     manager.load(str(two_models["tiny"]))
     loads = []
 

@@ -15,7 +15,8 @@ from diffusers import DiffusionPipeline, PNDMScheduler
 
 from sdplay.explain.captions import ModelFacts
 from sdplay.runtime.conditioning import CHUNK_TOKENS, Chunk, chunk_token_names, encode
-from sdplay.runtime.generate import StepUpdate, generate
+from sdplay.runtime.executor import JobControl
+from sdplay.runtime.generate import generate
 from sdplay.runtime.models import ModelManager
 from sdplay.runtime.predictions import Prediction, watch_predictions
 from sdplay.runtime.prompts import prompt_schedule
@@ -362,10 +363,7 @@ def explain(
     manager: ModelManager,
     request: GenerationRequest,
     limits: Limits = Limits(),
-    *,
-    owner: str | None = None,
-    cancel=None,
-    on_step: Callable[[StepUpdate], None] | None = None,
+    control: JobControl = JobControl(),
 ) -> ExplainRun:
     """Generate one image for `request` with the recorders attached, and return the whole run."""
     request = replace(validated(request, limits), batch_size=1)
@@ -373,7 +371,7 @@ def explain(
     tokens = tokens_of(tokenizer, request.prompt, request.steps)
     negative = tokens_of(tokenizer, request.negative_prompt, request.steps, "negative prompt")
     recorder = ExplainRecorder((tokens.positions, negative.positions), prompt=tokens)
-    result = generate(manager, request, limits, owner=owner, cancel=cancel, on_step=on_step, recorder=recorder)
+    result = generate(manager, request, limits, control, recorder=recorder)
     recipe = {
         "task": request.task.value,
         "prompt": request.prompt,

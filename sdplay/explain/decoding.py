@@ -6,8 +6,7 @@ thread here, the GPU worker on ZeroGPU), one job at a time, stopped by its sessi
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,7 +16,7 @@ import torch
 from PIL import Image
 
 from sdplay.runtime.errors import UserError
-from sdplay.runtime.executor import JobSpec
+from sdplay.runtime.executor import JobControl, JobSpec
 from sdplay.runtime.models import ModelManager
 from sdplay.runtime.request import Limits
 
@@ -103,16 +102,14 @@ def decode_latents(
     manager: ModelManager,
     request: DecodeRequest,
     limits: Limits = Limits(),
-    *,
-    owner: str | None = None,
-    cancel: threading.Event | None = None,
-    on_step: Callable[[Decoded], None] | None = None,
+    control: JobControl = JobControl(),
 ) -> int:
-    """Decode each latent of `request` with the loaded model's VAE, handing each image to `on_step` as it is done;
-    return how many were decoded. A Stop (`cancel`, or `manager.interrupt(owner)`) ends it before the next one."""
+    """Decode each latent of `request` with the loaded model's VAE, handing each image to `control.on_step` as it is
+    done; return how many were decoded. A Stop (its cancel flag, or `manager.interrupt(owner)`) ends it before the
+    next one."""
     if len(request.steps) > MAX_DECODED or len(request.steps) != len(request.latents):
         raise UserError(f"Decode at most {MAX_DECODED} steps, one latent each.")
-    with manager.job(owner, cancel) as job:
+    with manager.job(control) as job:
         model = manager.model
         if model.name != request.model:
             raise UserError(f"The loaded model ({model.name}) did not make this run: x̂₀ keeps the linear preview.")
@@ -121,7 +118,7 @@ def decode_latents(
             if job.cancel.is_set():
                 break
             decoded = Decoded(step, vae_decode(model.pipe.vae, latents))
-            if on_step is not None:
-                on_step(decoded)
+            if control.on_step is not None:
+                control.on_step(decoded)
             done += 1
         return done

@@ -6,8 +6,6 @@ and cross-attention per head, are recorded by one UNet call at the step (`attend
 place's row of each layer's attention in the chosen block: never a whole self-attention map.
 """
 
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -19,6 +17,7 @@ from sdplay.explain.capture import ExplainRun, block_of, latent_grid, tokens_of
 from sdplay.explain.render import COLORMAPS, token_text
 from sdplay.inside.unet_step import StepInput, call_unet, forward_hooks, prompt_branch, run_pipe
 from sdplay.runtime.errors import UserError
+from sdplay.runtime.executor import JobControl
 from sdplay.runtime.models import ModelManager
 from sdplay.runtime.request import Limits
 from sdplay.runtime.tokenizer import END_OF_WORD
@@ -183,15 +182,12 @@ def attend_at(
     manager: ModelManager,
     request: PointRequest,
     limits: Limits = Limits(),
-    *,
-    owner: str | None = None,
-    cancel: threading.Event | None = None,
-    on_step: Callable | None = None,
+    control: JobControl = JobControl(),
 ) -> PointAttention:
     """One UNet call at the recorded step, keeping the point's row of each self-attention layer of the block (and,
     if asked, of each cross-attention layer, per head)."""
     point = checked_point(request.point)
-    with manager.job(owner, cancel):
+    with manager.job(control):
         pipe = run_pipe(manager, request.step)
         unet = pipe.unet
         blocks = attention_blocks(unet)

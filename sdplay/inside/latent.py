@@ -6,8 +6,6 @@ The compression and the run's channels need no model; the round trip runs the lo
 
 import functools
 import math
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from sdplay.compare.comparison import difference_gain, difference_image
 from sdplay.explain.captions import Caption, ModelFacts
 from sdplay.explain.decoding import vae_decode
+from sdplay.runtime.executor import JobControl
 from sdplay.runtime.models import ModelManager
 from sdplay.runtime.request import Limits
 
@@ -146,14 +145,11 @@ def round_trip(
     manager: ModelManager,
     request: RoundTripRequest,
     limits: Limits = Limits(),
-    *,
-    owner: str | None = None,
-    cancel: threading.Event | None = None,
-    on_step: Callable[[object], None] | None = None,
+    control: JobControl = JobControl(),
 ) -> RoundTrip:
     """Encode the image with the loaded model's VAE (the mean of its latent distribution: no sampling noise) and
     decode it back, as the pipeline decodes its final latent."""
-    with manager.job(owner, cancel):
+    with manager.job(control):
         model = manager.model
         pipe = model.pipe
         facts = ModelFacts.of_pipeline(pipe)

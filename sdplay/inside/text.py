@@ -7,8 +7,6 @@ the model; the nearest tokens and the causal test run the model's own table and 
 
 import functools
 import math
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +17,7 @@ from sdplay.explain.captions import Caption
 from sdplay.explain.capture import ExplainRun
 from sdplay.explain.render import token_text
 from sdplay.runtime.errors import UserError
+from sdplay.runtime.executor import JobControl
 from sdplay.runtime.models import ModelManager
 from sdplay.runtime.request import Limits
 from sdplay.runtime.tokenizer import END_OF_WORD
@@ -335,16 +334,13 @@ def nearest_tokens(
     manager: ModelManager,
     request: NeighboursRequest,
     limits: Limits = Limits(),
-    *,
-    owner: str | None = None,
-    cancel: threading.Event | None = None,
-    on_step: Callable[[object], None] | None = None,
+    control: JobControl = JobControl(),
 ) -> list[Neighbours]:
     """For each distinct token, the `count` tokens whose static embeddings have the highest cosine similarity with
     its own, over the model's whole input table (49,408 rows in CLIP: one matrix product)."""
     if not 1 <= request.count <= 50 or len(request.tokens) > SHOWN_TOKENS:
         raise UserError(f"Ask for 1 to 50 neighbours of at most {SHOWN_TOKENS} tokens.")
-    with manager.job(owner, cancel):
+    with manager.job(control):
         check_model(manager, request.model)
         pipe = manager.model.pipe
         tokens = list(dict.fromkeys(request.tokens))
@@ -421,16 +417,13 @@ def causal_test(
     manager: ModelManager,
     request: CausalRequest,
     limits: Limits = Limits(),
-    *,
-    owner: str | None = None,
-    cancel: threading.Event | None = None,
-    on_step: Callable[[object], None] | None = None,
+    control: JobControl = JobControl(),
 ) -> CausalTest:
     """Encode the prompt, then the prompt with its last word changed, then with its first word changed, each on its
     own, padded as the pipeline pads it; compare every token's contextual vector with the original's."""
     if len(request.replacement) > MAX_REPLACEMENT_CHARS:
         raise UserError(f"The replacement word is {len(request.replacement):,} characters: give one word.")
-    with manager.job(owner, cancel):
+    with manager.job(control):
         check_model(manager, request.model)
         pipe = manager.model.pipe
         tokenizer, encoder = pipe.tokenizer, pipe.text_encoder

@@ -6,9 +6,7 @@ keeping only a few channels of each part's output (the prompt's branch), so memo
 """
 
 import math
-import threading
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -20,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from sdplay.explain.render import COLORMAPS
 from sdplay.inside.unet_step import StepInput, StepOutput, call_unet, forward_hooks, prompt_branch, run_pipe
 from sdplay.runtime.errors import UserError
+from sdplay.runtime.executor import JobControl
 from sdplay.runtime.models import ModelManager
 from sdplay.runtime.request import Limits
 
@@ -165,14 +164,11 @@ def look_inside(
     manager: ModelManager,
     request: UNetRequest,
     limits: Limits = Limits(),
-    *,
-    owner: str | None = None,
-    cancel: threading.Event | None = None,
-    on_step: Callable | None = None,
+    control: JobControl = JobControl(),
 ) -> UNetInside:
     """One UNet call at the recorded step, counting FLOPs (torch's FlopCounterMode) and keeping each part's
     input and output shapes and a summary of its output (`summarise`)."""
-    with manager.job(owner, cancel):
+    with manager.job(control):
         pipe = run_pipe(manager, request.step)
         unet = pipe.unet
         parts = unet_parts(unet)

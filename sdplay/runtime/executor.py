@@ -18,14 +18,11 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from functools import partial
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from sdplay.explain.decoding import DecodeRequest
-    from sdplay.runtime.models import ModelManager
-    from sdplay.runtime.request import GenerationRequest, Limits
+    from sdplay.runtime.request import Limits
 
 # What a GPU job may take, for ZeroGPU's scheduler (shorter asks get better queue priority):
 # seconds per denoising step per megapixel per image, with CFG, for a UNet of SD 1.5's size (860 M parameters),
@@ -41,15 +38,34 @@ MAX_GPU_SECONDS = 120  # ZeroGPU's quota is per user and day: never reserve more
 # The executors, by the names `--executor` takes.
 EXECUTORS = ("local", "zerogpu", "ray")
 T = TypeVar("T")
+R = TypeVar("R", contravariant=True)  # a job's request
+Result = TypeVar("Result", covariant=True)  # what a job returns
 
 
 @dataclass(frozen=True)
-class JobSpec:
-    """A job as data, picklable: `work` (`generate`, `explain` or `decode_latents`, pickled by its name) run on
-    `request`."""
+class JobControl:
+    """How a running job is watched and stopped: the session that owns it (only it may stop it through the model
+    manager), the flag that ends it after the step it is in, and who hears each of its updates."""
 
-    work: Callable[..., Any]
-    request: GenerationRequest | DecodeRequest
+    owner: str | None = None
+    cancel: threading.Event | None = None
+    on_step: Callable[[Any], None] | None = None
+
+
+class Job(Protocol[R, Result]):
+    """The one job contract: a plain synchronous function of CPU objects that runs the model (`generate`, Explain's
+    `explain`, the Inside views' model calls ...). `manager` is the process's model manager (typed loosely here: the
+    executor sits below it); the job holds the manager's lock while it uses the model."""
+
+    def __call__(self, manager: Any, request: R, limits: Limits, control: JobControl) -> Result: ...
+
+
+@dataclass(frozen=True)
+class JobSpec(Generic[R, Result]):
+    """A job as data, picklable: `work` (pickled by its name) run on `request`, whose type is the job's own."""
+
+    work: Job[R, Result]
+    request: R
     limits: Limits
     owner: str | None = None  # the session that may stop it (`ModelManager.interrupt`)
 
@@ -173,10 +189,10 @@ class Executor:
 
     workers = 1  # one job at a time: the model manager's lock serialises them
 
-    def __init__(self, manager: ModelManager, gpu: Callable[..., Callable] | None = None) -> None:
-        self.manager = manager
+    def __init__(self, manager: Any, gpu: Callable[..., Callable] | None = None) -> None:
+        self.manager = manager  # a `ModelManager`: its lock serialises the jobs, its thread runs them
         self.name = "local" if gpu is None else "zerogpu"
-        self.thread = JobThread()
+        self.thread: JobThread = manager.thread
         # Seconds per step of the last run with each (model, width, height, batch): the ETA shown before a first step.
         self.seconds_per_step: dict[tuple[str, int, int, int], float] = {}
         self._boundary = self.execute if gpu is None else gpu(duration=self.gpu_seconds)(self.execute)
@@ -211,8 +227,8 @@ class Executor:
 
         def work() -> None:
             try:
-                run = partial(job.work, self.manager, job.request, job.limits, owner=job.owner)
-                running.updates.put(run(cancel=running.cancel, on_step=running.updates.put))
+                control = JobControl(job.owner, running.cancel, running.updates.put)
+                running.updates.put(job.work(self.manager, job.request, job.limits, control))
             except BaseException as error:  # handed to the consumer, which raises it
                 running.updates.put(Raised(portable(error)))
             finally:

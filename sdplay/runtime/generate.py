@@ -7,7 +7,6 @@ executor boundary, so that a UI can show previews and stop it between steps, loc
 
 import math
 import random
-import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -20,6 +19,7 @@ from PIL import Image
 
 from sdplay.runtime.conditioning import encode_prompts
 from sdplay.runtime.errors import UserError
+from sdplay.runtime.executor import JobControl
 from sdplay.runtime.images import (
     blur_mask,
     check_mask,
@@ -110,20 +110,18 @@ def generate(
     manager: ModelManager,
     request: GenerationRequest,
     limits: Limits = Limits(),
+    control: JobControl = JobControl(),
     *,
-    owner: str | None = None,
-    cancel: threading.Event | None = None,
-    on_step: Callable[[StepUpdate], None] | None = None,
     recorder: Recorder | None = None,
     preview_every: float = PREVIEW_EVERY,
 ) -> GenerationResult:
     """Run `request` on the loaded model, one job at a time; `UserError` for bad input, `Cancelled` if stopped.
 
-    `on_step` hears every step; its previews come at the first step, then once every `preview_every` seconds, and
-    never at the last (the final image follows at once).
+    `control.on_step` hears every step; its previews come at the first step, then once every `preview_every` seconds,
+    and never at the last (the final image follows at once).
     """
     request = validated(request, limits)
-    with manager.job(owner, cancel) as job:
+    with manager.job(control) as job:
         model = manager.model
         if model.is_inpainting and request.task != Task.INPAINT:
             raise UserError(f"{model.name} is an inpainting checkpoint: use the Inpaint tab with it.")
@@ -145,7 +143,7 @@ def generate(
             if recorder is not None:
                 recorder.step_ended(step, tensors)
             stopping = job.cancel.is_set()
-            if on_step is None and not stopping:
+            if control.on_step is None and not stopping:
                 return {}
             now = time.perf_counter()
             # The callback runs once per UNet call, which is more often than once a step for Heun (2n - 1 calls)
@@ -160,13 +158,13 @@ def generate(
             update = StepUpdate(min(steps_run, math.ceil(done)), steps_run, (now - started) / done, previews)
             if stopping:
                 raise Cancelled(replace(update, stopped=True))
-            on_step(update)
+            control.on_step(update)
             return {}
 
         if job.cancel.is_set():
             raise Cancelled()
         started = time.perf_counter()
-        watch = watch_predictions(pipe, lambda p: latest.update(prediction=p)) if on_step else nullcontext()
+        watch = watch_predictions(pipe, lambda p: latest.update(prediction=p)) if control.on_step else nullcontext()
         with watch, recorder.attached(pipe) if recorder else nullcontext():
             output = pipe(
                 **conditioning.pipe_kwargs(),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import psutil
 import torch
@@ -29,13 +29,10 @@ from diffusers import (
 from sdplay.runtime.catalog import ModelSettings, model_settings
 from sdplay.runtime.downloads import Report, fetch_model
 from sdplay.runtime.errors import UserError
-from sdplay.runtime.executor import Executor, zero_gpu
+from sdplay.runtime.executor import JobControl, JobRunner, JobThread
 from sdplay.runtime.previews import fit_latent_rgb
 from sdplay.runtime.request import Task
 from sdplay.runtime.samplers import AUTOMATIC, build_scheduler
-
-if TYPE_CHECKING:
-    from sdplay.runtime.ray_executor import RayExecutor
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 MAX_HUB_NAME = 96  # the Hub's limit on a user, organisation or repository name
@@ -229,6 +226,16 @@ class ModelSwitch:
         return name, False
 
 
+class WorkerPool(JobRunner, Protocol):
+    """An executor whose workers each hold the model (the `ray` executor): the manager loads and stops through it."""
+
+    def load(self, source: str, config: str | None, allow_local: bool, by: str | None) -> LoadedModel: ...
+
+    def interrupt(self, owner: str) -> bool: ...
+
+    def describe(self) -> str: ...
+
+
 class ModelManager:
     """Loads a model once, hands out task views that share its weights, and serialises jobs with a lock.
 
@@ -243,7 +250,7 @@ class ModelManager:
         dtype: str | None = None,
         offline: bool = False,
         memory: MemoryOptions = MemoryOptions(),
-        pool: "RayExecutor | None" = None,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -254,12 +261,17 @@ class ModelManager:
         self._model: LoadedModel | None = None
         self._lock = threading.Lock()
         self._job: Job | None = None
-        # What runs jobs on this model: here, in a ZeroGPU worker, or on a Ray pool; it holds the ETA memory.
+        # The one thread of this process that touches the weights: loads run on it, and a local executor's jobs.
+        self.thread = JobThread()
         self.pool = pool
-        spaces = None if pool is not None else zero_gpu()
-        self.executor: Executor | RayExecutor = pool or Executor(self, gpu=spaces.GPU if spaces else None)
-        # ZeroGPU, Ray: only the workers have the GPU, not this process
-        self.jobs_elsewhere = spaces is not None or pool is not None
+        # What runs jobs on this model (here, in a ZeroGPU worker, or on a Ray pool; it holds the ETA memory): given by
+        # whoever composes the app (sdplay/runtime/composition.py), never built here. A pool is its own executor.
+        self.executor: JobRunner | None = pool
+
+    @property
+    def jobs_elsewhere(self) -> bool:
+        """ZeroGPU, Ray: only the workers have the GPU, not this process."""
+        return self.executor is not None and self.executor.name != "local"
 
     @property
     def model(self) -> LoadedModel:
@@ -302,7 +314,7 @@ class ModelManager:
 
         # On the job thread, behind the jobs queued before it: the thread that runs the model is the only one that
         # touches its weights (see JobThread).
-        return self.executor.thread.call(switch)
+        return self.thread.call(switch)
 
     def _loader(self, source: str, config: str | None, allow_local: bool, progress: Report | None = None):
         """Check the source before anything is loaded (and download a Hub model's files, reporting to `progress`),
@@ -400,10 +412,10 @@ class ModelManager:
         return view
 
     @contextmanager
-    def job(self, owner: str | None = None, cancel: threading.Event | None = None) -> Iterator[Job]:
-        """Hold the lock for one job; `interrupt(owner)` from another thread sets its cancel flag."""
+    def job(self, control: JobControl = JobControl()) -> Iterator[Job]:
+        """Hold the lock for one job; `interrupt(control.owner)` from another thread sets its cancel flag."""
         with self._lock:
-            self._job = Job(owner, cancel or threading.Event())
+            self._job = Job(control.owner, control.cancel or threading.Event())
             try:
                 yield self._job
             finally:

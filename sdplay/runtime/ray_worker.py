@@ -160,12 +160,13 @@ class Worker:
     def __init__(self, options: WorkerOptions, model: ModelSource) -> None:
         import torch
 
-        from sdplay.runtime.models import MemoryOptions, ModelManager
+        from sdplay.runtime.composition import local_manager
+        from sdplay.runtime.models import MemoryOptions
 
         if options.threads:
             torch.set_num_threads(options.threads)
         memory = options.memory or MemoryOptions()
-        self.manager = ModelManager(options.device, options.dtype, offline=options.offline, memory=memory)
+        self.manager = local_manager(options.device, options.dtype, offline=options.offline, memory=memory)
         self.manager.load(model.source, config=model.config)
         # The job thread runs torch on the replica's threads; the threads that pickle previews, on one.
         self.manager.executor.thread.own_torch_threads()
