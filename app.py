@@ -225,10 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     from sdplay.runtime.composition import local_manager
     from sdplay.runtime.errors import UserError
     from sdplay.runtime.models import MemoryOptions, ModelSwitch, SwitchPolicy
-    from sdplay.runtime.request import Limits
+    from sdplay.runtime.request import Limits, PlotLimits
     from sdplay.ui.cache import CacheCap
     from sdplay.ui.style import CSS, JS
-    from sdplay.xyz.plot import PlotLimits
 
     try:
         memory = MemoryOptions(args.cpu_offload, args.vae_tiling, args.attention_slicing)

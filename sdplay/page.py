@@ -16,12 +16,11 @@ from sdplay.runtime.errors import UserError
 from sdplay.runtime.images import decode_errors
 from sdplay.runtime.metadata import parse_infotext, read_infotext, settings_from_infotext
 from sdplay.runtime.models import LoadedModel, ModelManager, ModelSwitch, SwitchPolicy
-from sdplay.runtime.request import Limits
+from sdplay.runtime.request import Limits, PlotLimits
 from sdplay.runtime.samplers import schedule_names
 from sdplay.ui.common import GPU, Controls, Results, TabParts, from_web_page, mask_brush, user_errors, without_paths
 from sdplay.ui.fair_share import one_job_per_session
 from sdplay.xyz import ui as xyz
-from sdplay.xyz.plot import PlotLimits
 
 # The controls an infotext restores, by their `Controls` field names.
 CONTROL_FIELDS = [

@@ -21,13 +21,12 @@ from sdplay.runtime.generate import Cancelled, generate
 from sdplay.runtime.metadata import parse_infotext, read_infotext
 from sdplay.runtime.models import ModelManager
 from sdplay.runtime.random_models import tiny_pipeline
-from sdplay.runtime.request import GenerationRequest, Limits, Task
+from sdplay.runtime.request import GenerationRequest, Limits, PlotLimits, Task
 from sdplay.xyz.plot import (
     AXIS_TYPES,
     RECIPE_KEY,
     CellDone,
     CellStep,
-    PlotLimits,
     axis,
     grid_image,
     parse_values,

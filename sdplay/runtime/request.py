@@ -35,6 +35,18 @@ class Limits:
     max_batch: int = 8
 
 
+@dataclass(frozen=True)
+class PlotLimits:
+    """Caps checked before a plot runs (`--max-plot-cells`, `--max-plot-megapixels`).
+
+    64 cells is A1111-sized and, on the bundled model, about a minute of CPU. 64 megapixels of cell images is 64
+    cells of 1024² (the largest size `--max-size` allows by default): the grid PNG then takes ~200 MB of memory.
+    """
+
+    max_cells: int = 64
+    max_megapixels: float = 64.0
+
+
 @dataclass(frozen=True, kw_only=True)
 class GenerationRequest:
     """Everything one generation needs. `width`/`height` of 0 mean "the default": the model's native size for

@@ -21,7 +21,7 @@ from sdplay.runtime.generate import GenerationResult, StepUpdate, generate
 from sdplay.runtime.images import fit_within, open_image
 from sdplay.runtime.metadata import format_infotext
 from sdplay.runtime.models import ModelManager
-from sdplay.runtime.request import MAX_SEED, GenerationRequest, Limits, Task, validated
+from sdplay.runtime.request import MAX_SEED, GenerationRequest, Limits, PlotLimits, Task, validated
 from sdplay.runtime.samplers import AUTOMATIC
 
 RECIPE_KEY = "sdplay_xyz"  # the grid PNG's text chunk with the plot's recipe (JSON)
@@ -36,18 +36,6 @@ PLOT_FIELDS = (
 _NUMBER = r"([+-]?\s*\d+(?:\.\d*)?)"
 _STEP_RANGE = re.compile(rf"\s*{_NUMBER}\s*-\s*{_NUMBER}(?:\s*\(\s*([+-]\s*\d+(?:\.\d*)?)\s*\))?\s*")
 _COUNT_RANGE = re.compile(rf"\s*{_NUMBER}\s*-\s*{_NUMBER}\s*\[\s*(\d+)\s*\]\s*")
-
-
-@dataclass(frozen=True)
-class PlotLimits:
-    """Caps checked before a plot runs (`--max-plot-cells`, `--max-plot-megapixels`).
-
-    64 cells is A1111-sized and, on the bundled model, about a minute of CPU. 64 megapixels of cell images is 64
-    cells of 1024² (the largest size `--max-size` allows by default): the grid PNG then takes ~200 MB of memory.
-    """
-
-    max_cells: int = 64
-    max_megapixels: float = 64.0
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from PIL import Image
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.generate import PREVIEW_EVERY, Cancelled
 from sdplay.runtime.models import ModelManager, ModelSwitch
-from sdplay.runtime.request import GenerationRequest, Limits, Task
+from sdplay.runtime.request import GenerationRequest, Limits, PlotLimits, Task
 from sdplay.runtime.samplers import AUTOMATIC
 from sdplay.ui.common import (
     Controls,
@@ -30,7 +30,6 @@ from sdplay.xyz.plot import (
     Cell,
     CellDone,
     CellStep,
-    PlotLimits,
     axis,
     grid_image,
     plan,
