@@ -35,7 +35,7 @@ from sdplay.lesson.stages import (
     try_setup,
 )
 
-UI = Path(__file__).resolve().parent.parent / "sdplay" / "ui" / "lesson.py"
+UI = Path(__file__).resolve().parent.parent / "sdplay" / "lesson" / "ui.py"
 
 
 @pytest.fixture(scope="module")
