@@ -1,10 +1,10 @@
-"""The whole app: the model bar on top, one tab per task, and the wiring between tabs (send to, restore).
+"""The whole app: the model bar on top, then one tab per entry of `TABS`, each built with the page they share.
 
-`build_demo()` returns a queued `gr.Blocks`; app.py launches it.
+`build_demo()` returns a queued `gr.Blocks`; app.py launches it. Adding a tab is its module (a `TAB` record, see
+sdplay/ui/tabs.py) and one line in `TABS`.
 """
 
 import gradio as gr
-from PIL import Image
 
 from sdplay.compare import ui as compare
 from sdplay.explain import ui as explain
@@ -13,18 +13,16 @@ from sdplay.inside import ui as inside
 from sdplay.lesson import ui as lesson
 from sdplay.runtime.downloads import DownloadProgress
 from sdplay.runtime.errors import UserError
-from sdplay.runtime.images import decode_errors
-from sdplay.runtime.metadata import parse_infotext, read_infotext, settings_from_infotext
 from sdplay.runtime.models import LoadedModel, ModelManager, ModelSwitch, SwitchPolicy
 from sdplay.runtime.request import Limits, PlotLimits
-from sdplay.runtime.samplers import schedule_names
-from sdplay.ui.common import GPU, Controls, Results, TabParts, from_web_page, mask_brush, user_errors, without_paths
+from sdplay.ui.common import GPU, from_web_page, user_errors, without_paths
 from sdplay.ui.fair_share import one_job_per_session
+from sdplay.ui.tabs import FollowsModel, Page, Tab
 from sdplay.xyz import ui as xyz
 
-# The controls an infotext restores, by their `Controls` field names.
-CONTROL_FIELDS = [
-    "prompt", "negative_prompt", "sampler", "schedule", "steps", "guidance_scale", "seed", "width", "height",
+# The tabs, in the page's order. A tab may use what the tabs before it offer (Inside: Explain's run).
+TABS: list[Tab] = [
+    txt2img.TAB, img2img.TAB, inpaint.TAB, xyz.TAB, explain.TAB, inside.TAB, lesson.TAB, compare.TAB, pnginfo.TAB,
 ]  # fmt: skip
 
 
@@ -51,7 +49,7 @@ def switch_info(switch: ModelSwitch) -> str:
     return f"{offer} {who}"
 
 
-def model_bar(demo: gr.Blocks, manager: ModelManager, switch: ModelSwitch, tabs: list[Controls]) -> None:
+def model_bar(demo: gr.Blocks, manager: ModelManager, switch: ModelSwitch, tabs: list[FollowsModel]) -> None:
     """Pick and load a model, as `switch` allows; loading refreshes the status line and applies the model's
     recommended settings and examples to every tab. A failed load changes nothing on the page and says why.
     A Hub model's download shows its bytes over the status line (reported by the manager on the handler's own
@@ -112,46 +110,26 @@ def build_demo(
     switch: ModelSwitch,
     plot_limits: PlotLimits = PlotLimits(),
     workers: int = 1,
+    tabs: list[Tab] = TABS,
 ) -> gr.Blocks:
     """The app; `workers` is how many jobs the executor runs at once (`manager.executor.workers`: 1 here, a Ray
     pool's replicas), and so how many the GPU queue lets run."""
+    page = Page(manager, limits, switch, plot_limits, one_job_per_session=[GPU["concurrency_id"]])
     with gr.Blocks(title="sdplay", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# sdplay · a Stable Diffusion playground")
         model_slot = gr.Column()
-        with gr.Tabs() as tabs:
-            with gr.Tab("Text-to-Image", id="txt2img"):
-                generation = {"txt2img": txt2img.build(manager, limits)}
-            with gr.Tab("Image-to-Image", id="img2img"):
-                generation["img2img"] = img2img.build(manager, limits)
-            with gr.Tab("Inpaint", id="inpaint"):
-                generation["inpaint"] = inpaint.build(manager, limits)
-            with gr.Tab("X/Y/Z plot", id="xyz"):
-                plot = xyz.build(manager, limits, switch, plot_limits)
-            with gr.Tab("Explain", id="explain"):
-                explained = explain.build(manager, limits)
-                to_compare = gr.Button("Compare with a change, or ablate a word: open this prompt in Compare")
-            with gr.Tab("Inside", id="inside"):
-                inside.build(manager, limits, explained)
-            with gr.Tab("Lesson", id="lesson"):
-                lessons = lesson.build(manager, limits)
-            with gr.Tab("Compare", id="compare"):
-                compared = compare.build(manager, limits)
-            with gr.Tab("PNG Info", id="pnginfo"):
-                info_image, info_text, send = pnginfo.build()
+        with gr.Tabs() as page.tabs:
+            for tab in tabs:
+                with gr.Tab(tab.label, id=tab.id):
+                    tab.build(page)
         with model_slot:
-            tab_controls = [parts.controls for parts in generation.values()]
-            model_bar(demo, manager, switch, [*tab_controls, plot, explained, compared])
-
-        for parts in generation.values():
-            _wire_send(parts.results, tabs, generation)
-        for tab, button in send.items():
-            _wire_restore(button, tab, generation[tab], info_image, info_text, tabs)
-        compare.send_settings(to_compare, explained, compared, tabs)
-        lesson.send_tries(lessons, explained, compared, tabs)
+            model_bar(demo, manager, switch, page.following)
+        for wiring in page.finishing:
+            wiring()
     share_gpu(demo, workers)
     demo.queue(api_open=False, max_size=32)
-    one_job_per_session(demo, GPU["concurrency_id"])  # so that one session cannot fill the queue of 32
-    one_job_per_session(demo, xyz.PLOT["concurrency_id"])  # and one plot per session (its cells join the GPU's)
+    for queue in page.one_job_per_session:  # so that one session cannot fill the queue of 32
+        one_job_per_session(demo, queue)
     # Gradio's queue looks for new events every millisecond, also while a job runs: a thread of the job's process
     # waking 1000 times a second slowed generation on a CPU by ~6%. Every 10 ms is still instant to people.
     demo._queue.sleep_when_free = 0.01
@@ -164,66 +142,3 @@ def share_gpu(demo: gr.Blocks, workers: int) -> None:
     for fn in demo.fns.values():
         if fn.concurrency_id == GPU["concurrency_id"]:
             fn.concurrency_limit = workers
-
-
-def _settings_updates(text: str) -> list:
-    """Values for `CONTROL_FIELDS` from an infotext, `gr.skip()` for what it does not record."""
-    info = parse_infotext(text or "")
-    settings = settings_from_infotext(info)
-    if "Sampler" in info.params and "sampler" not in settings:
-        gr.Warning(f"sdplay has no sampler {info.params['Sampler']!r}: the tab keeps its own.")
-    if "sampler" in settings:
-        settings["schedule"] = gr.Dropdown(choices=schedule_names(settings["sampler"]), value=settings["schedule"])
-    return [settings.get(name, gr.skip()) for name in CONTROL_FIELDS]
-
-
-def _image_value(tab: str, path: str) -> str | dict:
-    """An image file as the value of `tab`'s image input: the inpaint editor takes layers, and a brush sized to it."""
-    if tab == "img2img":
-        return path
-    with user_errors(), decode_errors(), Image.open(path) as picture:  # the server may have deleted it since
-        size = picture.size
-    return gr.update(value={"background": path, "layers": [], "composite": path}, brush=mask_brush(size))
-
-
-def _wire_send(results: Results, tabs: gr.Tabs, targets: dict[str, TabParts]) -> None:
-    """ "Send to" buttons copy the selected result (the first if none is selected) into another tab, with the
-    settings that made it (read back from the image's own infotext, so each image of a batch keeps its seed)."""
-    selected = gr.State(0)
-
-    def remember(event: gr.SelectData) -> int:
-        return event.index
-
-    results.gallery.select(remember, None, selected, api_visibility="private")
-
-    def pick(gallery: list | None, index: int) -> str:
-        if not gallery:
-            raise gr.Error("Generate an image first.")
-        return gallery[min(index, len(gallery) - 1)][0]
-
-    for tab, button in (("img2img", results.to_img2img), ("inpaint", results.to_inpaint)):
-        target = targets[tab]
-
-        def send(gallery: list | None, index: int, tab: str = tab):
-            path = pick(gallery, index)
-            with user_errors(), decode_errors(), Image.open(path) as picture:  # the server may have deleted it since
-                text = read_infotext(picture) or ""
-            return *_settings_updates(text), _image_value(tab, path), gr.Tabs(selected=tab)
-
-        outputs = [*(getattr(target.controls, name) for name in CONTROL_FIELDS), target.image, tabs]
-        button.click(send, [results.gallery, selected], outputs, api_visibility="private")
-
-
-def _wire_restore(button, tab: str, target: TabParts, info_image, info_text, tabs: gr.Tabs) -> None:
-    """PNG Info's "Send to" restores the recorded settings (and, for image tabs, the image) into `tab`."""
-    fields = [getattr(target.controls, name) for name in CONTROL_FIELDS]
-    image = target.image
-
-    def restore(text: str, path: str | None):
-        updates = _settings_updates(text)
-        if image is None:
-            return *updates, gr.Tabs(selected=tab)
-        return *updates, _image_value(tab, path) if path else gr.skip(), gr.Tabs(selected=tab)
-
-    outputs = [*fields, *([image] if image is not None else []), tabs]
-    button.click(restore, [info_text, info_image], outputs, api_visibility="private")

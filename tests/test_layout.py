@@ -3,7 +3,8 @@
 import gradio as gr
 from PIL import Image
 
-from sdplay.page import CONTROL_FIELDS, _image_value, _settings_updates, build_demo
+from sdplay.generation.send import CONTROL_FIELDS, image_value, infotext_updates
+from sdplay.page import build_demo
 from sdplay.runtime.composition import local_manager
 from sdplay.runtime.images import brush_radius
 from sdplay.runtime.models import ModelSwitch, SwitchPolicy
@@ -13,8 +14,8 @@ from sdplay.runtime.request import Limits
 def test_send_to_inpaint_sizes_the_brush_to_the_sent_image(tmp_path):
     path = tmp_path / "result.png"
     Image.new("RGB", (64, 96)).save(path)
-    assert _image_value("img2img", str(path)) == str(path)
-    editor = _image_value("inpaint", str(path))
+    assert image_value("img2img", str(path)) == str(path)
+    editor = image_value("inpaint", str(path))
     assert editor["value"] == {"background": str(path), "layers": [], "composite": str(path)}
     assert editor["brush"].default_size == brush_radius((64, 96)) == 4
 
@@ -22,7 +23,7 @@ def test_send_to_inpaint_sizes_the_brush_to_the_sent_image(tmp_path):
 def test_restored_settings_cover_every_control_and_set_the_schedules_offered(tmp_path):
     text = "a red cat\nNegative prompt: dog\nSteps: 12, Sampler: DDIM, Schedule type: SGM Uniform, CFG scale: 4.5, " \
         "Seed: 7, Size: 64x96"  # fmt: skip
-    updates = dict(zip(CONTROL_FIELDS, _settings_updates(text), strict=True))
+    updates = dict(zip(CONTROL_FIELDS, infotext_updates(text), strict=True))
     assert (updates["prompt"], updates["negative_prompt"], updates["sampler"]) == ("a red cat", "dog", "DDIM")
     assert (updates["steps"], updates["guidance_scale"], updates["seed"]) == (12, 4.5, 7)
     assert (updates["width"], updates["height"]) == (64, 96)

@@ -33,6 +33,7 @@ from sdplay.runtime.models import LoadedModel, ModelManager
 from sdplay.runtime.request import GenerationRequest, Limits, Task, validated
 from sdplay.runtime.samplers import AUTOMATIC, schedule_names
 from sdplay.ui.common import GPU, Controls, controls, run, user_errors, wire_stop
+from sdplay.ui.tabs import Page, Tab
 
 PANEL_HEIGHT = 260
 PRESETS = {
@@ -152,7 +153,8 @@ def shift_table(pair: Comparison) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["word", "attention A", "attention B", "shift"])
 
 
-def build(manager: ModelManager, limits: Limits) -> Controls:
+def build(page: Page) -> None:
+    manager, limits = page.manager, page.limits
     comparison = gr.State(None)  # the Comparison on screen
     last_a = gr.State(None)  # Recorded: the last A, for an ablation of the same A
     gr.Markdown(
@@ -463,4 +465,17 @@ def build(manager: ModelManager, limits: Limits) -> Controls:
     ablate_inputs = [*a_inputs, word_text, mode_text]
     gr.on([], ablate_api, ablate_inputs, [ablation_slider, ablation_difference, ablation_json], api_name="ablate",
           **GPU)  # fmt: skip
-    return c
+    page.offer(TAB.id, c)
+    page.follow_model(c)
+    page.when_built(lambda: send_from_explain(page, c))
+
+
+def send_from_explain(page: Page, compared: Controls) -> None:
+    """A button at the foot of the Explain tab opens its prompt and settings in Compare."""
+    explained = page.part("explain")
+    with explained.footer:
+        button = gr.Button("Compare with a change, or ablate a word: open this prompt in Compare")
+    send_settings(button, explained, compared, page.tabs)
+
+
+TAB = Tab("compare", "Compare", build)

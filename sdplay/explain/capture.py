@@ -360,10 +360,7 @@ def tokens_of(tokenizer, text: str, steps: int, label: str = "prompt") -> Prompt
 
 
 def explain(
-    manager: ModelManager,
-    request: GenerationRequest,
-    limits: Limits = Limits(),
-    control: JobControl = JobControl(),
+    manager: ModelManager, request: GenerationRequest, limits: Limits = Limits(), control: JobControl = JobControl()
 ) -> ExplainRun:
     """Generate one image for `request` with the recorders attached, and return the whole run."""
     request = replace(validated(request, limits), batch_size=1)

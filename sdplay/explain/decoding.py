@@ -99,10 +99,7 @@ def vae_decode(vae, latents: torch.Tensor) -> Image.Image:
 
 
 def decode_latents(
-    manager: ModelManager,
-    request: DecodeRequest,
-    limits: Limits = Limits(),
-    control: JobControl = JobControl(),
+    manager: ModelManager, request: DecodeRequest, limits: Limits = Limits(), control: JobControl = JobControl()
 ) -> int:
     """Decode each latent of `request` with the loaded model's VAE, handing each image to `control.on_step` as it is
     done; return how many were decoded. A Stop (its cancel flag, or `manager.interrupt(owner)`) ends it before the

@@ -26,10 +26,10 @@ from sdplay.explain.render import (
 )
 from sdplay.runtime.generate import StepUpdate
 from sdplay.runtime.images import mask_from_editor
-from sdplay.runtime.models import ModelManager
-from sdplay.runtime.request import GenerationRequest, Limits, Task
+from sdplay.runtime.request import GenerationRequest, Task
 from sdplay.runtime.samplers import AUTOMATIC
 from sdplay.ui.common import GPU, Controls, controls, mask_editor, run, user_errors, wire_stop
+from sdplay.ui.tabs import Page, Tab
 
 TASKS = [("Text-to-Image", Task.TXT2IMG.value), ("Image-to-Image", Task.IMG2IMG.value), ("Inpaint", Task.INPAINT.value)]
 SHARED, RANGE = "Shared scale", "A range of steps"
@@ -50,6 +50,7 @@ class ExplainControls(Controls):
 
     view: gr.State | None = field(default=None)  # the ExplainView on screen (None before a run)
     step: gr.Slider | None = field(default=None)  # 1-based
+    footer: gr.Column | None = field(default=None)  # the tab's last row: other tabs' buttons that take this run
 
 
 def panel_caption(text: Caption) -> tuple[gr.Markdown, gr.Markdown]:
@@ -105,7 +106,8 @@ def gallery(label: str, format: str) -> gr.Gallery:
     )  # fmt: skip
 
 
-def build(manager: ModelManager, limits: Limits) -> ExplainControls:
+def build(page: Page) -> None:
+    manager, limits = page.manager, page.limits
     view = gr.State(None)  # the ExplainView of the run on screen
     texts = captions(ModelFacts.of_pipeline(manager.model.pipe))  # each run then states its own model's numbers
     shown_captions: dict[str, tuple[gr.Markdown, gr.Markdown]] = {}
@@ -403,4 +405,11 @@ def build(manager: ModelManager, limits: Limits) -> ExplainControls:
     presentation.build(presenting, view, step, chips, colormap, opacity, normalisation, SHARED)
 
     gr.on([], explain_api, [*c.inputs(), c.width, c.height, c.schedule], [final, export], api_name="explain", **GPU)
-    return ExplainControls(**{part.name: getattr(c, part.name) for part in fields(c)}, view=view, step=step)
+    footer = gr.Column()
+    explained = ExplainControls(**{part.name: getattr(c, part.name) for part in fields(c)}, view=view, step=step)
+    explained.footer = footer
+    page.offer(TAB.id, explained)
+    page.follow_model(explained)
+
+
+TAB = Tab("explain", "Explain", build)

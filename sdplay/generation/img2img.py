@@ -2,13 +2,14 @@
 
 import gradio as gr
 
-from sdplay.runtime.models import ModelManager
-from sdplay.runtime.request import GenerationRequest, Limits, Task
-from sdplay.runtime.samplers import AUTOMATIC
-from sdplay.ui.common import GPU, TabParts, controls, image_upload, results, run, wire_stop
+from sdplay.generation.send import offer_results
+from sdplay.runtime.request import GenerationRequest, Task
+from sdplay.ui.common import TabParts, controls, image_upload, results, run, wire_generation
+from sdplay.ui.tabs import Page, Tab
 
 
-def build(manager: ModelManager, limits: Limits) -> TabParts:
+def build(page: Page) -> None:
+    manager, limits = page.manager, page.limits
     with gr.Row():
         with gr.Column():
             image = image_upload("Image", 360)
@@ -18,31 +19,15 @@ def build(manager: ModelManager, limits: Limits) -> TabParts:
         with gr.Column():
             r = results()
 
-    def img2img(
-        prompt: str,
-        negative_prompt: str,
-        sampler: str,
-        steps: int,
-        guidance_scale: float,
-        seed: int,
-        image: str | None,
-        strength: float = 0.75,
-        width: int = 0,
-        height: int = 0,
-        batch_size: int = 1,
-        schedule: str = AUTOMATIC,
-        request: gr.Request = None,
-        progress=gr.Progress(),
-    ):
+    def img2img(*, image: str | None, request: gr.Request = None, progress=gr.Progress(), **settings):
         """Repaint an image towards the prompt; `strength` 0..1 is how much noise is added first."""
-        job = GenerationRequest(
-            task=Task.IMG2IMG, prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, schedule=schedule,
-            steps=steps, guidance_scale=guidance_scale, seed=seed, width=width, height=height, batch_size=batch_size,
-            image=image, strength=strength,
-        )  # fmt: skip
+        job = GenerationRequest(task=Task.IMG2IMG, image=image, **settings)
         yield from run(manager, job, limits, request, progress)
 
-    inputs = [*c.inputs(), image, strength, c.width, c.height, c.batch_size, c.schedule]
-    event = r.generate.click(img2img, inputs, r.outputs(), api_name="img2img", show_progress_on=r.infotext, **GPU)
-    wire_stop(manager, r.stop, event)
-    return TabParts(c, r, image)
+    inputs = c.named() | {"image": image, "strength": strength} | c.named("width", "height", "batch_size", "schedule")
+    wire_generation(manager, r, img2img, inputs, "img2img")
+    parts = TabParts(c, r, image)
+    offer_results(page, TAB.id, parts)
+
+
+TAB = Tab("img2img", "Image-to-Image", build)

@@ -2,13 +2,11 @@
 
 import gradio as gr
 
+from sdplay.generation.send import offer_results
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.images import EMPTY_MASK_MESSAGE, mask_from_editor, mask_from_upload
-from sdplay.runtime.models import ModelManager
-from sdplay.runtime.request import GenerationRequest, Limits, Task
-from sdplay.runtime.samplers import AUTOMATIC
+from sdplay.runtime.request import GenerationRequest, Task
 from sdplay.ui.common import (
-    GPU,
     TabParts,
     controls,
     image_upload,
@@ -16,11 +14,13 @@ from sdplay.ui.common import (
     results,
     run,
     user_errors,
-    wire_stop,
+    wire_generation,
 )
+from sdplay.ui.tabs import Page, Tab
 
 
-def build(manager: ModelManager, limits: Limits) -> TabParts:
+def build(page: Page) -> None:
+    manager, limits = page.manager, page.limits
     with gr.Row():
         with gr.Column():
             image = mask_editor("Image: paint over what to repaint", 420, image_size=manager.model.native_size)
@@ -37,24 +37,7 @@ def build(manager: ModelManager, limits: Limits) -> TabParts:
             r = results()
 
     def inpaint(
-        prompt: str,
-        negative_prompt: str,
-        sampler: str,
-        steps: int,
-        guidance_scale: float,
-        seed: int,
-        image: dict | None,
-        mask: str | None = None,
-        strength: float = 0.75,
-        width: int = 0,
-        height: int = 0,
-        batch_size: int = 1,
-        mask_blur: int = 4,
-        only_masked: bool = False,
-        padding: int = 32,
-        schedule: str = AUTOMATIC,
-        request: gr.Request = None,
-        progress=gr.Progress(),
+        *, image: dict | None, mask: str | None = None, request: gr.Request = None, progress=gr.Progress(), **settings
     ):
         """Repaint the masked region: `image` is the editor value (painted layers = mask) or `mask` an upload."""
         with user_errors():
@@ -63,16 +46,14 @@ def build(manager: ModelManager, limits: Limits) -> TabParts:
             painted = mask_from_upload(mask) if mask else mask_from_editor(image)
             if painted is None:
                 raise UserError(EMPTY_MASK_MESSAGE)
-        job = GenerationRequest(
-            task=Task.INPAINT, prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, schedule=schedule,
-            steps=steps, guidance_scale=guidance_scale, seed=seed, width=width, height=height, batch_size=batch_size,
-            image=image["background"], strength=strength, mask=painted, mask_blur=mask_blur,
-            only_masked=only_masked, padding=padding,
-        )  # fmt: skip
+        job = GenerationRequest(task=Task.INPAINT, image=image["background"], mask=painted, **settings)
         yield from run(manager, job, limits, request, progress)
 
-    inputs = [*c.inputs(), image, mask, strength, c.width, c.height, c.batch_size, mask_blur, only_masked, padding]
-    inputs += [c.schedule]
-    event = r.generate.click(inpaint, inputs, r.outputs(), api_name="inpaint", show_progress_on=r.infotext, **GPU)
-    wire_stop(manager, r.stop, event)
-    return TabParts(c, r, image)
+    inputs = c.named() | {"image": image, "mask": mask, "strength": strength} | c.named("width", "height", "batch_size")
+    inputs |= {"mask_blur": mask_blur, "only_masked": only_masked, "padding": padding} | c.named("schedule")
+    wire_generation(manager, r, inpaint, inputs, "inpaint")
+    parts = TabParts(c, r, image)
+    offer_results(page, TAB.id, parts)
+
+
+TAB = Tab("inpaint", "Inpaint", build)

@@ -179,10 +179,7 @@ class QueryRow:
 
 
 def attend_at(
-    manager: ModelManager,
-    request: PointRequest,
-    limits: Limits = Limits(),
-    control: JobControl = JobControl(),
+    manager: ModelManager, request: PointRequest, limits: Limits = Limits(), control: JobControl = JobControl()
 ) -> PointAttention:
     """One UNet call at the recorded step, keeping the point's row of each self-attention layer of the block (and,
     if asked, of each cross-attention layer, per head)."""

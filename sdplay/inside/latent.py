@@ -142,10 +142,7 @@ class RoundTrip:
 
 
 def round_trip(
-    manager: ModelManager,
-    request: RoundTripRequest,
-    limits: Limits = Limits(),
-    control: JobControl = JobControl(),
+    manager: ModelManager, request: RoundTripRequest, limits: Limits = Limits(), control: JobControl = JobControl()
 ) -> RoundTrip:
     """Encode the image with the loaded model's VAE (the mean of its latent distribution: no sampling noise) and
     decode it back, as the pipeline decodes its final latent."""

@@ -331,10 +331,7 @@ class Neighbours:
 
 
 def nearest_tokens(
-    manager: ModelManager,
-    request: NeighboursRequest,
-    limits: Limits = Limits(),
-    control: JobControl = JobControl(),
+    manager: ModelManager, request: NeighboursRequest, limits: Limits = Limits(), control: JobControl = JobControl()
 ) -> list[Neighbours]:
     """For each distinct token, the `count` tokens whose static embeddings have the highest cosine similarity with
     its own, over the model's whole input table (49,408 rows in CLIP: one matrix product)."""
@@ -414,10 +411,7 @@ class CausalTest:
 
 
 def causal_test(
-    manager: ModelManager,
-    request: CausalRequest,
-    limits: Limits = Limits(),
-    control: JobControl = JobControl(),
+    manager: ModelManager, request: CausalRequest, limits: Limits = Limits(), control: JobControl = JobControl()
 ) -> CausalTest:
     """Encode the prompt, then the prompt with its last word changed, then with its first word changed, each on its
     own, padded as the pipeline pads it; compare every token's contextual vector with the original's."""

@@ -15,6 +15,7 @@ from sdplay.inside import text_ui as inside_text
 from sdplay.inside import unet_ui as inside_unet
 from sdplay.runtime.models import ModelManager
 from sdplay.runtime.request import Limits
+from sdplay.ui.tabs import Page, Tab
 
 Section = Callable[[ModelManager, Limits, ExplainControls], None]
 SECTIONS: list[Section] = [
@@ -25,10 +26,14 @@ SECTIONS: list[Section] = [
 ]
 
 
-def build(manager: ModelManager, limits: Limits, explained: ExplainControls) -> None:
+def build(page: Page) -> None:
+    manager, limits, explained = page.manager, page.limits, page.part("explain")
     gr.Markdown(
         "What happens inside the model for the run on the **Explain** tab: record one there, or replay a saved one. "
         "Views that need the model run it again with the run's seed, on the model that made it."
     )
     for section in SECTIONS:
         section(manager, limits, explained)
+
+
+TAB = Tab("inside", "Inside", build)

@@ -161,10 +161,7 @@ def _first_tensor(value) -> torch.Tensor:
 
 
 def look_inside(
-    manager: ModelManager,
-    request: UNetRequest,
-    limits: Limits = Limits(),
-    control: JobControl = JobControl(),
+    manager: ModelManager, request: UNetRequest, limits: Limits = Limits(), control: JobControl = JobControl()
 ) -> UNetInside:
     """One UNet call at the recorded step, counting FLOPs (torch's FlopCounterMode) and keeping each part's
     input and output shapes and a summary of its output (`summarise`)."""

@@ -30,10 +30,9 @@ from sdplay.lesson.stages import (
     try_setup,
 )
 from sdplay.runtime.generate import StepUpdate
-from sdplay.runtime.models import ModelManager
-from sdplay.runtime.request import Limits
 from sdplay.runtime.samplers import schedule_names
 from sdplay.ui.common import GPU, Controls, run, user_errors, wire_stop
+from sdplay.ui.tabs import Page, Tab
 
 QUIET = {"show_progress": "hidden", "api_visibility": "private"}
 # Where the "try this" settings go in Compare (A) and Explain, by their `Controls` field names.
@@ -144,7 +143,8 @@ def missing_note(key: str | None, shown: LessonView) -> str:
     return f"{t(key)} **{shown.model}**" if key == "lesson_needs_model" else str(t(key))
 
 
-def build(manager: ModelManager, limits: Limits) -> LessonParts:
+def build(page: Page) -> None:
+    manager, limits = page.manager, page.limits
     lesson = gr.State(None)  # the LessonView on screen
     current = gr.State(0)  # the stage shown (its index)
     gr.Markdown(t("lesson_intro"))
@@ -265,7 +265,8 @@ def build(manager: ModelManager, limits: Limits) -> LessonParts:
         return enter(shown, event.index, at, chosen)
 
     walk.select(picked, [lesson, step, word], [current, step, *drawn], **QUIET)
-    return LessonParts(lesson, stages)
+    parts = LessonParts(lesson, stages)
+    page.when_built(lambda: send_tries(parts, page.part("explain"), page.part("compare"), page.tabs))
 
 
 def send_tries(parts: LessonParts, explained: Controls, compared: Controls, tabs: gr.Tabs) -> None:
@@ -296,3 +297,6 @@ def send_tries(parts: LessonParts, explained: Controls, compared: Controls, tabs
 
         # Queued (not in the GPU's queue): Gradio shows no error of an event that skips the queue.
         stage_parts.attempt.click(send, parts.lesson, outputs, api_visibility="private")
+
+
+TAB = Tab("lesson", "Lesson", build)

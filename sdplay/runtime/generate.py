@@ -95,6 +95,8 @@ class GenerationResult:
     infotexts: list[str]
     seeds: list[int]
     warnings: list[str] = field(default_factory=list)
+    # Each image's settings as it ran (validated; its own seed and size; no input image): what "Send to" copies.
+    requests: list[GenerationRequest] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,9 @@ def generate(
             )
     infotexts = [_infotext(request, model, plan.size, seed) for seed in seeds]
     images = [with_infotext(plan.finish(image), text) for image, text in zip(output.images, infotexts, strict=True)]
-    return GenerationResult(images, infotexts, seeds)
+    width, height = plan.size
+    ran = [replace(request, seed=seed, width=width, height=height, image=None, mask=None) for seed in seeds]
+    return GenerationResult(images, infotexts, seeds, requests=ran)
 
 
 def _tensor_inputs(pipe: DiffusionPipeline, recorder: Recorder | None) -> list[str]:

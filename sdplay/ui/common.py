@@ -126,6 +126,12 @@ class Controls:
     def inputs(self) -> list[gr.components.Component]:
         return [self.prompt, self.negative_prompt, self.sampler, self.steps, self.guidance_scale, self.seed]
 
+    def named(self, *names: str) -> dict[str, gr.components.Component]:
+        """Controls as an event's keyword inputs (`inputs_kwargs`), named like the request fields and API
+        parameters they feed; with no names, the six every tab has."""
+        names = names or ("prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "seed")
+        return {name: getattr(self, name) for name in names}
+
     def model_dependent(self) -> list[gr.components.Component]:
         """The controls that `recommended` updates."""
         sizes = [self.width, self.height] if self.native_sized else []
@@ -161,9 +167,10 @@ class Results:
     stop: gr.Button
     to_img2img: gr.Button
     to_inpaint: gr.Button
+    ran: gr.State  # each image's GenerationRequest as it ran: what "Send to" copies (not part of the API)
 
     def outputs(self) -> list[gr.components.Component]:
-        return [self.gallery, self.infotext, self.seed_used]
+        return [self.gallery, self.infotext, self.seed_used, self.ran]
 
 
 @dataclass
@@ -249,7 +256,7 @@ def results() -> Results:
         to_inpaint = gr.Button("Send to Inpaint", size="sm")
     infotext = gr.Textbox(label="Generation parameters", lines=3, buttons=["copy"])
     seed_used = gr.Number(None, label="Seed used", precision=0, interactive=False)
-    return Results(gallery, infotext, seed_used, generate, stop, to_img2img, to_inpaint)
+    return Results(gallery, infotext, seed_used, generate, stop, to_img2img, to_inpaint, gr.State([]))
 
 
 @contextmanager
@@ -285,11 +292,11 @@ def one_line(error: BaseException) -> str:
 def _gallery(item: StepUpdate | GenerationResult) -> tuple:
     if isinstance(item, StepUpdate):
         captions = [f"Stopped at step {item.step} of {item.total}" if item.stopped else None] * len(item.previews)
-        return list(zip(item.previews, captions, strict=True)), gr.skip(), gr.skip()
+        return list(zip(item.previews, captions, strict=True)), gr.skip(), gr.skip(), []  # previews: no settings
     for warning in item.warnings:
         gr.Warning(warning)
     captions = [f"Seed {seed}" for seed in item.seeds]
-    return list(zip(item.images, captions, strict=True)), item.infotexts[0], item.seeds[0]
+    return list(zip(item.images, captions, strict=True)), item.infotexts[0], item.seeds[0], item.requests
 
 
 def warnings_before(model: LoadedModel, request: GenerationRequest, limits: Limits) -> list[str]:
@@ -351,6 +358,15 @@ def run(
             gr.Info(str(stopped))
             if stopped.update and stopped.update.previews:
                 yield show(stopped.update)
+
+
+def wire_generation(manager: ModelManager, r: Results, handler: Callable, inputs: dict, api_name: str) -> None:
+    """Generate runs `handler` (a generation tab's, `inputs` by keyword) in the GPU queue as API `api_name`, with
+    its progress on the infotext; Stop ends it."""
+    event = r.generate.click(
+        handler, inputs_kwargs=inputs, outputs=r.outputs(), api_name=api_name, show_progress_on=r.infotext, **GPU
+    )
+    wire_stop(manager, r.stop, event)
 
 
 def from_web_page(request: gr.Request) -> bool:

@@ -11,11 +11,10 @@ from PIL import Image
 
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.generate import PREVIEW_EVERY, Cancelled
-from sdplay.runtime.models import ModelManager, ModelSwitch
-from sdplay.runtime.request import GenerationRequest, Limits, PlotLimits, Task
+from sdplay.runtime.models import ModelSwitch
+from sdplay.runtime.request import GenerationRequest, Task
 from sdplay.runtime.samplers import AUTOMATIC
 from sdplay.ui.common import (
-    Controls,
     controls,
     from_web_page,
     image_upload,
@@ -24,6 +23,7 @@ from sdplay.ui.common import (
     wire_stop,
     without_paths,
 )
+from sdplay.ui.tabs import Page, Tab
 from sdplay.xyz.plot import (
     AXIS_TYPES,
     NOTHING,
@@ -62,7 +62,8 @@ def _captions(cells: list[Cell], axes) -> list[str]:
     ]
 
 
-def build(manager: ModelManager, limits: Limits, switch: ModelSwitch, plot_limits: PlotLimits) -> Controls:
+def build(page: Page) -> None:
+    manager, limits, switch, plot_limits = page.manager, page.limits, page.switch, page.plot_limits
     names = list(AXIS_TYPES)
     with gr.Row():
         with gr.Column():
@@ -202,4 +203,8 @@ def build(manager: ModelManager, limits: Limits, switch: ModelSwitch, plot_limit
         xyz, inputs, [grid, gallery, cells_json], api_name="xyz", show_progress_on=cells_json, **PLOT
     )
     wire_stop(manager, stop, event)
-    return c
+    page.follow_model(c)
+    page.one_job_per_session.append(PLOT["concurrency_id"])  # one plot per session (its cells join the GPU's)
+
+
+TAB = Tab("xyz", "X/Y/Z plot", build)
