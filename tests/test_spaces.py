@@ -68,6 +68,16 @@ def test_on_a_space_the_address_and_port_come_from_gradio_and_need_no_login(monk
     assert (args.host, args.port, args.auth) == ("0.0.0.0", 7861, None)
 
 
+def test_on_a_space_sdplay_variables_win_and_gradio_variables_are_checked(capsys):
+    space = {"SPACE_ID": "someone/sdplay", "GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7861"}
+    settings = parse_args([], space | {"SDPLAY_HOST": "127.0.0.1", "SDPLAY_PORT": "7000"})
+    assert (settings.host, settings.port, settings.models) == ("127.0.0.1", 7000, "catalog")
+    assert parse_args([], space | {"SPACES_ZERO_GPU": "true"}).executor == "zerogpu"
+    with pytest.raises(SystemExit):
+        parse_args([], space | {"GRADIO_SERVER_PORT": "auto"})
+    assert "GRADIO_SERVER_PORT: 'auto' is not a whole number." in capsys.readouterr().err
+
+
 def test_elsewhere_a_network_address_still_needs_a_login(monkeypatch):
     monkeypatch.delenv("SPACE_ID", raising=False)
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
