@@ -64,82 +64,106 @@ def parse_emphasis(text: str, label: str = "prompt") -> list[Fragment]:
     `UserError` (naming the character) for an unclosed or stray bracket, a weight that is not a number, or a
     `BREAK` inside brackets (A1111 would encode it as the word "break" with a negative weight).
     """
-    runs: list[list] = []  # [text, weight, is_break], mutable while brackets close
-    open_brackets: list[tuple[str, int, int]] = []  # (bracket, character position, first run it covers)
-
-    def multiply_from(first: int, factor: float) -> None:
-        for run in runs[first:]:
-            run[1] *= factor
-
-    def close(closer: str, position: int) -> tuple[str, int, int]:
-        opener = "(" if closer == ")" else "["
-        if not open_brackets:
-            raise UserError(
-                f"The {label} has a '{closer}' at character {position + 1} that closes nothing: remove it, or write "
-                f"'\\{closer}' for the character itself."
-            )
-        bracket, start, first = open_brackets.pop()
-        if bracket != opener:
-            raise UserError(
-                f"The {label} has a '{closer}' at character {position + 1} where the '{bracket}' at character "
-                f"{start + 1} needs its '{')' if bracket == '(' else ']'}'."
-            )
-        return bracket, start, first
-
+    parsed = _Emphasis(label)
     for match in _EMPHASIS_PIECE.finditer(text):
         piece, weight, position = match.group(0), match.group(1), match.start()
         if piece.startswith("\\"):
-            runs.append([piece[1:], 1.0, False])
+            parsed.runs.append([piece[1:], 1.0, False])
         elif piece in ("(", "["):
-            open_brackets.append((piece, position, len(runs)))
-            if len(open_brackets) > MAX_NESTING:
-                raise UserError(
-                    f"The {label} has brackets nested more than {MAX_NESTING} deep at character {position + 1}."
-                )
+            parsed.open(piece, position)
         elif weight is not None:
-            _, _, first = close(")", position + len(piece) - 1)
-            try:
-                factor = float(weight)
-            except ValueError:
-                raise UserError(
-                    f"The {label} has the weight ':{weight}' at character {position + 2}, which is not a number: "
-                    "write it like (word:1.3)."
-                ) from None
-            multiply_from(first, factor)
+            parsed.close_weighted(weight, position, position + len(piece) - 1)
         elif piece == ")":
-            multiply_from(close(")", position)[2], UP)
+            parsed.close(")", position, UP)
         elif piece == "]":
-            multiply_from(close("]", position)[2], DOWN)
+            parsed.close("]", position, DOWN)
         else:
-            parts = _BREAK.split(piece)
-            for i, part in enumerate(parts):
-                if i > 0:
-                    if open_brackets:
-                        bracket, start, _ = open_brackets[-1]
-                        raise UserError(
-                            f"The {label} has BREAK inside the '{bracket}' at character {start + 1}: BREAK starts "
-                            "a new chunk of the prompt, so put it outside brackets."
-                        )
-                    runs.append(["", 1.0, True])
-                runs.append([part, 1.0, False])
-    if open_brackets:
-        bracket, start, _ = open_brackets[-1]
-        closer = ")" if bracket == "(" else "]"
-        raise UserError(
-            f"The {label} has a '{bracket}' at character {start + 1} that is never closed: add a '{closer}', or "
-            f"write '\\{bracket}' for the character itself."
-        )
-    if not runs:
-        runs = [["", 1.0, False]]
-    merged: list[list] = [runs[0]]
-    for run in runs[1:]:
-        last = merged[-1]
-        # Weights compare exactly, as in A1111: (a)(b) merge, ((a)) and (a:1.21) do not (1.1 * 1.1 != 1.21).
-        if not run[2] and not last[2] and run[1] == last[1]:
-            last[0] += run[0]
-        else:
-            merged.append(run)
-    return [Fragment(t, w, b) for t, w, b in merged]
+            parsed.add_text(piece)
+    return parsed.fragments()
+
+
+class _Emphasis:
+    """One `parse_emphasis` under way: the runs so far, as [text, weight, is_break] lists whose weights change as
+    brackets close, and the brackets still open, as (bracket, character position, first run it covers)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.runs: list[list] = []
+        self.brackets: list[tuple[str, int, int]] = []
+
+    def open(self, bracket: str, position: int) -> None:
+        self.brackets.append((bracket, position, len(self.runs)))
+        if len(self.brackets) > MAX_NESTING:
+            raise UserError(
+                f"The {self.label} has brackets nested more than {MAX_NESTING} deep at character {position + 1}."
+            )
+
+    def close(self, closer: str, position: int, factor: float) -> None:
+        """Close the last open bracket with `closer` (at `position`), multiplying the runs it covers by `factor`."""
+        for run in self.runs[self._opened(closer, position) :]:
+            run[1] *= factor
+
+    def close_weighted(self, weight: str, position: int, closer_position: int) -> None:
+        """Close a `(` with `:weight)` (the colon at `position`, the `)` at `closer_position`)."""
+        first = self._opened(")", closer_position)  # a stray `)` is the first thing to say
+        try:
+            factor = float(weight)
+        except ValueError:
+            raise UserError(
+                f"The {self.label} has the weight ':{weight}' at character {position + 2}, which is not a number: "
+                "write it like (word:1.3)."
+            ) from None
+        for run in self.runs[first:]:
+            run[1] *= factor
+
+    def _opened(self, closer: str, position: int) -> int:
+        """Pop the bracket that `closer` closes and return the first run it covers; `UserError` if it closes
+        nothing or the wrong kind."""
+        opener = "(" if closer == ")" else "["
+        if not self.brackets:
+            raise UserError(
+                f"The {self.label} has a '{closer}' at character {position + 1} that closes nothing: remove it, or "
+                f"write '\\{closer}' for the character itself."
+            )
+        bracket, start, first = self.brackets.pop()
+        if bracket != opener:
+            raise UserError(
+                f"The {self.label} has a '{closer}' at character {position + 1} where the '{bracket}' at character "
+                f"{start + 1} needs its '{')' if bracket == '(' else ']'}'."
+            )
+        return first
+
+    def add_text(self, piece: str) -> None:
+        """Plain text, split at each `BREAK` (refused inside brackets)."""
+        for i, part in enumerate(_BREAK.split(piece)):
+            if i > 0:
+                if self.brackets:
+                    bracket, start, _ = self.brackets[-1]
+                    raise UserError(
+                        f"The {self.label} has BREAK inside the '{bracket}' at character {start + 1}: BREAK starts "
+                        "a new chunk of the prompt, so put it outside brackets."
+                    )
+                self.runs.append(["", 1.0, True])
+            self.runs.append([part, 1.0, False])
+
+    def fragments(self) -> list[Fragment]:
+        """The finished runs, adjacent ones of equal weight merged; `UserError` for a bracket never closed."""
+        if self.brackets:
+            bracket, start, _ = self.brackets[-1]
+            closer = ")" if bracket == "(" else "]"
+            raise UserError(
+                f"The {self.label} has a '{bracket}' at character {start + 1} that is never closed: add a "
+                f"'{closer}', or write '\\{bracket}' for the character itself."
+            )
+        merged: list[list] = [self.runs[0] if self.runs else ["", 1.0, False]]
+        for run in self.runs[1:]:
+            last = merged[-1]
+            # Weights compare exactly, as in A1111: (a)(b) merge, ((a)) and (a:1.21) do not (1.1 * 1.1 != 1.21).
+            if not run[2] and not last[2] and run[1] == last[1]:
+                last[0] += run[0]
+            else:
+                merged.append(run)
+        return [Fragment(t, w, b) for t, w, b in merged]
 
 
 # Prompt editing and alternation: a small tree of the prompt, then one plain prompt per step.
