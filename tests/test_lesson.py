@@ -5,6 +5,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -29,11 +30,14 @@ from sdplay.lesson.stages import (
     lesson_view,
     preset_for,
     presets,
+    run_request,
     setup_request,
     text,
     translations,
     try_setup,
 )
+from sdplay.lesson.ui import SENT, try_this
+from sdplay.runtime.samplers import AUTOMATIC
 
 UI = Path(__file__).resolve().parent.parent / "sdplay" / "lesson" / "ui.py"
 
@@ -255,6 +259,30 @@ def test_each_try_this_sets_up_a_comparison_that_runs(recorded, replayed) -> Non
     assert try_setup(STAGES[6], replayed).value == "circle"
     for preset in presets():
         assert set(preset.tries) == {stage.id for stage in STAGES}, preset.name
+
+
+def test_try_this_sends_the_runs_recipe_as_one_request(recorded) -> None:
+    """The run's recipe becomes one request (a file without a schedule ran the sampler's own); "try this" puts its
+    values in the tab it opens, leaves the other tab's controls as they are, and without a run says so in the
+    browser's language."""
+    recipe = recorded.run.recipe
+    request = run_request(recorded)
+    assert [getattr(request, name) for name in (*SENT, "schedule")] == [recipe[name] for name in (*SENT, "schedule")]
+    older = replace(recorded.run, recipe={key: value for key, value in recipe.items() if key != "schedule"})
+    assert run_request(lesson_view(ExplainView(older), None)).schedule == AUTOMATIC
+
+    sent = len(SENT) + 1  # the controls of one tab, its schedule last
+    for stage in STAGES:
+        setup = try_setup(stage, recorded)
+        values = try_this(stage, recorded, None)
+        compare, explained, (differs, b_value, tab) = values[:sent], values[sent : 2 * sent], values[2 * sent :]
+        filled, skipped = (explained, compare) if setup.tab == EXPLAIN else (compare, explained)
+        assert filled[:-1] == [getattr(setup.request, name) for name in SENT] and filled[-1].value == request.schedule
+        assert all(value == gr.skip() for value in skipped) and tab.selected == setup.tab
+        assert [differs, b_value] == ([setup.field, setup.value] if setup.tab == "compare" else [gr.skip()] * 2)
+    french = type("Request", (), {"headers": {"accept-language": "fr-FR,fr;q=0.9"}})()
+    with pytest.raises(gr.Error, match=re.escape(text("lesson_no_run", "fr"))):
+        try_this(STAGES[0], None, french)
 
 
 def test_a_stage_starts_at_its_step() -> None:

@@ -7,7 +7,7 @@ holds the stages as data (which panels each draws, which comparison its "try thi
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from pathlib import Path
 
@@ -444,7 +444,16 @@ def draw_stage(stage: Stage, lesson: LessonView, at: Moment) -> Shown:
 
 # Try this --------------------------------------------------------------------------------------------------------
 
-SETTINGS = ("prompt", "negative_prompt", "sampler", "schedule", "steps", "guidance_scale", "seed", "width", "height")
+# The recipe's keys that "try this" takes (its schedule apart: older files may lack it).
+SETTINGS = ("prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "seed", "width", "height")
+
+
+def run_request(lesson: LessonView) -> GenerationRequest:
+    """The lesson run's settings as a text-to-image request, as its recipe recorded them (not validated: the values
+    that "try this" puts in the controls). A file without a schedule ran the sampler's own (Automatic)."""
+    recipe = lesson.run.recipe
+    settings = {key: recipe.get(key) for key in SETTINGS}
+    return GenerationRequest(task=Task.TXT2IMG, **settings, schedule=recipe.get("schedule") or AUTOMATIC)
 
 
 @dataclass(frozen=True)
@@ -453,14 +462,14 @@ class Setup:
     one change in Compare (`field`, a label of compare.FIELDS, and `value`) or, for Explain, its prompt."""
 
     tab: str  # "compare" or "explain"
-    settings: dict[str, object]
+    request: GenerationRequest
     field: str | None = None
     value: str = ""
 
     def describe(self) -> str:
         """The change in a few words, for the button: 'CFG scale: 1', 'Word: red -> blue'."""
         if self.tab == EXPLAIN:
-            return f"“{self.settings['prompt']}”"
+            return f"“{self.request.prompt}”"
         return f"{self.field}: {self.value}"
 
 
@@ -472,15 +481,14 @@ def try_setup(stage: Stage, lesson: LessonView) -> Setup:
         if lesson.preset is not None and stage.id in lesson.preset.tries
         else (stage.attempt.field, stage.attempt.value(lesson))
     )
-    settings = {key: lesson.run.recipe.get(key) for key in SETTINGS}
-    settings["schedule"] = settings["schedule"] or AUTOMATIC
+    request = run_request(lesson)
     if field == EXPLAIN:
-        return Setup(EXPLAIN, {**settings, "prompt": value})
+        return Setup(EXPLAIN, replace(request, prompt=value))
     if field not in FIELDS:
         raise ValueError(f"stage {stage.id}: {field!r} is not a Compare field")
-    return Setup("compare", settings, field, value)
+    return Setup("compare", request, field, value)
 
 
 def setup_request(setup: Setup, limits: Limits = Limits()) -> GenerationRequest:
     """A's request (or Explain's), validated: what pressing Compare or Explain would then run."""
-    return validated(GenerationRequest(task=Task.TXT2IMG, **setup.settings), limits)
+    return validated(setup.request, limits)
