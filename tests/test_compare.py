@@ -264,3 +264,26 @@ def test_compare_and_ablate_take_the_explain_parameters_and_their_own(client):
         height=64, schedule="Automatic", word="cat", mode="0.5", api_name="/ablate",
     )  # fmt: skip
     assert summary["b"]["prompt"] == "a red (cat:0.5)" and len(images) == 2
+
+
+def test_the_tabs_handlers_are_plain_functions_of_the_settings_by_name():
+    import gradio as gr
+
+    from sdplay.compare.ui import A_SETTINGS, ab_requests, draw, preset_pair, prompt_word_choices, sent_settings
+    from sdplay.runtime.request import Limits
+
+    settings = dict(zip(A_SETTINGS, API_A, strict=True))
+    a, b, _ = ab_requests(Limits(), differs_in="CFG scale", b_value="8", **settings)
+    assert (a.prompt, a.seed, a.schedule) == ("a red cat on a dog", 11, "Automatic")
+    assert fields_that_differ(a, b) == {"guidance_scale"} and b.guidance_scale == 8.0
+
+    *sent, schedule, tabs = sent_settings(**{**settings, "schedule": "Karras"})  # Explain → Compare's A
+    assert tuple(sent) == API_A[:8]
+    assert schedule.value == "Karras" and ("Karras", "Karras") in schedule.choices and tabs.selected == "compare"
+
+    assert preset_pair("SD: red vs blue") == ("a photo of a red car on a street", "Word", "red -> blue", gr.skip())
+    assert preset_pair("SD: CFG 1 vs 4")[1:] == ("CFG scale", "4", 1.0)  # A's CFG scale is set too
+    assert preset_pair(None) == (gr.skip(),) * 4 == draw(None, 1, None)
+    words = prompt_word_choices("a red a")
+    assert (words.choices, words.value) == ([("a (1)", 0), ("red (2)", 1), ("a (3)", 2)], 0)
+    assert prompt_word_choices("").value is None
