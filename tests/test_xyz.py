@@ -367,6 +367,17 @@ def test_other_sessions_jobs_run_between_the_cells_of_a_plot(app_url: str):
     assert len(plot.result()[2]) == 6
 
 
+def test_an_api_plot_knows_its_caller_and_streams_no_previews(client: Client):
+    """The handler gets Gradio's request (a keyword-only `request` would stay None and make every caller look like
+    the web page): an API caller's plot yields between steps, so that it can be stopped, but only its final output
+    carries the cells."""
+    plot = client.submit(**XYZ_ARGS, x_type="Seed", x_values="1-2", api_name="/xyz")
+    assert len(plot.result()[2]) == 2
+    *streamed, final = plot.outputs()
+    assert streamed and not any(isinstance(gallery, list) for _, gallery, _ in streamed)
+    assert len(final[1]) == 2
+
+
 def test_the_tab_draws_a_2x2_plot_in_the_browser(page, page_errors: list[str]):
     from playwright.sync_api import expect
 

@@ -228,7 +228,9 @@ def build(page: Page) -> None:
             gallery = gr.Gallery(label="Cells", format="png", columns=4, height=300, interactive=False)
             cells_json = gr.JSON(label="Cell parameters")
 
-    def xyz(*, image: str | None = None, request: gr.Request = None, progress=gr.Progress(), **settings) -> Iterator:
+    # `request` and `progress` before the `*`: Gradio fills in only positional ones (a keyword-only `request` stays
+    # None). `image` keeps its API default of None by being named here (its component starts empty).
+    def xyz(request: gr.Request = None, progress=gr.Progress(), *, image: str | None = None, **settings) -> Iterator:
         """An X/Y/Z plot: the /txt2img parameters (or, with `image`, /img2img's) plus up to three axes (a type such as
         Seed, Steps, CFG Scale, Sampler, Schedule type, Prompt S/R, Denoising strength or Model, and values in A1111's
         syntax). Returns the labelled grid PNG (its `sdplay_xyz` chunk holds the recipe), the cells' PNGs (each with
