@@ -27,6 +27,7 @@ MOSAIC_CHANNELS = 16  # channels kept of each part's output: the ones that vary 
 # embedding, ...) condition every block from the side.
 PATH = ("conv_in", "down_blocks", "mid_block", "up_blocks", "conv_norm_out", "conv_act", "conv_out")
 DIAGRAM_SIZE = (1280, 680)
+DIAGRAM_MARGIN = 12
 FONT = 17  # pixels: the diagram is read on a projector
 BOX_COLOURS = {"down": (219, 234, 254), "mid": (254, 243, 199), "up": (220, 252, 231), "conv": (243, 244, 246)}
 SKIP_COLOUR = (217, 119, 6)
@@ -246,6 +247,9 @@ def _levels(parts: list[Part]) -> dict[str, int]:
     return rows
 
 
+Box = tuple[float, float, float, float]  # a box of the diagram: x0, y0, x1, y1
+
+
 def diagram(inside: UNetInside, model: str = "") -> Image.Image:
     """The UNet as a U: down blocks on the left going down in resolution, the middle at the bottom, up blocks on
     the right going up; dashed orange lines are skip connections (×n: how many tensors). Each box states the part's
@@ -254,28 +258,46 @@ def diagram(inside: UNetInside, model: str = "") -> Image.Image:
              "conv_act")]  # fmt: skip
     side = [p for p in inside.parts if p not in drawn]
     rows = _levels(drawn)
-    width, height = DIAGRAM_SIZE
     image = Image.new("RGB", DIAGRAM_SIZE, "white")
     draw = ImageDraw.Draw(image)
-    font, small, title = _font(), _font(FONT - 2), _font(FONT + 5)
+    font, small = _font(), _font(FONT - 2)
     h, w = inside.latents.shape[-2:]
     draw.text(
-        (width // 2, 12),
+        (DIAGRAM_SIZE[0] // 2, 12),
         f"The UNet{f' of {model}' if model else ''}: {count_text(inside.parameters)} parameters, "
         f"{count_text(inside.flops, 'FLOP')} per image per call at {h}x{w} latents",
-        fill=INK, font=title, anchor="mt",
+        fill=INK, font=_font(FONT + 5), anchor="mt",
     )  # fmt: skip
-    top, bottom, margin = 60, height - 70, 12
-    columns = len(drawn)
-    column = (width - 2 * margin) / columns
+    boxes = _boxes(drawn, rows)
+    _skip_lines(draw, drawn, boxes, rows, small)  # first, under the boxes
+    for before, after in zip(drawn, drawn[1:], strict=False):  # the data path
+        a, b = boxes[before.name], boxes[after.name]
+        _arrow(draw, (a[2], (a[1] + a[3]) / 2), (b[0], (b[1] + b[3]) / 2))
+    for part in drawn:
+        _box(draw, part, boxes[part.name], font, small)
+    _footer(draw, side, small)
+    return image
+
+
+def _boxes(drawn: list[Part], rows: dict[str, int]) -> dict[str, Box]:
+    """Each drawn part's box: one column each, left to right in data order, on its row of the U."""
+    width, height = DIAGRAM_SIZE
+    top, bottom = 60, height - 70
+    column = (width - 2 * DIAGRAM_MARGIN) / len(drawn)
     box_w, row_h = column - 10, (bottom - top) / (max(rows.values()) + 1)
     box_h = min(row_h - 14, 118)
     boxes = {}
     for index, part in enumerate(drawn):
-        x, y = margin + index * column + 5, top + rows[part.name] * row_h + (row_h - box_h) / 2
+        x, y = DIAGRAM_MARGIN + index * column + 5, top + rows[part.name] * row_h + (row_h - box_h) / 2
         boxes[part.name] = (x, y, x + box_w, y + box_h)
-    # Skip connections first, under the boxes: from the producer's right side along its row, then down or straight
-    # into the up block.
+    return boxes
+
+
+def _skip_lines(
+    draw: ImageDraw.ImageDraw, drawn: list[Part], boxes: dict[str, Box], rows: dict[str, int], small
+) -> None:
+    """The skip connections, dashed: from the producer's right side along its row, then down or straight into the
+    up block (over the boxes in the way, if any), with "xn" where one carries n tensors."""
     leaving = {name: [p.name for p in drawn if name in p.skips] for name in boxes}  # each producer's readers
     for part in drawn:
         for source, count in part.skips.items():
@@ -305,41 +327,43 @@ def diagram(inside: UNetInside, model: str = "") -> Image.Image:
                 draw.text(
                     label_at, f"x{count}", fill=SKIP_COLOUR, font=small, anchor="lm" if len(points) == 3 else "mb"
                 )
-    # The data path, then the boxes.
-    for before, after in zip(drawn, drawn[1:], strict=False):
-        a, b = boxes[before.name], boxes[after.name]
-        _arrow(draw, (a[2], (a[1] + a[3]) / 2), (b[0], (b[1] + b[3]) / 2))
-    for part in drawn:
-        x0, y0, x1, y1 = boxes[part.name]
-        colour = BOX_COLOURS.get(short_name(part.name).split()[0], BOX_COLOURS["conv"])
-        draw.rounded_rectangle((x0, y0, x1, y1), radius=8, fill=colour, outline=INK, width=2)
-        channels, out_h, out_w = part.output_shape
-        _, in_h, in_w = part.input_shape
-        size = f"{in_h}x{in_w}" + (f" -> {out_h}x{out_w}" if (in_h, in_w) != (out_h, out_w) else "")
-        lines = [
-            (short_name(part.name), font),
-            (size, small),
-            (f"{channels} channels", small),
-            (f"{count_text(part.parameters)} params", small),
-            (count_text(part.flops, "FLOP"), small),
-        ]
-        step = (y1 - y0 - 8) / len(lines)
-        for row, (text, face) in enumerate(lines):
-            face = fitting(text, face, x1 - x0 - 6)
-            draw.text(((x0 + x1) / 2, y0 + 6 + step * (row + 0.5)), text, fill=INK, font=face, anchor="mm")
-    # What the boxes do not show, so that every parameter is counted somewhere.
+
+
+def _box(draw: ImageDraw.ImageDraw, part: Part, box: Box, font, small) -> None:
+    """One part's box: its name, resolution (in -> out), channels out, parameters and FLOPs."""
+    x0, y0, x1, y1 = box
+    colour = BOX_COLOURS.get(short_name(part.name).split()[0], BOX_COLOURS["conv"])
+    draw.rounded_rectangle((x0, y0, x1, y1), radius=8, fill=colour, outline=INK, width=2)
+    channels, out_h, out_w = part.output_shape
+    _, in_h, in_w = part.input_shape
+    size = f"{in_h}x{in_w}" + (f" -> {out_h}x{out_w}" if (in_h, in_w) != (out_h, out_w) else "")
+    lines = [
+        (short_name(part.name), font),
+        (size, small),
+        (f"{channels} channels", small),
+        (f"{count_text(part.parameters)} params", small),
+        (count_text(part.flops, "FLOP"), small),
+    ]
+    step = (y1 - y0 - 8) / len(lines)
+    for row, (text, face) in enumerate(lines):
+        face = fitting(text, face, x1 - x0 - 6)
+        draw.text(((x0 + x1) / 2, y0 + 6 + step * (row + 0.5)), text, fill=INK, font=face, anchor="mm")
+
+
+def _footer(draw: ImageDraw.ImageDraw, side: list[Part], small) -> None:
+    """What the boxes do not show, so that every parameter is counted somewhere, and how FLOPs are counted."""
+    height = DIAGRAM_SIZE[1]
     others = [p for p in side if p.parameters or p.flops]
     footer = "Not drawn: " + ", ".join(
         f"{short_name(p.name)} ({count_text(p.parameters)} params, {count_text(p.flops, 'FLOP')})" for p in others
     )
-    draw.text((margin, height - 52), footer if others else "", fill=INK, font=small)
+    draw.text((DIAGRAM_MARGIN, height - 52), footer if others else "", fill=INK, font=small)
     draw.text(
-        (margin, height - 26),
+        (DIAGRAM_MARGIN, height - 26),
         "FLOP: 2 per multiply-add of convolutions, linear layers and attention (torch's FlopCounterMode). "
         "Dashed: skip connections (xn: n tensors).",
         fill=(90, 90, 90), font=small,
     )  # fmt: skip
-    return image
 
 
 def fitting(text: str, font: ImageFont.FreeTypeFont, width: float) -> ImageFont.FreeTypeFont:
