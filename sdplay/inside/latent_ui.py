@@ -97,10 +97,8 @@ def build(manager: ModelManager, limits: Limits, explained: ExplainControls) -> 
     latent = image("Its latent's channels", show_label=False, elem_classes="sdplay-image-latent")
     caption("latent")
 
-    def show_run(shown: ExplainView | None, at: int):
-        if shown is None:
-            return gr.skip(), gr.skip()
-        return compression_text(shown, manager), channels_at(shown, at)
+    def show_run(shown: ExplainView | None, at: int) -> tuple:
+        return run_views(manager, shown, at)
 
     gr.on(
         [explained.view.change, explained.step.change],
@@ -112,27 +110,38 @@ def build(manager: ModelManager, limits: Limits, explained: ExplainControls) -> 
         trigger_mode="multiple",
         **QUIET,
     )
-
-    def run_image(shown: ExplainView | None):
-        if shown is None:
-            raise gr.Error("Record a run on the Explain tab first, or replay a saved one.")
-        return Image.fromarray(shown.run.image)
-
     use_run.click(run_image, explained.view, upload, **QUIET)
 
-    def encode_decode(path: str | None, request: gr.Request):
-        if not path:
-            raise gr.Error("Upload an image first (or use the Explain run's).")
-        with user_errors():
-            picture = open_image(path)
-        picture.thumbnail((limits.max_size, limits.max_size), Image.Resampling.LANCZOS)  # the job rounds the size
-        trip = job_result(manager, round_trip, RoundTripRequest(np.array(picture)), limits, request)
-        rows = [("your image", trip.latent.numpy())]
-        channels, height, width = trip.latent.shape
-        sheet = channel_sheet(
-            rows, f"Your image's latent: {channels} channels of {height}x{width}"
-        )  # ASCII: the font's
-        return [*shown_pair(trip), trip.describe(), sheet]
+    def encode_decode(path: str | None, request: gr.Request) -> list:
+        return round_trip_views(manager, limits, path, request)
 
     outputs = [original, decoded, error, quality, latent]
     start.click(encode_decode, upload, outputs, api_visibility="private", **GPU)
+
+
+def run_views(manager: ModelManager, shown: ExplainView | None, at: int) -> tuple:
+    """The run's compression and its latent's channels at the Explain step (nothing new before a run)."""
+    if shown is None:
+        return gr.skip(), gr.skip()
+    return compression_text(shown, manager), channels_at(shown, at)
+
+
+def run_image(shown: ExplainView | None) -> Image.Image:
+    """The Explain run's image, to encode and decode."""
+    if shown is None:
+        raise gr.Error("Record a run on the Explain tab first, or replay a saved one.")
+    return Image.fromarray(shown.run.image)
+
+
+def round_trip_views(manager: ModelManager, limits: Limits, path: str | None, request: gr.Request | None) -> list:
+    """Encode the uploaded image and decode it again (a job): the pair, the error map, the quality and its latent."""
+    if not path:
+        raise gr.Error("Upload an image first (or use the Explain run's).")
+    with user_errors():
+        picture = open_image(path)
+    picture.thumbnail((limits.max_size, limits.max_size), Image.Resampling.LANCZOS)  # the job rounds the size
+    trip = job_result(manager, round_trip, RoundTripRequest(np.array(picture)), limits, request)
+    rows = [("your image", trip.latent.numpy())]
+    channels, height, width = trip.latent.shape
+    sheet = channel_sheet(rows, f"Your image's latent: {channels} channels of {height}x{width}")  # ASCII: the font's
+    return [*shown_pair(trip), trip.describe(), sheet]

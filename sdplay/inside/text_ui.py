@@ -30,6 +30,7 @@ from sdplay.runtime.request import Limits
 from sdplay.ui.common import GPU, job_result
 
 QUIET = {"show_progress": "hidden", "api_visibility": "private"}
+DRAWN_FROM_RUN = 8  # the panels text_views draws from the run: intro, status, table, 2 strips, 2 similarities, movement
 
 
 def image(label: str, name: str) -> gr.Image:
@@ -84,46 +85,65 @@ def build(manager: ModelManager, limits: Limits, explained: ExplainControls) -> 
     drawn = [intro, shown_now, table, static, contextual, static_similarity, contextual_similarity, movement]
 
     def show(shown: ExplainView | None) -> list:
-        """Everything drawn from the run alone (no model needed); what the model answered was for the last run."""
-        cleared = [None, None, ""]  # neighbours, causal chart, causal note
-        if shown is None:
-            return [gr.skip()] * len(drawn) + cleared
-        run = shown.run
-        status = availability(run, manager.model.name)
-        intro_text = INTRO.filled(shown.facts).more
-        embeddings = TextEmbeddings.of_run(run)
-        if embeddings is None:
-            return [intro_text, status, "", None, None, None, None, None, *cleared]
-        labels = embeddings.labels
-        return [
-            intro_text,
-            status,
-            embeddings.table(),
-            vector_strips(embeddings.static, labels, "Static"),
-            vector_strips(embeddings.contextual, labels, "Contextual"),
-            similarity_image(cosine_matrix(embeddings.static), labels, "Static"),
-            similarity_image(cosine_matrix(embeddings.contextual), labels, "Contextual"),
-            movement_chart(embeddings),
-            *cleared,
-        ]
+        return text_views(shown, manager.model.name)
 
     explained.view.change(show, explained.view, [*drawn, neighbours, causal, causal_note], **QUIET)
 
     def find_neighbours(shown: ExplainView | None, whole_words: bool, request: gr.Request) -> str:
-        run = recorded(shown)
-        tokens = tuple(first_chunk(run.tokens))
-        job = NeighboursRequest(str(run.recipe.get("model")), tokens, words_only=whole_words)
-        return neighbours_table(job_result(manager, nearest_tokens, job, limits, request), tokens[0], tokens[-1])
+        return neighbours_of(manager, limits, shown, whole_words, request)
 
     find.click(find_neighbours, [explained.view, words_only], neighbours, api_visibility="private", **GPU)
 
-    def edit_words(shown: ExplainView | None, word: str, request: gr.Request):
-        run = recorded(shown)
-        job = CausalRequest(str(run.recipe.get("model")), tuple(first_chunk(run.tokens)), word or "")
-        result = job_result(manager, causal_test, job, limits, request)
-        return causal_chart(result), causal_summary(result)
+    def edit_words(shown: ExplainView | None, word: str, request: gr.Request) -> tuple:
+        return causal_views(manager, limits, shown, word, request)
 
     test.click(edit_words, [explained.view, replacement], [causal, causal_note], api_visibility="private", **GPU)
+
+
+def text_views(shown: ExplainView | None, loaded: str) -> list:
+    """Everything drawn from the run alone (no model needed; `loaded` names the loaded one, for the status line),
+    and nothing of what the model answered: that was for the last run."""
+    cleared = [None, None, ""]  # neighbours, causal chart, causal note
+    if shown is None:
+        return [gr.skip()] * DRAWN_FROM_RUN + cleared
+    run = shown.run
+    status = availability(run, loaded)
+    intro_text = INTRO.filled(shown.facts).more
+    embeddings = TextEmbeddings.of_run(run)
+    if embeddings is None:
+        return [intro_text, status, "", None, None, None, None, None, *cleared]
+    labels = embeddings.labels
+    return [
+        intro_text,
+        status,
+        embeddings.table(),
+        vector_strips(embeddings.static, labels, "Static"),
+        vector_strips(embeddings.contextual, labels, "Contextual"),
+        similarity_image(cosine_matrix(embeddings.static), labels, "Static"),
+        similarity_image(cosine_matrix(embeddings.contextual), labels, "Contextual"),
+        movement_chart(embeddings),
+        *cleared,
+    ]
+
+
+def neighbours_of(
+    manager: ModelManager, limits: Limits, shown: ExplainView | None, whole_words: bool, request: gr.Request | None
+) -> str:
+    """The table of each token's nearest vocabulary tokens, asked of the run's model (a job)."""
+    run = recorded(shown)
+    tokens = tuple(first_chunk(run.tokens))
+    job = NeighboursRequest(str(run.recipe.get("model")), tokens, words_only=whole_words)
+    return neighbours_table(job_result(manager, nearest_tokens, job, limits, request), tokens[0], tokens[-1])
+
+
+def causal_views(
+    manager: ModelManager, limits: Limits, shown: ExplainView | None, word: str, request: gr.Request | None
+) -> tuple:
+    """The causal test (edit a later word, then an early one; a job): its chart and its summary."""
+    run = recorded(shown)
+    job = CausalRequest(str(run.recipe.get("model")), tuple(first_chunk(run.tokens)), word or "")
+    result = job_result(manager, causal_test, job, limits, request)
+    return causal_chart(result), causal_summary(result)
 
 
 def recorded(shown: ExplainView | None):

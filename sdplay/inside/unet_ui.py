@@ -21,10 +21,9 @@ from sdplay.inside.unet import (
     reproduction_note,
 )
 from sdplay.inside.unet_step import step_input
-from sdplay.runtime.executor import JobSpec
 from sdplay.runtime.models import ModelManager
 from sdplay.runtime.request import Limits
-from sdplay.ui.common import GPU, user_errors
+from sdplay.ui.common import GPU, job_result, user_errors
 
 PRIVATE = {"api_visibility": "private"}
 INTRO = "Runs the UNet once on the run's x_t at the step chosen on the Explain tab, as the run did."
@@ -77,21 +76,8 @@ def build(manager: ModelManager, limits: Limits, explained: ExplainControls) -> 
     )
     panel_caption(CAPTIONS["blocks"])
 
-    def show(shown: ExplainView | None, at: int, request: gr.Request):
-        if shown is None:
-            raise gr.Error("Explain a prompt first, or replay a saved run, on the Explain tab.")
-        run = shown.run
-        step = step_index(at, run.steps)
-        with user_errors():
-            inside: UNetInside = job_result(manager, look_inside, UNetRequest(step_input(run, step)), limits, request)
-        model = str(run.recipe.get("model"))
-        return (
-            summary(inside, step, run.eps_cond[step], run.eps_uncond[step] if run.negative_attention else None),
-            diagram(inside, model),
-            first_convolution(inside),
-            block_tiles(inside),
-            activation_chart(inside),
-        )
+    def show(shown: ExplainView | None, at: int, request: gr.Request) -> tuple:
+        return unet_views(manager, limits, shown, at, request)
 
     shown_parts = [note, picture, first, blocks, activation]
     look.click(show, [explained.view, explained.step], shown_parts, **PRIVATE, **GPU)
@@ -99,11 +85,24 @@ def build(manager: ModelManager, limits: Limits, explained: ExplainControls) -> 
     explained.view.change(lambda: (INTRO, None, None, None, None), None, shown_parts, **PRIVATE, show_progress="hidden")
 
 
-def job_result(manager: ModelManager, work, job, limits: Limits, request: gr.Request):
-    """Run `work` on `job` as this session's job on the executor (one at a time, in the GPU queue), and return
-    its result: these jobs stream no steps."""
-    *_, result = manager.executor.run(JobSpec(work, job, limits, request.session_hash if request else None))
-    return result
+def unet_views(
+    manager: ModelManager, limits: Limits, shown: ExplainView | None, at: int, request: gr.Request | None
+) -> tuple:
+    """The section's pictures for the Explain tab's run at its step `at`: one UNet call, a job of this session."""
+    if shown is None:
+        raise gr.Error("Explain a prompt first, or replay a saved run, on the Explain tab.")
+    run = shown.run
+    step = step_index(at, run.steps)
+    with user_errors():  # step_input's refusals too (a step the run does not have ...)
+        inside: UNetInside = job_result(manager, look_inside, UNetRequest(step_input(run, step)), limits, request)
+    model = str(run.recipe.get("model"))
+    return (
+        summary(inside, step, run.eps_cond[step], run.eps_uncond[step] if run.negative_attention else None),
+        diagram(inside, model),
+        first_convolution(inside),
+        block_tiles(inside),
+        activation_chart(inside),
+    )
 
 
 def summary(inside: UNetInside, step: int, eps_cond, eps_uncond) -> str:
