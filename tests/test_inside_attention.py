@@ -10,6 +10,7 @@ from PIL import Image
 
 from sdplay.explain.capture import explain
 from sdplay.explain.export import load_run, save_run
+from sdplay.explain.render import ExplainView
 from sdplay.inside.attention import (
     ALL_BLOCKS,
     MAX_BARS,
@@ -23,6 +24,7 @@ from sdplay.inside.attention import (
     shown_bars,
     token_labels,
 )
+from sdplay.inside.attention_ui import attention_at, draw_bars
 from sdplay.inside.unet_step import step_input
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.executor import Executor, JobSpec
@@ -173,3 +175,13 @@ def test_the_point_view_crosses_a_zerogpu_boundary_as_picklable_cpu_data(manager
         local.layers,
     )
     assert torch.equal(remote.self_rows, local.self_rows) and torch.equal(remote.cross_rows, local.cross_rows)
+
+
+def test_a_replayed_run_of_another_model_gets_a_note_under_the_map_and_its_bars_still_work(manager, shapes):
+    """The section's handlers, called as the page calls them: the self-attention view (a job) cannot run a run that
+    the loaded model did not make and says so in its note, while the cross-attention bars read the recorded maps."""
+    view = ExplainView(explain(shapes, REQUEST))
+    shown = attention_at(manager, Limits(), None, shown=view, at=1, block="mid_block", split=False, where=(0.5, 0.5))
+    assert shown[0] is None and "made by shapes, and the loaded model is tiny" in shown[1]
+    picture, chart = draw_bars(view, 1, ALL_BLOCKS, (0.5, 0.5))
+    assert picture.size == view.size and chart.width > 0
