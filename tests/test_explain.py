@@ -5,6 +5,7 @@ import math
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sdplay.explain import export
-from sdplay.explain.capture import ExplainRun, explain
+from sdplay.explain.capture import RUN_TENSORS, ExplainRun, explain
 from sdplay.explain.export import load_run, save_run
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.executor import JobControl
@@ -199,6 +200,23 @@ def test_export_follows_the_contract_and_round_trips(manager, tmp_path):
         assert torch.equal(getattr(again, name), getattr(run, name))
     for block in run.attention:
         assert torch.equal(again.attention[block], run.attention[block])
+
+
+def test_the_tensors_of_a_run_are_declared_once_and_each_round_trips(manager, tmp_path):
+    """`RUN_TENSORS` names every tensor an `ExplainRun` holds: the recorder stacks and the export saves from it."""
+    held = {field.name for field in fields(ExplainRun) if "Tensor" in str(field.type) or "ndarray" in str(field.type)}
+    names = [declared.name for declared in RUN_TENSORS]
+    assert len(names) == len(set(names)) and set(names) == held
+    image, mask = Image.new("RGB", (64, 64), "gray"), Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    request = GenerationRequest(task=Task.INPAINT, prompt="a (red:1.2) cat", negative_prompt="dog", steps=3, seed=2)
+    run = explain(manager, replace(request, image=image, mask=mask, mask_blur=0))
+    again = load_run(save_run(run, tmp_path / "inpaint.safetensors"))
+    for declared in RUN_TENSORS:  # an inpaint run with guidance and weights holds every one
+        value, loaded = getattr(run, declared.name), getattr(again, declared.name)
+        assert value is not None and (len(value) > 0 if declared.per_block else True), declared.name
+        pairs = [(value[b], loaded[b]) for b in value] if declared.per_block else [(value, loaded)]
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs), declared.name
 
 
 def test_foreign_files_are_refused_clearly(tmp_path):

@@ -1,7 +1,9 @@
 """The Explain capture: one normal generation with recorders attached, kept as an `ExplainRun`.
 
 Cross-attention is recorded by wrapping the `attn2` processors (self-attention keeps its fast SDPA processor);
-latents, x̂₀ and the guidance split come from the UNet's own inputs and outputs (see predictions.py).
+latents, x̂₀ and the guidance split come from the UNet's own inputs and outputs (see predictions.py). The tensors a
+run holds are declared once, in `RUN_TENSORS`: the recorder stacks its per-step ones, and export.py saves, checks
+and loads them all from that declaration.
 """
 
 import math
@@ -21,6 +23,46 @@ from sdplay.runtime.models import ModelManager
 from sdplay.runtime.predictions import Prediction, watch_predictions
 from sdplay.runtime.prompts import prompt_schedule
 from sdplay.runtime.request import GenerationRequest, Limits, Task, validated
+
+
+@dataclass(frozen=True)
+class RunTensor:
+    """One tensor of an `ExplainRun`, as the capture records it and its export holds it."""
+
+    name: str  # the run's field; in a file, the tensor's name (per block: `attention.up_blocks.1`)
+    dims: tuple[str, ...]  # its dimensions by name; export.py says which sizes each name allows in a file
+    kind: str = "float"  # "float", "number" (float or integer), "uint8" or "int64": the dtypes a file may hold
+    per_step: bool = False  # one per step, stacked by the recorder: the first dimension is the step
+    per_block: bool = False  # one per UNet block: the run holds a dict, a file one tensor a block
+    optional: bool = False  # a run may lack it: an older file, a run without a mask or without guidance
+    stored: torch.dtype | None = None  # the dtype a file holds it in (None: as recorded)
+
+
+LATENT = ("steps", "channels", "height", "width")  # a latent per step, at the latent's size
+# Every tensor of a run. The recorder fills the per-step ones (its step records are keyed by these names); the
+# export saves each one the run has, refuses a file without a required one, and checks each against its dims.
+RUN_TENSORS = (
+    RunTensor("latents", LATENT, per_step=True),
+    RunTensor("x0", LATENT, per_step=True),
+    RunTensor("eps_cond", LATENT, per_step=True),
+    RunTensor("eps_uncond", LATENT, per_step=True),
+    RunTensor("guidance", LATENT, per_step=True),
+    RunTensor("timesteps", ("steps",), "number", per_step=True),
+    RunTensor("sigmas", ("steps",), "number", per_step=True),
+    RunTensor("image", ("image height", "image width", "rgb"), "uint8"),
+    RunTensor("latent_rgb", ("channels + bias", "rgb")),
+    RunTensor("mask", ("height", "width"), optional=True),
+    RunTensor("blended", LATENT, per_step=True, optional=True),  # inpaint only, with the mask
+    RunTensor("weights", ("tokens",), optional=True, stored=torch.float32),
+    RunTensor("token_ids", ("tokens",), "int64", optional=True),
+    RunTensor("token_embeddings", ("tokens", "embedding"), optional=True),
+    RunTensor("text_embeddings", ("tokens", "embedding"), optional=True),
+    RunTensor("attention", ("steps", "tokens + padding", "block height", "block width"), per_block=True),
+    RunTensor(
+        "negative_attention", ("steps", "negative tokens + padding", "block height", "block width"), per_block=True,
+        optional=True,
+    ),
+)  # fmt: skip
 
 
 @dataclass
@@ -276,8 +318,8 @@ class ExplainRecorder:
         eps_uncond = last.eps_uncond[0].cpu().clone() if self.guided else torch.zeros_like(eps_cond)
         self.steps.append(
             {
-                "timestep": first.timestep,
-                "sigma": math.sqrt((1 - first.alpha_bar) / first.alpha_bar),
+                "timesteps": first.timestep,
+                "sigmas": math.sqrt((1 - first.alpha_bar) / first.alpha_bar),
                 "latents": first.x_t[0].cpu().clone(),
                 "x0": last.x0[0].cpu().clone(),
                 "eps_cond": eps_cond,
@@ -297,8 +339,9 @@ class ExplainRecorder:
         """The recorded steps as one `ExplainRun`."""
         if self.calls:  # Heun's last step ends in its second-order state: close it here
             self._close_step()
-        stacked = {key: torch.stack([step[key] for step in self.steps]) for key in STEP_TENSORS}
-        blended = stacked.pop("blended")
+        stacked = {t.name: stack([step[t.name] for step in self.steps]) for t in RUN_TENSORS if t.per_step}
+        if self.mask is None:  # every step records its blended latents; only inpainting blends anything in
+            stacked["blended"] = None
         branches = [
             {block: torch.stack([step["maps"][block][i] for step in self.steps]) for block in self.layers}
             for i in range(2 if self.guided else 1)
@@ -308,8 +351,6 @@ class ExplainRecorder:
             tokens=tokens,
             negative_tokens=negative_tokens,
             recipe=recipe,
-            timesteps=torch.tensor([step["timestep"] for step in self.steps]),
-            sigmas=torch.tensor([step["sigma"] for step in self.steps]),
             attention=branches[0],
             negative_attention=branches[1] if self.guided else {},
             layers=dict(self.layers),
@@ -317,14 +358,16 @@ class ExplainRecorder:
             unet_calls=self.unet_calls,
             first_step=first_step,
             mask=self.mask,
-            blended=blended if self.mask is not None else None,
             **stacked,
         )
 
 
-CHUNK_POSITIONS = CHUNK_TOKENS + 2  # a chunk's start token, 75 tokens, end token
+def stack(values: list) -> torch.Tensor:
+    """One tensor of a step record's values: tensors stacked, numbers (a timestep, a σ) as a float tensor."""
+    return torch.stack(values) if torch.is_tensor(values[0]) else torch.tensor(values)
 
-STEP_TENSORS = ["latents", "x0", "eps_cond", "eps_uncond", "guidance", "blended"]
+
+CHUNK_POSITIONS = CHUNK_TOKENS + 2  # a chunk's start token, 75 tokens, end token
 
 
 @dataclass(frozen=True)

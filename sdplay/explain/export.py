@@ -5,7 +5,8 @@ end token, conditional branch, averaged over heads and layers); string metadata 
 The rest (per-block maps, ε, the negative branch, the schedule) is what the view needs to redraw every panel.
 Also the prompt's tokens as the text encoder saw them (start to end token, every chunk): `token_ids` int64 [T],
 `token_embeddings` float [T,D] (static: the input table's rows) and `text_embeddings` float [T,D] (the encoder's
-output); files saved before lack them, and still replay.
+output); files saved before lack them, and still replay. Which tensors a file holds, their dtypes and shapes, is
+the run's own declaration (`capture.RUN_TENSORS`) plus the averaged `attention` that only files hold.
 """
 
 import json
@@ -13,20 +14,20 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
 from sdplay.explain.captions import ModelFacts
-from sdplay.explain.capture import ExplainRun
+from sdplay.explain.capture import RUN_TENSORS, ExplainRun, RunTensor
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.request import Limits
 
 FORMAT = "sdplay-explain/1"
-STEP_TENSORS = ["latents", "x0", "eps_cond", "eps_uncond", "guidance", "timesteps", "sigmas"]
-OTHER_TENSORS = ["image", "attention", "latent_rgb", "mask", "blended", "weights"]  # the first three are required
-TEXT_TENSORS = ["token_ids", "token_embeddings", "text_embeddings"]  # optional: older files lack them
-BLOCK_TENSORS = ["attention", "negative_attention"]  # one of each per UNet block: `attention.up_blocks.1`
+# The one tensor a file holds beyond the run's: each token's map averaged over the blocks, for notebooks. The view
+# recomputes it, so it is checked but never loaded.
+AVERAGED = RunTensor("attention", ("steps", "tokens", "height", "width"))
 # Caps on what an upload may ask of the server. A real export's header is a few KB (its recipe holds the prompts).
 MAX_HEADER_BYTES = 1_000_000
 # CLIP's 77 positions (start and end tokens included) per chunk of 75 tokens, 32 chunks: about the longest prompt
@@ -39,7 +40,7 @@ MAX_EMBEDDING = 4096  # numbers per token embedding (768 in SD 1.x, 1024 in SD 2
 # here). An upload of SD 1.5 at 512² reaches this near 160 steps, far past the 64 MB upload limit (~130 steps).
 MAX_MAP_VALUES = 2**26
 FLOATS = {"F16", "F32"}  # what the view can turn into numpy arrays
-NUMBERS = FLOATS | {"F64", "I64"}
+DTYPES = {"float": FLOATS, "number": FLOATS | {"F64", "I64"}, "uint8": {"U8"}, "int64": {"I64"}}  # by a kind
 BLOCK = re.compile(r"(down_blocks|up_blocks)\.\d{1,2}|mid_block")
 METADATA = {
     "tokens": list,
@@ -60,21 +61,15 @@ FACTS = {field.name for field in fields(ModelFacts)}
 
 
 def save_run(run: ExplainRun, path: str | Path) -> Path:
-    tensors = {name: getattr(run, name).contiguous() for name in STEP_TENSORS}
-    tensors["image"] = torch.from_numpy(run.image.copy())
-    tensors["attention"] = run.averaged_attention().half()
-    tensors["latent_rgb"] = run.latent_rgb
-    for block, maps in run.attention.items():
-        tensors[f"attention.{block}"] = maps
-    for block, maps in run.negative_attention.items():
-        tensors[f"negative_attention.{block}"] = maps
-    if run.mask is not None:
-        tensors["mask"], tensors["blended"] = run.mask, run.blended
-    if run.weights is not None:
-        tensors["weights"] = run.weights.float()
-    for name in TEXT_TENSORS:
-        if getattr(run, name) is not None:
-            tensors[name] = getattr(run, name)
+    """Write `run` as one .safetensors file: every tensor the run has (`RUN_TENSORS`) plus the averaged maps."""
+    tensors = {AVERAGED.name: run.averaged_attention().half()}
+    for declared in RUN_TENSORS:
+        value = getattr(run, declared.name)
+        if declared.per_block:
+            tensors |= {f"{declared.name}.{block}": maps for block, maps in value.items()}
+        elif value is not None:
+            value = torch.from_numpy(value.copy()) if isinstance(value, np.ndarray) else value
+            tensors[declared.name] = value if declared.stored is None else value.to(declared.stored)
     metadata = {
         "format": FORMAT,
         "tokens": json.dumps(run.tokens, ensure_ascii=False),
@@ -102,32 +97,22 @@ def load_run(path: str | Path, limits: Limits = Limits()) -> ExplainRun:
         raise UserError(f"This is not an sdplay Explain file (format {found!r}).")
     contents = _checked_contents(metadata)
     entries = _checked_entries(header, contents["tokens"], contents["negative_tokens"], contents["layers"], limits)
-    needed = [name for name in entries if name != "attention"]  # the averaged maps: the view recomputes them
+    needed = [name for name in entries if name != AVERAGED.name]
     try:
         with safe_open(str(path), framework="pt") as f:
             tensors = {name: f.get_tensor(name) for name in needed}
     except (SafetensorError, OSError) as error:
         raise UserError(f"Could not read this Explain file: {error.__class__.__name__}.") from error
-    layers = contents["layers"]
-    return ExplainRun(
-        image=tensors["image"].numpy(),
-        tokens=contents["tokens"],
-        negative_tokens=contents["negative_tokens"],
-        recipe=contents["recipe"],
-        attention={block: tensors[f"attention.{block}"] for block in layers},
-        negative_attention={
-            b: tensors[f"negative_attention.{b}"] for b in layers if f"negative_attention.{b}" in tensors
-        },
-        layers=layers,
-        latent_rgb=tensors["latent_rgb"],
-        unet_calls=contents["unet_calls"],
-        first_step=contents["first_step"],
-        mask=tensors.get("mask"),
-        blended=tensors.get("blended"),
-        weights=tensors.get("weights"),
-        **{name: tensors.get(name) for name in TEXT_TENSORS},
-        **{name: tensors[name] for name in STEP_TENSORS},
-    )
+    fields = {}
+    for declared in RUN_TENSORS:
+        if declared.per_block:  # the blocks the file has maps of (every one, for the prompt's: checked)
+            named = {block: f"{declared.name}.{block}" for block in contents["layers"]}
+            fields[declared.name] = {block: tensors[name] for block, name in named.items() if name in tensors}
+        else:
+            fields[declared.name] = tensors.get(declared.name)
+    fields["image"] = fields["image"].numpy()  # the run's one numpy array: what the view draws over
+    metadata_fields = {key: contents[key] for key in METADATA}
+    return ExplainRun(**metadata_fields, **fields)
 
 
 def read_header(path: str | Path) -> dict:
@@ -195,10 +180,37 @@ def _checked_contents(metadata: dict) -> dict:
     return contents
 
 
+def file_tensors(layers: dict) -> dict[str, RunTensor]:
+    """Each tensor a file of a run with these UNet blocks may hold, by its name in the file, with its declaration:
+    the run's (`RUN_TENSORS`; one per block for the block maps), then the averaged maps."""
+    names = {}
+    for declared in RUN_TENSORS:
+        blocks = [f"{declared.name}.{block}" for block in layers] if declared.per_block else [declared.name]
+        names |= dict.fromkeys(blocks, declared)
+    return names | {AVERAGED.name: AVERAGED}
+
+
+def dimension_sizes(steps: int, latent: list[int], tokens: int, negative: int, limits: Limits) -> dict[str, range]:
+    """The sizes a file's tensors may have along each named dimension of `RunTensor.dims`: the run's own numbers of
+    steps, latent channels, latent pixels and tokens exactly; block maps at most the latent's size."""
+    _, channels, height, width = latent
+
+    def exactly(size: int) -> range:
+        return range(size, size + 1)
+
+    return {
+        "steps": exactly(steps), "channels": exactly(channels), "height": exactly(height), "width": exactly(width),
+        "channels + bias": exactly(channels + 1), "rgb": exactly(3), "tokens": exactly(tokens),
+        "tokens + padding": exactly(tokens + 1), "negative tokens + padding": exactly(negative + 1),
+        "block height": range(1, height + 1), "block width": range(1, width + 1),
+        "image height": range(1, limits.max_size + 1), "image width": range(1, limits.max_size + 1),
+        "embedding": range(1, MAX_EMBEDDING + 1),
+    }  # fmt: skip
+
+
 def _checked_entries(header: dict, tokens: list, negative_tokens: list, layers: dict, limits: Limits) -> dict:
     """The tensor entries, each checked against the contract: known name, dtype and shape, within the caps."""
-    allowed = {*STEP_TENSORS, *OTHER_TENSORS, *TEXT_TENSORS}
-    allowed |= {f"{kind}.{b}" for b in layers for kind in BLOCK_TENSORS}
+    allowed = file_tensors(layers)
     if len(header) > len(allowed):
         raise UserError(f"Explain file: {len(header):,} tensors; an Explain file has at most {len(allowed)}.")
     for name, entry in header.items():
@@ -207,8 +219,7 @@ def _checked_entries(header: dict, tokens: list, negative_tokens: list, layers: 
         shape = entry.get("shape") if isinstance(entry, dict) else None
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             raise UserError(f"Explain file: the tensor {name!r} has no valid shape.")
-    missing = [name for name in (*STEP_TENSORS, *OTHER_TENSORS[:3]) if name not in header]
-    missing += [f"attention.{block}" for block in layers if f"attention.{block}" not in header]
+    missing = [name for name, declared in allowed.items() if not declared.optional and name not in header]
     if missing or ("mask" in header) != ("blended" in header):
         raise UserError(f"Explain file: tensors missing: {', '.join(missing) or 'mask or blended'}.")
     if ("token_embeddings" in header) != ("text_embeddings" in header):
@@ -227,31 +238,9 @@ def _checked_entries(header: dict, tokens: list, negative_tokens: list, layers: 
     _, channels, height, width = latent
     if steps * (max(len(tokens), len(negative_tokens)) + 1) * height * width > MAX_MAP_VALUES:
         raise UserError("Explain file: its steps × tokens × latent size is more than this server draws.")
-    tokens_t, negative_t = len(tokens), len(negative_tokens)
-    h, w, size = range(1, height + 1), range(1, width + 1), range(1, limits.max_size + 1)
-
-    def exactly(*dims: int) -> tuple[range, ...]:
-        return tuple(range(d, d + 1) for d in dims)
-
-    latents = (FLOATS, exactly(steps, channels, height, width))
-    contract = {name: latents for name in ("latents", "x0", "eps_cond", "eps_uncond", "guidance", "blended")}
-    contract |= {
-        "timesteps": (NUMBERS, exactly(steps)),
-        "sigmas": (NUMBERS, exactly(steps)),
-        "image": ({"U8"}, (size, size, range(3, 4))),
-        "latent_rgb": (FLOATS, exactly(channels + 1, 3)),
-        "attention": (FLOATS, exactly(steps, tokens_t, height, width)),
-        "mask": (FLOATS, exactly(height, width)),
-        "weights": (FLOATS, exactly(tokens_t)),
-        "token_ids": ({"I64"}, exactly(tokens_t)),
-        "token_embeddings": (FLOATS, (*exactly(tokens_t), range(1, MAX_EMBEDDING + 1))),
-        "text_embeddings": (FLOATS, (*exactly(tokens_t), range(1, MAX_EMBEDDING + 1))),
-    }
-    for block in layers:
-        contract[f"attention.{block}"] = (FLOATS, (*exactly(steps, tokens_t + 1), h, w))
-        contract[f"negative_attention.{block}"] = (FLOATS, (*exactly(steps, negative_t + 1), h, w))
+    sizes = dimension_sizes(steps, latent, len(tokens), len(negative_tokens), limits)
     for name, entry in header.items():
-        dtypes, dims = contract[name]
+        dtypes, dims = DTYPES[allowed[name].kind], tuple(sizes[d] for d in allowed[name].dims)
         shape, dtype = entry["shape"], str(entry.get("dtype"))[:8]
         if dtype not in dtypes or len(shape) != len(dims) or any(d not in r for d, r in zip(shape, dims, strict=True)):
             expected = ", ".join(f"{r.start}" if len(r) == 1 else f"{r.start}–{r.stop - 1}" for r in dims)
