@@ -19,8 +19,7 @@ from overhead import sd15_folder  # noqa: E402
 
 from sdplay.explain.capture import ExplainRun, explain  # noqa: E402
 from sdplay.explain.export import save_run  # noqa: E402
-from sdplay.explain.render import ExplainView, HeatmapSettings, Panels  # noqa: E402
-from sdplay.explain.ui import PANEL_FORMATS  # noqa: E402
+from sdplay.explain.render import PANELS, ExplainView, HeatmapSettings  # noqa: E402
 from sdplay.runtime.composition import local_manager
 from sdplay.runtime.random_models import tiny_pipeline  # noqa: E402
 from sdplay.runtime.request import GenerationRequest  # noqa: E402
@@ -49,16 +48,17 @@ def record(folder: Path, size: int | None) -> tuple[ExplainRun, float]:
     return run, time.perf_counter() - start
 
 
-def encoded(panels: Panels) -> int:
+def encoded(panels: dict[str, object]) -> int:
     """Encode every image of the panels in the format the Explain tab sends it, as Gradio does; returns bytes."""
     total = 0
-    for name, value in vars(panels).items():
+    formats = {panel.name: panel.format for panel in PANELS}
+    for name, value in panels.items():
         if isinstance(value, list):  # a gallery's (image, caption) pairs
             value = [image for image, _ in value]
         for image in value if isinstance(value, list) else [value]:
             if isinstance(image, Image.Image):
                 buffer = BytesIO()
-                image.save(buffer, format=PANEL_FORMATS[name])
+                image.save(buffer, format=formats[name])
                 total += buffer.tell()
     return total
 

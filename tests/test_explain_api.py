@@ -47,4 +47,4 @@ def test_a_one_step_run_is_explained_and_replays(client):
     """SD-Turbo's normal use, through the API: the export of one step replays."""
     _, export = client.predict(**(ARGS | {"steps": 1}), width=64, height=64, api_name="/explain")
     view = replay_view(export)
-    assert view.run.steps == 1 and view.draw(0, HeatmapSettings()).label.startswith("**Step 1 of 1**")
+    assert view.run.steps == 1 and view.draw(0, HeatmapSettings())["label"].startswith("**Step 1 of 1**")

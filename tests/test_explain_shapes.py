@@ -18,12 +18,14 @@ from sdplay.explain.capture import explain
 from sdplay.explain.decoding import cheap_to_decode
 from sdplay.explain.export import load_run, save_run
 from sdplay.explain.render import ExplainView
+from sdplay.explain.ui import decoding_if_cheap
 from sdplay.page import build_demo
 from sdplay.runtime.composition import local_manager
 from sdplay.runtime.models import ModelManager, ModelSwitch, SwitchPolicy
 from sdplay.runtime.request import GenerationRequest, Limits
 from sdplay.shapes.evaluate import daam_iou, measure
 from sdplay.shapes.world import sample_scene
+from sdplay.ui.tabs import Page
 
 SD_VAE_BLOCKS = dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
 MODEL = Path(__file__).resolve().parent.parent / "assets" / "shapes"
@@ -55,19 +57,19 @@ def test_word_maps_overlap_the_objects_they_name(shapes, tmp_path):
 def test_explain_decodes_x0_unasked_when_the_vae_is_cheap(shapes):
     """After a run of the bundled model, Explain decodes x̂₀ by itself: its VAE's linear preview is a poor likeness
     (brown for red, a blue halo). SD's VAE at 512² costs far more: there x̂₀ waits for the Decode button."""
-    demo = build_demo(shapes, Limits(), ModelSwitch({"shapes": str(MODEL)}, SwitchPolicy.LOCKED))
-    decode_if_cheap = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", None) == "decode_if_cheap")
+    switch = ModelSwitch({"shapes": str(MODEL)}, SwitchPolicy.LOCKED)
+    demo, page = build_demo(shapes, Limits(), switch), Page(shapes, Limits(), switch)
     session, quiet = SimpleNamespace(session_hash="a visitor", headers={}, username=None), lambda *args, **kwargs: None
     request = GenerationRequest(prompt="a large red circle on the left on a gray background", sampler="Euler", seed=3)
     run = explain(shapes, replace(request, steps=4))
 
     elsewhere = ExplainView(replace(run, recipe={**run.recipe, "model": "another model"}))
-    assert list(decode_if_cheap(elsewhere, 4, session, progress=quiet)) == [gr.skip()]  # its VAE is not here
+    assert list(decoding_if_cheap(page, elsewhere, 4, session, quiet)) == [gr.skip()]  # its VAE is not here
     assert elsewhere.decoded_steps == frozenset()
 
     view = ExplainView(run)
     preview = np.asarray(view.x0(3), dtype=int)
-    shown = list(decode_if_cheap(view, 4, session, progress=quiet))
+    shown = list(decoding_if_cheap(page, view, 4, session, quiet))
     assert view.decoded_steps == frozenset(range(4)) and np.array_equal(np.asarray(shown[0]), np.asarray(view.x0(3)))
     # Euler's last step lands on x̂₀: decoded, it is the final image; the linear preview was far from it.
     final = np.asarray(view.image, dtype=int)

@@ -14,8 +14,8 @@ from playwright.sync_api import Locator, Page, expect
 
 from sdplay.explain.capture import explain
 from sdplay.explain.filmstrip import BACKGROUND, BORDER, MAX_FRAME, MIN_FRAME, Filmstrip, filmstrip, strip_layout
-from sdplay.explain.presentation import REEL_PANELS, reel, shown_word, slide
-from sdplay.explain.render import CHOSEN_COLOUR, ExplainView, HeatmapSettings
+from sdplay.explain.presentation import reel, shown_word, slide
+from sdplay.explain.render import CHOSEN_COLOUR, ExplainView, HeatmapSettings, presented
 from sdplay.runtime.request import GenerationRequest
 from tests.test_browser import GENERATE_TIMEOUT_MS, open_tab
 from tests.test_browser_explain import shapes_run
@@ -27,6 +27,7 @@ REQUEST = GenerationRequest(prompt="a red cat sitting", negative_prompt="dog", s
 # The five panels and the slider that must all be on screen, by the class each has in presentation mode.
 ON_SCREEN = [".sdplay-present-step", ".sdplay-panel-final", ".sdplay-panel-x0", ".sdplay-panel-x_t"]
 ON_SCREEN += [".sdplay-panel-heatmap", ".sdplay-panel-guidance", ".sdplay-filmstrip"]
+PRESENTED = [panel.name for panel in presented()]  # the panels of the reel: all but the final image
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +88,10 @@ def test_a_slide_draws_what_the_explain_view_draws_for_its_panels(view: ExplainV
     settings = HeatmapSettings(word=word, colormap="inferno", opacity=0.5)
     drawn = view.draw(3, settings)
     shown = slide(view, 3, settings)
-    assert shown.label == drawn.label and shown.label.startswith(f"**Step 4 of {STEPS}**")
-    for name in ("x_t", "x0", "heatmap", "guidance"):
-        np.testing.assert_array_equal(pixels(getattr(shown, name)), pixels(getattr(drawn, name)), err_msg=name)
+    assert shown["label"] == drawn["label"] and shown["label"].startswith(f"**Step 4 of {STEPS}**")
+    assert PRESENTED == ["x0", "x_t", "heatmap", "guidance"] and list(shown) == ["label", *PRESENTED]
+    for name in PRESENTED:
+        np.testing.assert_array_equal(pixels(shown[name]), pixels(drawn[name]), err_msg=name)
 
 
 def test_the_reel_holds_every_steps_slide_for_the_page_to_step_through(view: ExplainView) -> None:
@@ -99,15 +101,15 @@ def test_the_reel_holds_every_steps_slide_for_the_page_to_step_through(view: Exp
     assert shown["cell"] == list(kept.layout.cell)
     assert len(shown["label"]) == STEPS and shown["label"][3].startswith(f"<strong>Step 4 of {STEPS}</strong> · t =")
     for step in (0, 3):
-        for name in REEL_PANELS:
-            drawn = getattr(slide(view, step, settings), name)
-            header, encoded = shown[name][step].split(",", 1)
+        for name in PRESENTED:
+            drawn = slide(view, step, settings)[name]
+            header, encoded = shown["frames"][name][step].split(",", 1)
             assert header == "data:image/jpeg;base64"
             sent = Image.open(io.BytesIO(base64.b64decode(encoded)))
             assert sent.size == drawn.size  # a small run's panels are not enlarged
             # JPEG at quality 90: close to the drawn panel, not equal.
             assert np.abs(pixels(sent) - pixels(drawn)).mean() < 4, (name, step)
-    assert shown["x0"][0] != shown["x0"][STEPS - 1]
+    assert shown["frames"]["x0"][0] != shown["frames"]["x0"][STEPS - 1]
 
 
 def test_the_words_to_pick_are_the_prompts_words(view: ExplainView) -> None:
@@ -308,7 +310,7 @@ def test_presenting_a_run_of_an_empty_prompt(page: Page, page_errors: list[str])
     panel.get_by_label("Presentation", exact=True).check()
     stage = page.locator(".sdplay-presentation")
     expect(stage.get_by_text(re.compile(r"^Step 3 of 3"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
-    for name in REEL_PANELS:
+    for name in PRESENTED:
         expect(stage.locator(f".sdplay-panel-{name} img")).to_have_attribute("src", re.compile("^data:image/jpeg"))
     expect(stage.locator(".sdplay-words input[type=radio]")).to_have_count(0)
     page.keyboard.press("ArrowLeft")

@@ -67,16 +67,16 @@ def test_panels_have_the_right_sizes(view, run):
     assert run.image.shape == (64, 64, 3)
     assert view.size == (256, 256)  # small images are drawn larger, by a whole factor
     panels = view.draw(1, HeatmapSettings(word=word_index(view, "cat")))
-    for image in (panels.x_t, panels.x0, panels.eps_uncond, panels.eps_cond, panels.guidance, panels.heatmap):
+    for image in (panels[name] for name in ("x_t", "x0", "eps_uncond", "eps_cond", "guidance", "heatmap")):
         assert image.size == (256, 256) and image.mode == "RGB"
     channels, (_, h, w) = run.latents.shape[1], run.latents.shape[1:]
     zoom = 128 // w
-    assert panels.channels.size == (channels * (w * zoom + 4) - 4, 2 * h * zoom + 4)
-    assert [caption for _, caption in panels.layers] == ["down 4×4", "mid 4×4", "up 4×4", "average 8×8"]
-    assert all(tile.size == (128, 128) for tile, _ in panels.layers + panels.negative)
-    assert [label for _, label in panels.negative] == ["⟨start⟩", "dog", "⟨end⟩"]
-    assert panels.blended is None and view.mask() is None
-    assert panels.label.startswith("**Step 2 of 4** · t = ")
+    assert panels["channels"].size == (channels * (w * zoom + 4) - 4, 2 * h * zoom + 4)
+    assert [caption for _, caption in panels["layers"]] == ["down 4×4", "mid 4×4", "up 4×4", "average 8×8"]
+    assert all(tile.size == (128, 128) for tile, _ in panels["layers"] + panels["negative"])
+    assert [label for _, label in panels["negative"]] == ["⟨start⟩", "dog", "⟨end⟩"]
+    assert panels["blended"] is None and view.mask() is None
+    assert panels["label"].startswith("**Step 2 of 4** · t = ")
 
 
 def test_heatmap_changes_with_the_word_and_the_step(view):
@@ -174,8 +174,8 @@ def test_export_round_trips_into_the_view(view, run, tmp_path):
     for step in range(STEPS):
         for settings in (HeatmapSettings(word=3), HeatmapSettings(word=2, shared=True, steps=(0, step))):
             original, again = view.draw(step, settings), replayed.draw(step, settings)
-            for name, value in vars(original).items():
-                other = getattr(again, name)
+            for name, value in original.items():
+                other = again[name]
                 if isinstance(value, Image.Image):
                     assert np.array_equal(pixels(value), pixels(other)), name
                 elif isinstance(value, list):
@@ -194,7 +194,7 @@ def test_x0_can_be_decoded_with_the_vae_and_is_kept(run, manager):
     assert decode_latents(manager, request, control=JobControl(on_step=decoded.append)) == 1 and decoded[0].step == 1
     view.keep_decoded(1, decoded[0].image)
     assert view.x0(1).size == view.size and not np.array_equal(pixels(view.x0(1)), pixels(ExplainView(run).x0(1)))
-    assert np.array_equal(pixels(view.draw(1, HeatmapSettings()).x0), pixels(view.x0(1)))
+    assert np.array_equal(pixels(view.draw(1, HeatmapSettings())["x0"]), pixels(view.x0(1)))
     # Euler's last step lands exactly on x̂₀, so its decode is the final image.
     last = np.asarray(vae_decode(manager.model.pipe.vae, run.x0[-1]), dtype=int)
     assert np.abs(last - run.image).max() <= 1
@@ -210,8 +210,8 @@ def test_a_broken_upload_is_a_user_error(tmp_path):
 def test_without_guidance_there_is_no_negative_branch(manager):
     request = GenerationRequest(prompt="a cat", sampler="Euler", steps=2, seed=1, guidance_scale=1)
     panels = ExplainView(explain(manager, request)).draw(0, HeatmapSettings())
-    assert panels.negative == [] and "no guidance" in panels.eps_note
-    assert (pixels(panels.eps_uncond) == 128).all() and (pixels(panels.guidance) == 128).all()  # grey: zero
+    assert panels["negative"] == [] and "no guidance" in panels["eps_note"]
+    assert (pixels(panels["eps_uncond"]) == 128).all() and (pixels(panels["guidance"]) == 128).all()  # grey: zero
 
 
 def test_img2img_says_where_strength_starts_the_schedule(manager):
@@ -267,7 +267,7 @@ def test_inpaint_shows_the_mask_and_the_blend(manager):
     view = ExplainView(explain(manager, request))
     shown = pixels(view.mask())
     assert view.mask().size == view.size and shown[:, :100].min() == 255 and shown[:, 160:].max() == 0
-    assert view.draw(0, HeatmapSettings()).blended.size == view.size
+    assert view.draw(0, HeatmapSettings())["blended"].size == view.size
 
 
 def test_the_guidance_note_says_brighter_dimmer_or_true_scale():
@@ -459,7 +459,7 @@ def test_a_one_step_run_records_draws_and_replays(manager, tmp_path):
     replayed = replay_view(save_run(run, tmp_path / "one.safetensors"))
     assert run.steps == replayed.run.steps == 1
     panels = replayed.draw(0, HeatmapSettings(word=2))
-    assert panels.label.startswith("**Step 1 of 1**") and panels.heatmap.size == replayed.size
+    assert panels["label"].startswith("**Step 1 of 1**") and panels["heatmap"].size == replayed.size
     assert replayed.timeline_chart("mass", 2).size == CHART_SIZE and len(replayed.budget) == 3
     scrubber, first, last = step_sliders(1)
     assert not any(s.visible for s in (scrubber, first, last)) and scrubber.value == first.value == last.value == 1

@@ -1,6 +1,7 @@
 """Plain-language captions for the Explain view's panels, for someone who has never seen a diffusion model.
 
-Each panel has a one-line `short` text under it and a `more` text behind a "More" toggle; both are Markdown. Texts
+Each panel has a one-line `short` text under it and a `more` text behind a "More" toggle; both are Markdown. A
+panel's record in render.py's `PANELS` names its caption; the texts of the tab's other parts are here too. Texts
 that state the model's numbers (the VAE's patch size, the text encoder's positions, ...) are templates, filled in
 per model by `captions()`: the bundled model, for one, does not have Stable Diffusion's 8×8 patches.
 """
@@ -55,6 +56,11 @@ class Caption:
 
     def filled(self, facts: ModelFacts) -> "Caption":
         return Caption(self.short.format(**facts.fields()), self.more.format(**facts.fields()))
+
+    @property
+    def per_model(self) -> bool:
+        """Whether it states the model's numbers: the Explain tab fills it in again for each run."""
+        return "{" in self.short + self.more
 
 
 # Templates: `captions()` fills in the model's numbers.
@@ -204,9 +210,6 @@ CAPTIONS: dict[str, Caption] = {
         "sdplay, or open it in a notebook with `safetensors.torch.load_file`.",
     ),
 }
-
-# The captions that state the model's numbers: the Explain tab redraws these for each run.
-PER_MODEL = tuple(key for key, caption in CAPTIONS.items() if "{" in caption.short + caption.more)
 
 
 def captions(facts: ModelFacts) -> dict[str, Caption]:

@@ -1,5 +1,6 @@
-"""The Explain tab's presentation mode: one screen for a projector, with the step slider and Play on top, the five
-panels that tell the story in large type, the x̂₀ filmstrip, and keys (←/→ step, space play, 1–9 a word, Esc exit).
+"""The Explain tab's presentation mode: one screen for a projector, with the step slider and Play on top, the final
+image and the panels that tell the story in large type (those `render.PANELS` marks `presented`), the x̂₀
+filmstrip, and keys (←/→ step, space play, 1–9 a word, Esc exit).
 
 It shows the run on the Explain tab, recorded or replayed. On entering (and on picking a word) the server draws
 every step's panels once (`reel`) and sends them with the page, which then steps through them itself: scrubbing
@@ -17,24 +18,12 @@ import gradio as gr
 from PIL import Image
 
 from sdplay.explain.filmstrip import Filmstrip, strip_layout
-from sdplay.explain.render import COLORMAPS, ExplainView, HeatmapSettings, content_word
+from sdplay.explain.render import ExplainView, HeatmapSettings, Presented, content_word, heatmap_settings, presented
 
 PLAY_SECONDS = 0.8  # as the Explain tab's own Play
-# One short line per panel, read from the back of a room (the Explain tab's captions explain more).
-CAPTIONS = {
-    "final": "Where the run ends.",
-    "x0": "The model's guess of the end result, now.",
-    "x_t": "What the model is cleaning now.",
-    "heatmap": "Bright: the parts that look at the word.",
-    "guidance": "What the prompt adds (grey: nothing).",
-}
-LABELS = {
-    "final": "Final image",
-    "x0": "x̂₀ · prediction",
-    "x_t": "x_t · noisy",
-    "heatmap": "Word heatmap",
-    "guidance": "Guidance term",
-}
+# The first panel is the run's own image. Each has a short line to read from the back of a room (the Explain tab's
+# captions explain more).
+FINAL = Presented("Final image", "Where the run ends.", 0)
 NO_RUN = "Press **Explain** to record a run, or replay a saved one, then present it."
 KEYS = "Keys: ← → step · space play/pause · 1–9 pick a word · Esc leave"
 
@@ -87,9 +76,9 @@ SLIDER = ".sdplay-present-step input[type=range]"
 PREVIOUS_JS = f"(at) => Math.max(Number(document.querySelector('{SLIDER}')?.min ?? 1), at - 1)"
 NEXT_JS = f"(at) => Math.min(Number(document.querySelector('{SLIDER}')?.max ?? at), at + 1)"
 REEL_SIDE = 320  # pixels: a reel's frames at most this large (a projector shows a panel ~240 px wide)
-REEL_PANELS = ("x0", "x_t", "heatmap", "guidance")
-# Shows a 1-based step from the reel the page was sent (window.sdplayReel): each panel's image, the label, and an
-# outline over the filmstrip's frame (the strip is drawn once without one; Gradio shows it scaled to fit, centred).
+# Shows a 1-based step from the reel the page was sent (window.sdplayReel): each panel's image (the reel's frames
+# by panel name), the label, and an outline over the filmstrip's frame (the strip is drawn once without one; Gradio
+# shows it scaled to fit, centred).
 SHOW_JS = """
 (at) => {
     if (!window.sdplayShow) {
@@ -99,9 +88,9 @@ SHOW_JS = """
             if (!reel || !stage || !reel.label.length) return;
             const step = Math.min(Math.max(Math.round(Number(at)), 1), reel.label.length) - 1;
             window.sdplayStep = step + 1;
-            for (const name of ["x0", "x_t", "heatmap", "guidance"]) {
+            for (const [name, frames] of Object.entries(reel.frames)) {
                 const img = stage.querySelector(`.sdplay-panel-${name} img`);
-                if (img && img.getAttribute("src") !== reel[name][step]) img.src = reel[name][step];
+                if (img && img.getAttribute("src") !== frames[step]) img.src = frames[step];
             }
             const label = stage.querySelector(".sdplay-step-label .prose, .prose.sdplay-step-label");
             if (label) label.innerHTML = reel.label[step];
@@ -139,25 +128,43 @@ SHOW_JS = """
 
 
 @dataclass
-class Slide:
-    """What the presentation shows for one step."""
+class Followed:
+    """The Explain tab's parts that presentation mode follows: its run, step, word and heatmap settings."""
 
-    label: str  # markdown: step k of S, t, σ
-    x_t: Image.Image
-    x0: Image.Image
-    heatmap: Image.Image
-    guidance: Image.Image
+    view: gr.State
+    step: gr.Slider
+    chips: gr.Radio
+    colormap: gr.Dropdown
+    opacity: gr.Slider
+    normalisation: gr.Radio
 
 
-def slide(view: ExplainView, step: int, settings: HeatmapSettings) -> Slide:
-    """The presentation's panels at a 0-based `step`: only these, not the whole Explain view."""
-    return Slide(
-        label=view.step_label(step),
-        x_t=view.preview("x_t", step),
-        x0=view.x0(step),
-        heatmap=view.heatmap(step, settings)[0],
-        guidance=view.noise(step)[2],
-    )
+@dataclass
+class Stage:
+    """The presentation screen's own parts."""
+
+    previous: gr.Button
+    at: gr.Slider
+    following: gr.Button
+    play: gr.Button
+    leave: gr.Button
+    label: gr.Markdown
+    word: gr.Radio
+    final: gr.Image
+    strip: gr.Image
+    timer: gr.Timer
+    strips: gr.State  # the shown run's Filmstrip, which keeps its frames
+    frames: gr.JSON  # the reel: every step's panels, which the page steps through
+
+    def drawn(self) -> list:
+        """What `draw_stage` updates."""
+        return [self.label, self.strip, self.strips, self.frames]
+
+
+def slide(view: ExplainView, step: int, settings: HeatmapSettings) -> dict[str, object]:
+    """The presentation's panels at a 0-based `step` by name (only these, not the whole Explain view), and the
+    step's `label`."""
+    return {"label": view.step_label(step), **view.draw(step, settings, presented())}
 
 
 def data_url(image: Image.Image) -> str:
@@ -176,11 +183,15 @@ def label_html(markdown: str) -> str:
 
 
 def reel(view: ExplainView, settings: HeatmapSettings, strip: Filmstrip) -> dict[str, object]:
-    """Every step's slide, for the page to step through without the server: per panel a list of data URLs (one
-    per step), the labels as HTML, and the filmstrip's cell size (for its outline)."""
+    """Every step's slide, for the page to step through without the server: per panel (by name, in `frames`) a
+    list of data URLs, one per step; the labels as HTML; and the filmstrip's cell size (for its outline)."""
     slides = [slide(view, step, settings) for step in range(view.run.steps)]
-    frames = {name: [data_url(getattr(s, name)) for s in slides] for name in REEL_PANELS}
-    return {"label": [label_html(s.label) for s in slides], **frames, "cell": list(strip.layout.cell)}
+    frames = {panel.name: [data_url(shown[panel.name]) for shown in slides] for panel in presented()}
+    return {
+        "label": [label_html(shown["label"]) for shown in slides],
+        "frames": frames,
+        "cell": list(strip.layout.cell),
+    }
 
 
 def shown_word(view: ExplainView, chosen: int | None) -> int:
@@ -199,19 +210,25 @@ def toggle() -> gr.Checkbox:
     )  # fmt: skip
 
 
-def panel(name: str) -> gr.Image | gr.HTML:
+def panel(name: str, shown: Presented, in_reel: bool = True) -> gr.Image | gr.HTML:
     """A panel: its label above it (Gradio's own floats over the image's corner), the image, its caption. The final
     image is Gradio's; the others are a plain image that the page's script shows each step of the reel in."""
-    gr.Markdown(f"**{LABELS[name]}**", elem_classes="sdplay-label")
+    gr.Markdown(f"**{shown.label}**", elem_classes="sdplay-label")
     classes = f"sdplay-panel sdplay-panel-{name}"
-    if name in REEL_PANELS:
-        picture = gr.HTML(f'<img class="sdplay-reel-frame" alt="{LABELS[name]}">', elem_classes=classes, padding=False)
+    if in_reel:
+        frame = f'<img class="sdplay-reel-frame" alt="{html.escape(shown.label)}">'
+        picture = gr.HTML(frame, elem_classes=classes, padding=False)
     else:
         picture = gr.Image(
-            label=LABELS[name], show_label=False, format="png", interactive=False, buttons=[], elem_classes=classes
+            label=shown.label, show_label=False, format="png", interactive=False, buttons=[], elem_classes=classes
         )
-    gr.Markdown(CAPTIONS[name], elem_classes="sdplay-caption")
+    gr.Markdown(shown.caption, elem_classes="sdplay-caption")
     return picture
+
+
+def filmstrip_of(view: ExplainView, kept: Filmstrip | None) -> Filmstrip:
+    """The filmstrip a page keeps (its frames drawn once), or a new one when the page shows another run."""
+    return kept if kept is not None and kept.view is view else Filmstrip(view)
 
 
 def filmstrip_panel(view: gr.State, step: gr.Slider, final: gr.Image) -> dict:
@@ -226,17 +243,18 @@ def filmstrip_panel(view: gr.State, step: gr.Slider, final: gr.Image) -> dict:
     )  # fmt: skip
     strips = gr.State(None)
     quiet = {"show_progress": "hidden", "api_visibility": "private"}
-
-    def draw(shown: ExplainView | None, value: int, kept: Filmstrip | None):
-        if shown is None:
-            return gr.skip(), gr.skip()
-        kept = kept if kept is not None and kept.view is shown else Filmstrip(shown)
-        return kept.draw(min(max(int(value), 1), shown.run.steps) - 1), kept
-
-    redraw = dict(fn=draw, inputs=[view, step, strips], outputs=[strip, strips], **quiet)
+    redraw = dict(fn=draw_strip, inputs=[view, step, strips], outputs=[strip, strips], **quiet)
     gr.on([step.change, final.change], **redraw)
     strip.select(jump, view, step, **quiet)
     return redraw
+
+
+def draw_strip(shown: ExplainView | None, value: int, kept: Filmstrip | None):
+    """The page's filmstrip at a 1-based step, and the Filmstrip that keeps its frames."""
+    if shown is None:
+        return gr.skip(), gr.skip()
+    kept = filmstrip_of(shown, kept)
+    return kept.draw(min(max(int(value), 1), shown.run.steps) - 1), kept
 
 
 def jump(shown: ExplainView | None, event: gr.SelectData):
@@ -246,18 +264,19 @@ def jump(shown: ExplainView | None, event: gr.SelectData):
     return strip_layout(shown).step_at(event.index[0]) + 1
 
 
-def build(
-    switch: gr.Checkbox,
-    view: gr.State,
-    step: gr.Slider,
-    chips: gr.Radio,
-    colormap: gr.Dropdown,
-    opacity: gr.Slider,
-    normalisation: gr.Radio,
-    shared: str,
-) -> None:
-    """The presentation screen (hidden until `switch` is on) and its wiring to the Explain tab's run (`view`), step,
-    word and heatmap settings. Entering takes the tab's step and word; leaving gives them back."""
+def play_or_pause(label: str) -> tuple[gr.Timer, gr.Button]:
+    """A Play button pressed: its timer on and the button says Pause, or the other way round."""
+    playing = label.startswith("▶")
+    return gr.Timer(active=playing), gr.Button("⏸ Pause" if playing else "▶ Play")
+
+
+def next_step(shown: ExplainView | None, at: int):
+    """A tick of Play: the next 1-based step, the first after the last."""
+    return int(at) % shown.run.steps + 1 if shown else gr.skip()
+
+
+def stage() -> Stage:
+    """The presentation screen's layout: the bar, the step's label, the words, the panels, the filmstrip."""
     with gr.Column(elem_classes="sdplay-presentation"):
         with gr.Row(elem_classes="sdplay-bar", equal_height=True):
             previous = gr.Button("◀", elem_classes="sdplay-previous", scale=0, min_width=64)
@@ -271,15 +290,10 @@ def build(
         word = gr.Radio([], label="Word", show_label=False, elem_classes="sdplay-words")
         with gr.Row(elem_classes="sdplay-panels"):
             with gr.Column(min_width=0):
-                final = panel("final")
-            with gr.Column(min_width=0):
-                panel("x0")
-            with gr.Column(min_width=0):
-                panel("x_t")
-            with gr.Column(min_width=0):
-                panel("heatmap")
-            with gr.Column(min_width=0):
-                panel("guidance")
+                final = panel("final", FINAL, in_reel=False)
+            for shown in presented():
+                with gr.Column(min_width=0):
+                    panel(shown.name, shown.presented)
         gr.Markdown("**x̂₀ at every step**: coarse first, details last (click a frame)", elem_classes="sdplay-label")
         strip = gr.Image(
             label="x̂₀ at every step", show_label=False, format="jpeg", interactive=False, buttons=[],
@@ -287,79 +301,66 @@ def build(
         )  # fmt: skip
         gr.Markdown(KEYS, elem_classes="sdplay-keys")
         timer = gr.Timer(PLAY_SECONDS, active=False)
-        strips = gr.State(None)  # the shown run's Filmstrip, which keeps its frames
-        frames = gr.JSON(visible=False)  # the reel: every step's panels, which the page steps through
+        strips = gr.State(None)
+        frames = gr.JSON(visible=False)
+    return Stage(previous, at, following, play, leave, label, word, final, strip, timer, strips, frames)
 
+
+def draw_stage(
+    *, view: ExplainView | None, word: int | None, colormap: str, opacity: float, scale: str, strips: Filmstrip | None
+) -> list:
+    """The reel of the shown run and word, which the page's script steps through (the label too), and the
+    filmstrip, drawn once without its outline (the script draws that): `Stage.drawn()`."""
+    if view is None:
+        return [NO_RUN, gr.skip(), gr.skip(), gr.skip()]
+    kept = filmstrip_of(view, strips)
+    settings = heatmap_settings(shown_word(view, word), colormap, opacity, scale)
+    return [gr.skip(), kept.frames(), kept, reel(view, settings, kept)]
+
+
+def switched(*, on: bool, view: ExplainView | None, step: int, chips: int | None, at: int, word: int | None) -> tuple:
+    """Entering shows the tab's run at its `step` and word (`chips`); leaving gives the tab this screen's step (`at`)
+    and `word` (the tab then redraws itself) and stops playing. Updates the tab's step, `at`, `word`, the final
+    image, the tab's chips, the timer, ◀, ▶ and Play."""
+    # Stop playing; ◀ ▶ and Play as they were, but for a one-step run (SD-Turbo): nothing to scrub.
+    stopped = [gr.Timer(active=False), gr.skip(), gr.skip(), gr.Button("▶ Play")]
+    if view is None:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), *stopped
+    steps = view.run.steps
+    if not on:
+        given = word if word is not None else gr.skip()
+        return min(int(at), steps), gr.skip(), gr.skip(), gr.skip(), given, *stopped
+    scrubbing = steps > 1  # and Gradio refuses a slider from 1 to 1
+    slider = gr.Slider(minimum=1, maximum=max(steps, 2), value=min(int(step), steps), interactive=scrubbing)
+    # Key n picks the n-th word; an empty prompt has none to pick (its maps are the start token's).
+    choices = view.prompt_chips()
+    chips_now = gr.Radio(choices=choices, value=shown_word(view, chips) if choices else None)
+    buttons = [gr.Button(interactive=scrubbing), gr.Button(interactive=scrubbing)]
+    buttons.append(gr.Button("▶ Play", interactive=scrubbing))
+    return gr.skip(), slider, chips_now, view.image, gr.skip(), stopped[0], *buttons
+
+
+def build(switch: gr.Checkbox, tab: Followed) -> None:
+    """The presentation screen (hidden until `switch` is on) and its wiring to the Explain tab's run, step, word and
+    heatmap settings. Entering takes the tab's step and word; leaving gives them back."""
+    s = stage()
     quiet = {"show_progress": "hidden", "api_visibility": "private"}
-    drawn = [label, strip, strips, frames]
-
-    def draw(
-        shown: ExplainView | None,
-        chosen: int | None,
-        cmap: str,
-        alpha: float,
-        scaling: str,
-        kept: Filmstrip | None,
-    ):
-        """The reel of the shown run and word, which the page's script steps through (the label too), and the
-        filmstrip, drawn once without its outline (the script draws that)."""
-        if shown is None:
-            return [NO_RUN] + [gr.skip()] * (len(drawn) - 1)
-        kept = kept if kept is not None and kept.view is shown else Filmstrip(shown)
-        settings = HeatmapSettings(
-            shown_word(shown, chosen), cmap if cmap in COLORMAPS else "viridis", alpha, scaling == shared
-        )
-        return [gr.skip(), kept.frames(), kept, reel(shown, settings, kept)]
-
-    inputs = [view, word, colormap, opacity, normalisation, strips]
-    draw_event = dict(fn=draw, inputs=inputs, outputs=drawn, **quiet)
-    word.input(**draw_event)  # a pick; entering sets the word and draws once itself
-    frames.change(
-        None, [frames, at], None, js=f"(reel, at) => {{ window.sdplayReel = reel; return ({SHOW_JS})(at); }}", **quiet
-    )
-    at.change(None, at, None, js=SHOW_JS, **quiet)
-
-    def enter(on: bool, shown: ExplainView | None, value: int, chosen: int | None, here: int, here_word: int | None):
-        """Entering shows the tab's run at its step and word; leaving gives the tab this screen's step and word
-        (the tab then redraws itself) and stops playing."""
-        # Stop playing; ◀ ▶ and Play as they were, but for a one-step run (SD-Turbo): nothing to scrub.
-        stopped = [gr.Timer(active=False), gr.skip(), gr.skip(), gr.Button("▶ Play")]
-        if shown is None:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), *stopped
-        steps = shown.run.steps
-        if not on:
-            given = here_word if here_word is not None else gr.skip()
-            return min(int(here), steps), gr.skip(), gr.skip(), gr.skip(), given, *stopped
-        scrubbing = steps > 1  # and Gradio refuses a slider from 1 to 1
-        slider = gr.Slider(minimum=1, maximum=max(steps, 2), value=min(int(value), steps), interactive=scrubbing)
-        # Key n picks the n-th word; an empty prompt has none to pick (its maps are the start token's).
-        choices = shown.prompt_chips()
-        chips_now = gr.Radio(choices=choices, value=shown_word(shown, chosen) if choices else None)
-        buttons = [gr.Button(interactive=scrubbing), gr.Button(interactive=scrubbing)]
-        buttons.append(gr.Button("▶ Play", interactive=scrubbing))
-        return gr.skip(), slider, chips_now, shown.image, gr.skip(), stopped[0], *buttons
+    settings = {"view": tab.view, "word": s.word, "colormap": tab.colormap, "opacity": tab.opacity}
+    settings |= {"scale": tab.normalisation, "strips": s.strips}
+    draw_event = dict(fn=draw_stage, inputs_kwargs=settings, outputs=s.drawn(), **quiet)
+    s.word.input(**draw_event)  # a pick; entering sets the word and draws once itself
+    show_reel = f"(reel, at) => {{ window.sdplayReel = reel; return ({SHOW_JS})(at); }}"
+    s.frames.change(None, [s.frames, s.at], None, js=show_reel, **quiet)
+    s.at.change(None, s.at, None, js=SHOW_JS, **quiet)
 
     switch.change(None, switch, None, js=SWITCH_JS, queue=False, **quiet)
-    entered = switch.change(
-        enter,
-        [switch, view, step, chips, at, word],
-        [step, at, word, final, chips, timer, previous, following, play],
-        **quiet,
-    )
+    both = {"on": switch, "view": tab.view, "step": tab.step, "chips": tab.chips, "at": s.at, "word": s.word}
+    updated = [tab.step, s.at, s.word, s.final, tab.chips, s.timer, s.previous, s.following, s.play]
+    entered = switch.change(switched, inputs_kwargs=both, outputs=updated, **quiet)
     entered.then(**draw_event)
-    leave.click(None, None, switch, js="() => false", **quiet)
-    previous.click(None, at, at, js=PREVIOUS_JS, **quiet)
-    following.click(None, at, at, js=NEXT_JS, **quiet)
-
-    def playing(text: str):
-        on = text.startswith("▶")
-        return gr.Timer(active=on), gr.Button("⏸ Pause" if on else "▶ Play")
-
-    play.click(playing, play, [timer, play], **quiet)
-
-    def advance(shown: ExplainView | None, value: int):
-        return int(value) % shown.run.steps + 1 if shown else gr.skip()
-
-    timer.tick(advance, [view, at], at, **quiet)
-
-    strip.select(jump, view, at, **quiet)
+    s.leave.click(None, None, switch, js="() => false", **quiet)
+    s.previous.click(None, s.at, s.at, js=PREVIOUS_JS, **quiet)
+    s.following.click(None, s.at, s.at, js=NEXT_JS, **quiet)
+    s.play.click(play_or_pause, s.play, [s.timer, s.play], **quiet)
+    s.timer.tick(next_step, [tab.view, s.at], s.at, **quiet)
+    s.strip.select(jump, tab.view, s.at, **quiet)

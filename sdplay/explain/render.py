@@ -1,11 +1,14 @@
 """Draw every panel of the Explain view from an `ExplainRun`: plain numpy/PIL on cached arrays, no model needed.
 
 `ExplainView` wraps one run with what every redraw reuses (word groups, layer-averaged maps, scales); `draw()`
-renders everything that depends on the step, cheaply enough to follow a scrubber.
+renders everything that depends on the step, cheaply enough to follow a scrubber. `PANELS` is the registry of the
+panels: one `Panel` record each (what it draws, its caption, its image format, where the Explain tab shows it,
+whether presentation mode shows it). Adding a panel is a function of a `Frame` and one line there.
 """
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -14,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from sdplay.explain.captions import ModelFacts
+from sdplay.explain.captions import CAPTIONS, Caption, ModelFacts
 from sdplay.explain.capture import ExplainRun
 from sdplay.explain.export import load_run
 from sdplay.runtime.errors import UserError
@@ -195,25 +198,6 @@ class HeatmapSettings:
     steps: tuple[int, int] | None = None
 
 
-@dataclass
-class Panels:
-    """Everything that changes with the step (and the heatmap settings)."""
-
-    label: str  # markdown: step k of S, t, σ
-    x_t: Image.Image
-    x0: Image.Image
-    eps_uncond: Image.Image
-    eps_cond: Image.Image
-    guidance: Image.Image
-    eps_note: str  # markdown: the scales the three ε panels use
-    channels: Image.Image
-    heatmap: Image.Image
-    scale: str  # HTML colour bar with the heatmap's range
-    layers: list[tuple[Image.Image, str]]
-    negative: list[tuple[Image.Image, str]]
-    blended: Image.Image | None  # inpaint only
-
-
 class ExplainView:
     """One run, ready to draw: the per-run work (layer averages, word groups, scales) is done once here."""
 
@@ -246,25 +230,10 @@ class ExplainView:
 
     # Per-step panels ------------------------------------------------------------------------------------------
 
-    def draw(self, step: int, settings: HeatmapSettings) -> Panels:
-        """Every step-dependent panel for `step` (0-based)."""
-        eps_uncond, eps_cond, guidance, eps_note = self.noise(step)
-        heatmap, scale = self.heatmap(step, settings)
-        return Panels(
-            label=self.step_label(step),
-            x_t=self.preview("x_t", step),
-            x0=self.x0(step),
-            eps_uncond=eps_uncond,
-            eps_cond=eps_cond,
-            guidance=guidance,
-            eps_note=eps_note,
-            channels=self.channels(step),
-            heatmap=heatmap,
-            scale=scale,
-            layers=self.layer_matrix(step, settings),
-            negative=self.negative_maps(step, settings),
-            blended=self.preview("blended", step) if "blended" in self._previews else None,
-        )
+    def draw(self, step: int, settings: HeatmapSettings, panels: Sequence["Panel"] | None = None) -> dict[str, object]:
+        """Each panel that changes with the step (`step_panels()`, or `panels`), drawn for `step` (0-based), by name."""
+        frame = Frame(self, step, settings)
+        return {panel.name: panel.draw(frame) for panel in (step_panels() if panels is None else panels)}
 
     def step_label(self, step: int) -> str:
         """Markdown: the step, its timestep and noise level, and where strength started the schedule."""
@@ -644,6 +613,138 @@ def fitted(text: str, font: ImageFont.FreeTypeFont, width: float) -> str:
     while text and font.getlength(text + "…") > width:
         text = text[:-1]
     return text + "…"
+
+
+# The panels ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Frame:
+    """What a panel is drawn from: the view, a 0-based step and the heatmap settings. The work that several panels
+    share (the ε panels' common scale, the heatmap and its colour bar) is done once per frame."""
+
+    view: ExplainView
+    step: int
+    settings: HeatmapSettings
+
+    @cached_property
+    def noise(self) -> tuple[Image.Image, Image.Image, Image.Image, str]:
+        return self.view.noise(self.step)
+
+    @cached_property
+    def heatmap(self) -> tuple[Image.Image, str]:
+        return self.view.heatmap(self.step, self.settings)
+
+
+@dataclass(frozen=True)
+class Presented:
+    """How presentation mode shows a panel: a short label, and one line to read from the back of a room."""
+
+    label: str
+    caption: str
+    order: int  # left to right, after the final image
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of the Explain view: what it draws and how the Explain tab shows it."""
+
+    name: str
+    draw: Callable[[Frame], object]
+    label: str = ""
+    # "image" (at the panels' height), "sheet" (an image at its own size), "gallery" (a list of (image, caption)),
+    # "markdown" or "html" (a line of text)
+    kind: str = "image"
+    # How its images are sent. Encoding is on the scrubbing path: on a busy 2-core CPU, PNG (zlib level 6) took
+    # 20–120 ms per 256² panel and JPEG under 2 ms. Sharp, flat pictures (the channel tiles) stay PNG (no ringing).
+    format: str = "jpeg"
+    caption: Caption | None = None  # a template: the tab fills in the model's numbers
+    place: str = "inside"  # where the tab shows it: one of `PLACES` in sdplay/explain/ui.py
+    scale: int = 1  # its width beside the other panels of a row
+    classes: tuple[str, ...] = ()  # CSS classes (tests and styles find a panel by them)
+    value: str | None = None  # a text panel's words before any run
+    per_run: bool = False  # drawn once per run, not at each step
+    only: Callable[[ExplainView], bool] | None = None  # shown only for the runs this holds for (None: all)
+    presented: Presented | None = None  # shown by presentation mode, each step of it sent with the page
+
+
+def inpainted(view: ExplainView) -> bool:
+    return view.run.mask is not None
+
+
+def blended(frame: Frame) -> Image.Image | None:
+    """The latents after the known region is put back (inpaint), None for other runs."""
+    return frame.view.preview("blended", frame.step) if inpainted(frame.view) else None
+
+
+# The registry, in the order each place of the tab shows its panels.
+PANELS: list[Panel] = [
+    Panel(
+        "label", lambda f: f.view.step_label(f.step), kind="markdown", caption=CAPTIONS["step"], place="step",
+        value="Press **Explain** to record a run, or replay a saved one at the bottom.",
+    ),
+    Panel(
+        "heatmap", lambda f: f.heatmap[0], "Where the word looks", caption=CAPTIONS["heatmap"], place="heatmap",
+        classes=("heatmap",), presented=Presented("Word heatmap", "Bright: the parts that look at the word.", 3),
+    ),
+    Panel("scale", lambda f: f.heatmap[1], kind="html", place="heatmap"),
+    Panel(
+        "x_t", lambda f: f.view.preview("x_t", f.step), "x_t · noisy latent", caption=CAPTIONS["x_t"],
+        presented=Presented("x_t · noisy", "What the model is cleaning now.", 2),
+    ),
+    Panel(
+        "x0", lambda f: f.view.x0(f.step), "x̂₀ · predicted image", caption=CAPTIONS["x0"], classes=("x0",),
+        presented=Presented("x̂₀ · prediction", "The model's guess of the end result, now.", 1),
+    ),
+    Panel("eps_uncond", lambda f: f.noise[0], "ε_uncond", caption=CAPTIONS["eps_uncond"]),
+    Panel("eps_cond", lambda f: f.noise[1], "ε_cond", caption=CAPTIONS["eps_cond"]),
+    Panel(
+        "guidance", lambda f: f.noise[2], "Guidance term", caption=CAPTIONS["guidance"],
+        presented=Presented("Guidance term", "What the prompt adds (grey: nothing).", 4),
+    ),
+    Panel("eps_note", lambda f: f.noise[3], kind="markdown"),
+    Panel(
+        "channels", lambda f: f.view.channels(f.step), "Latent channels", kind="sheet", format="png",
+        caption=CAPTIONS["channels"], place="latent", scale=2,
+    ),
+    Panel(
+        "mask", lambda f: f.view.mask(), "Mask at latent resolution", format="png", caption=CAPTIONS["mask"],
+        place="latent", per_run=True, only=inpainted,
+    ),
+    Panel(
+        "blended", blended, "After blending the known region", caption=CAPTIONS["blended"], place="latent",
+        only=inpainted,
+    ),
+    Panel(
+        "layers", lambda f: f.view.layer_matrix(f.step, f.settings), "The chosen word in each UNet block",
+        kind="gallery", caption=CAPTIONS["layers"], place="words",
+    ),
+    Panel(
+        "negative", lambda f: f.view.negative_maps(f.step, f.settings), "Negative prompt words", kind="gallery",
+        caption=CAPTIONS["negative"], place="negative",
+    ),
+]  # fmt: skip
+
+
+def step_panels() -> list[Panel]:
+    """The registry's panels that change with the step: what a redraw draws."""
+    return [panel for panel in PANELS if not panel.per_run]
+
+
+def presented() -> list[Panel]:
+    """The registry's panels that presentation mode shows, left to right."""
+    return sorted((panel for panel in PANELS if panel.presented), key=lambda panel: panel.presented.order)
+
+
+# The word maps' scales and steps as the tabs offer them (their radios' choices).
+PER_WORD, SHARED, RANGE = "Per word", "Shared scale", "A range of steps"
+
+
+def heatmap_settings(
+    word: int, colormap: str, opacity: float, scale: str, steps: tuple[int, int] | None = None
+) -> HeatmapSettings:
+    """The settings the tab's controls choose: `scale` is PER_WORD or SHARED; an unknown colour map is viridis."""
+    return HeatmapSettings(word, colormap if colormap in COLORMAPS else "viridis", opacity, scale == SHARED, steps)
 
 
 def replay_view(path: str | Path, limits: Limits = Limits()) -> ExplainView:
