@@ -19,7 +19,7 @@ def build(page: Page) -> None:
         with gr.Column():
             r = results()
 
-    def img2img(*, image: str | None, request: gr.Request = None, progress=gr.Progress(), **settings):
+    def img2img(request: gr.Request = None, progress=gr.Progress(), *, image: str | None, **settings):
         """Repaint an image towards the prompt; `strength` 0..1 is how much noise is added first."""
         job = GenerationRequest(task=Task.IMG2IMG, image=image, **settings)
         yield from run(manager, job, limits, request, progress)

@@ -37,7 +37,7 @@ def build(page: Page) -> None:
             r = results()
 
     def inpaint(
-        *, image: dict | None, mask: str | None = None, request: gr.Request = None, progress=gr.Progress(), **settings
+        request: gr.Request = None, progress=gr.Progress(), *, image: dict | None, mask: str | None = None, **settings
     ):
         """Repaint the masked region: `image` is the editor value (painted layers = mask) or `mask` an upload."""
         with user_errors():
