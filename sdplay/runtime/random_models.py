@@ -69,16 +69,21 @@ def tiny_pipeline(folder: Path, inpainting: bool = False, seed: int = 0) -> Path
         attention_head_dim=2,
         norm_num_groups=4,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(4, 4, 4, 4),
+    vae = _vae((4, 4, 4, 4), layers_per_block=1, sample_size=64, norm_num_groups=2)
+    return _save(folder, unet, vae, _text_encoder(tokenizer, hidden_size=16, layers=2, heads=2), tokenizer)
+
+
+def _vae(channels: tuple[int, ...], layers_per_block: int, sample_size: int, **options) -> AutoencoderKL:
+    """A VAE of SD's shape (four levels, 4 latent channels) with `channels` per level."""
+    return AutoencoderKL(
+        block_out_channels=channels,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=2,
-        sample_size=64,
+        layers_per_block=layers_per_block,
+        sample_size=sample_size,
+        **options,
     )
-    return _save(folder, unet, vae, _text_encoder(tokenizer, hidden_size=16, layers=2, heads=2), tokenizer)
 
 
 def sd15_pipeline(folder: Path, seed: int = 0) -> Path:
@@ -91,12 +96,5 @@ def sd15_pipeline(folder: Path, seed: int = 0) -> Path:
         attention_head_dim=8,
         block_out_channels=(320, 640, 1280, 1280),
     )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=2,
-        sample_size=512,
-    )
+    vae = _vae((128, 256, 512, 512), layers_per_block=2, sample_size=512)
     return _save(folder, unet, vae, _text_encoder(tokenizer, hidden_size=768, layers=12, heads=12), tokenizer)
