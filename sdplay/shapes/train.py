@@ -22,6 +22,7 @@ import math
 import pathlib
 import sys
 import time
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -74,13 +76,34 @@ class Config:
 
     @classmethod
     def from_args(cls, args: list[str]) -> "Config":
-        config, types = cls(), {field.name: field.type for field in dataclasses.fields(cls)}
-        for arg in args:
-            key, value = arg.removeprefix("--").split("=", 1)
-            if key not in types:
-                raise SystemExit(f"unknown config key {key}; the keys are {', '.join(types)}")
-            setattr(config, key, types[key](value if types[key] is str else ast.literal_eval(value)))
-        return config
+        return config_from_args(cls, args)
+
+
+AnyConfig = TypeVar("AnyConfig")
+
+
+def config_from_args(cls: type[AnyConfig], args: list[str]) -> AnyConfig:
+    """A `cls` dataclass with its defaults, then each `--key=value` of `args` (a Python literal, or a string)."""
+    config, types = cls(), {field.name: field.type for field in dataclasses.fields(cls)}
+    for arg in args:
+        key, value = arg.removeprefix("--").split("=", 1)
+        if key not in types:
+            raise SystemExit(f"unknown config key {key}; the keys are {', '.join(types)}")
+        setattr(config, key, types[key](value if types[key] is str else ast.literal_eval(value)))
+    return config
+
+
+class PhaseClock:
+    """Each phase's wall time: `done(name)` records and prints the time since the previous phase ended."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name], self.start = now - self.start, now
+        print(f"{name}: {self.timings[name]:.1f} s")
 
 
 # v-prediction: at high noise the target is close to the clean latent, so the loss rewards getting the layout
@@ -363,21 +386,28 @@ def report_round_trip(vae: AutoencoderKL, latents: torch.Tensor, data: Data, con
 
 
 def save_pipeline(
-    folder: str | pathlib.Path, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer, unet: UNet2DConditionModel
+    folder: str | pathlib.Path,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    tokenizer,
+    unet: UNet2DConditionModel,
+    scheduler: SchedulerMixin | None = None,
+    settings: dict | None = None,
 ) -> None:
-    """A plain diffusers folder (the attention processors are not part of the saved model) and its settings."""
+    """A plain diffusers folder (the attention processors are not part of the saved model) and its settings; by
+    default this model's: DPM++ 2M and the world's recommended settings."""
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=DPMSolverMultistepScheduler(timestep_spacing="trailing", **SCHEDULER_CONFIG),
+        scheduler=scheduler or DPMSolverMultistepScheduler(timestep_spacing="trailing", **SCHEDULER_CONFIG),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
-    (pathlib.Path(folder) / SETTINGS_FILE).write_text(json.dumps(RECOMMENDED_SETTINGS, indent=2) + "\n")
+    (pathlib.Path(folder) / SETTINGS_FILE).write_text(json.dumps(settings or RECOMMENDED_SETTINGS, indent=2) + "\n")
 
 
 def train_unet(
@@ -455,13 +485,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     folder = pathlib.Path(config.out_dir).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = Checkpoint(folder, np.random.default_rng(config.seed))
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def phase_done(name: str) -> None:
-        nonlocal clock
-        timings[name], clock = time.perf_counter() - clock, time.perf_counter()
-        print(f"{name}: {timings[name]:.1f} s")
+    clock = PhaseClock()
 
     data = render_data(config)
     print(f"rendered {config.num_scenes} one-object and {config.num_pairs} two-object scenes at {config.resolution}²")
@@ -481,24 +505,24 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     if "vae" in state:
         vae.load_state_dict(state["vae"])
     print(f"starting at phase {state['phase']}, step {state['step']}")
-    phase_done("render")
+    clock.done("render")
     if state["phase"] == "vae":
         state = train_vae(config, vae, data, state, checkpoint)
-    phase_done("vae")
+    clock.done("vae")
 
     latents = encode_latents(vae, data, folder)
     # Unit variance; a fine-tuned model keeps its own factor, which its UNet was trained with.
     vae.register_to_config(scaling_factor=state.get("scaling_factor", 1 / latents.std().item()))
     latents = latents * vae.config.scaling_factor
     report_round_trip(vae, latents, data, config)
-    phase_done("latents")
+    clock.done("latents")
 
     ema_text, ema_unet = train_unet(config, (vae, text_encoder, unet), tokenizer, data, latents, state, checkpoint)
-    phase_done("unet")
+    clock.done("unet")
     save_pipeline(config.final_dir, vae, ema_text, tokenizer, ema_unet)
     print(f"saved the model to {config.final_dir}")
-    phase_done("save")
-    return timings
+    clock.done("save")
+    return clock.timings
 
 
 if __name__ == "__main__":
