@@ -424,8 +424,8 @@ class Comparison:
         """The comparison as JSON-able numbers: the two recipes, the image and x̂₀ differences, the word shifts."""
         split = split_step(self.differences)
         return {
-            "a": {"label": self.label_a, **self.a.recipe},
-            "b": {"label": self.label_b, **self.b.recipe},
+            "a": {"label": self.label_a, **self.a.recipe.as_dict()},
+            "b": {"label": self.label_b, **self.b.recipe.as_dict()},
             "pixel_difference": pixel_difference(self.a.image, self.b.image),
             "difference_gain": self.gain,
             "x0_difference": [round(float(d), 6) for d in self.differences],

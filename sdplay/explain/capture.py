@@ -9,7 +9,7 @@ and loads them all from that declaration.
 import math
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from sdplay.runtime.models import ModelManager
 from sdplay.runtime.predictions import Prediction, watch_predictions
 from sdplay.runtime.prompts import prompt_schedule
 from sdplay.runtime.request import GenerationRequest, Limits, Task, validated
+from sdplay.runtime.samplers import AUTOMATIC
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,51 @@ RUN_TENSORS = (
 )  # fmt: skip
 
 
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """What made a run: the validated request (its seed drawn, its size the image's), the model that ran it, and
+    what the captions and replays need. An export stores it as JSON with these names as keys (`as_dict`, `of`)."""
+
+    task: str
+    prompt: str
+    negative_prompt: str
+    sampler: str
+    schedule: str | None = None  # None: a run saved before schedule types (its sampler's own)
+    steps: int
+    guidance_scale: float
+    seed: int
+    width: int
+    height: int
+    model: str
+    model_facts: dict[str, int] | None = None  # the model's numbers, for the captions (None: saved before them)
+    chunks: int | None = None  # chunks of 75 tokens (None: saved when long prompts were cut)
+    # Which plain prompt applies up to which step (prompt editing, alternation): {"prompt": [[last step, text], ...],
+    # "negative_prompt": [...]}; None: saved before it was recorded.
+    prompt_schedule: dict[str, list] | None = None
+    strength: float | None = None  # image-to-image and inpaint only
+
+    @classmethod
+    def of(cls, values: dict) -> "Recipe":
+        """The recipe of an export's JSON (checked by export.load_run first; unknown keys are left out)."""
+        return cls(**{name: values[name] for name in RECIPE_FIELDS if name in values})
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON an export stores: every field but those a run does not have."""
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
+    def request(self) -> GenerationRequest:
+        """The request that makes this run again (an image-to-image run's input image aside)."""
+        strength = {} if self.strength is None else {"strength": self.strength}
+        return GenerationRequest(
+            task=Task(self.task), prompt=self.prompt, negative_prompt=self.negative_prompt, sampler=self.sampler,
+            schedule=self.schedule or AUTOMATIC, steps=self.steps, guidance_scale=self.guidance_scale, seed=self.seed,
+            width=self.width, height=self.height, **strength,
+        )  # fmt: skip
+
+
+RECIPE_FIELDS = [field.name for field in fields(Recipe)]
+
+
 @dataclass
 class ExplainRun:
     """Everything the Explain view shows, for one image; S steps, C latent channels, latents h×w.
@@ -77,7 +123,7 @@ class ExplainRun:
     image: np.ndarray  # uint8 [H, W, 3], the final image
     tokens: list[str]  # the prompt's tokens, chunk after chunk from start to end token, as the tokenizer spells them
     negative_tokens: list[str]
-    recipe: dict[str, object]  # the validated request, as JSON-able values
+    recipe: Recipe
     timesteps: torch.Tensor  # [S]
     sigmas: torch.Tensor  # [S]: σ_t = √((1 − ᾱ_t)/ᾱ_t), the noise-to-signal ratio
     latents: torch.Tensor  # [S, C, h, w]: the x_t entering each step (variance-preserving scale)
@@ -90,7 +136,7 @@ class ExplainRun:
     layers: dict[str, int]  # cross-attention layers in each block
     latent_rgb: torch.Tensor  # [C+1, 3]: the model's linear latent -> RGB preview map
     unet_calls: int
-    first_step: int  # image-to-image and inpaint start the schedule of `recipe["steps"]` here (strength)
+    first_step: int  # image-to-image and inpaint start the schedule of `recipe.steps` here (strength)
     mask: torch.Tensor | None = None  # [h, w]: inpainting mask at latent resolution (1 = repaint)
     blended: torch.Tensor | None = None  # [S, C, h, w]: latents after the known region is put back (inpaint)
     weights: torch.Tensor | None = None  # [T]: each token's A1111 emphasis weight (1 for start/end); None: not saved
@@ -335,7 +381,7 @@ class ExplainRecorder:
         self.unet_calls += len(self.calls)
         self.calls = []
 
-    def run(self, image, tokens: list[str], negative_tokens: list[str], recipe: dict, latent_rgb, first_step: int):
+    def run(self, image, tokens: list[str], negative_tokens: list[str], recipe: Recipe, latent_rgb, first_step: int):
         """The recorded steps as one `ExplainRun`."""
         if self.calls:  # Heun's last step ends in its second-order state: close it here
             self._close_step()
@@ -412,28 +458,26 @@ def explain(
     negative = tokens_of(tokenizer, request.negative_prompt, request.steps, "negative prompt")
     recorder = ExplainRecorder((tokens.positions, negative.positions), prompt=tokens)
     result = generate(manager, request, limits, control, recorder=recorder)
-    recipe = {
-        "task": request.task.value,
-        "prompt": request.prompt,
-        "negative_prompt": request.negative_prompt,
-        "sampler": request.sampler,
-        "schedule": request.schedule,
-        "steps": request.steps,
-        "guidance_scale": request.guidance_scale,
-        "seed": result.seeds[0],
-        "width": result.images[0].width,
-        "height": result.images[0].height,
-        "model": manager.model.name,
-        "model_facts": asdict(ModelFacts.of_pipeline(manager.model.pipe)),  # for the captions, in replays too
-        "chunks": tokens.chunks,  # of 75 tokens: the prompt is never cut
-        # Which plain prompt applies up to which step (prompt editing, alternation): [[last step, prompt], ...].
-        "prompt_schedule": {
+    recipe = Recipe(
+        task=request.task.value,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        sampler=request.sampler,
+        schedule=request.schedule,
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        seed=result.seeds[0],
+        width=result.images[0].width,
+        height=result.images[0].height,
+        model=manager.model.name,
+        model_facts=asdict(ModelFacts.of_pipeline(manager.model.pipe)),  # for the captions, in replays too
+        chunks=tokens.chunks,  # of 75 tokens: the prompt is never cut
+        prompt_schedule={
             key: [[entry.end_at_step, entry.text] for entry in prompt_schedule(text, request.steps)]
             for key, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt))
         },
-    }
-    if request.task != Task.TXT2IMG:
-        recipe["strength"] = request.strength
+        strength=None if request.task == Task.TXT2IMG else request.strength,
+    )
     first_step = request.steps - len(recorder.steps)
     run = recorder.run(result.images[0], tokens.names, negative.names, recipe, manager.model.latent_rgb, first_step)
     return replace(run, weights=torch.tensor(tokens.weights), **recorder.text_embeddings())

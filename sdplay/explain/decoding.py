@@ -65,7 +65,7 @@ def decodes_unasked(manager: ModelManager, run: ExplainRun) -> bool:
     """Whether x̂₀ of `run` is decoded without a press: the loaded model made it, and its VAE is cheap."""
     model = manager.model
     pixels = run.image.shape[0] * run.image.shape[1]
-    return run.recipe.get("model") == model.name and cheap_to_decode(model.pipe.vae, pixels)
+    return run.recipe.model == model.name and cheap_to_decode(model.pipe.vae, pixels)
 
 
 def decode_x0_if_cheap(manager: ModelManager, view: ExplainView, limits: Limits, owner: str | None) -> None:
@@ -81,7 +81,7 @@ def decode_x0(manager: ModelManager, view: ExplainView, first: int, limits: Limi
     executor, `owner`'s to stop; keep each image in the view, and yield its step."""
     run = view.run
     order = decode_order(run.steps, first)
-    request = DecodeRequest(str(run.recipe.get("model")), tuple(order), run.x0[order])
+    request = DecodeRequest(run.recipe.model, tuple(order), run.x0[order])
     for item in manager.executor.run(JobSpec(decode_latents, request, limits, owner)):
         if isinstance(item, Decoded):
             view.keep_decoded(item.step, item.image)

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
 from sdplay.explain.captions import ModelFacts
-from sdplay.explain.capture import RUN_TENSORS, ExplainRun, RunTensor
+from sdplay.explain.capture import RUN_TENSORS, ExplainRun, Recipe, RunTensor
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.request import Limits
 
@@ -74,7 +74,7 @@ def save_run(run: ExplainRun, path: str | Path) -> Path:
         "format": FORMAT,
         "tokens": json.dumps(run.tokens, ensure_ascii=False),
         "negative_tokens": json.dumps(run.negative_tokens, ensure_ascii=False),
-        "recipe": json.dumps(run.recipe, ensure_ascii=False),
+        "recipe": json.dumps(run.recipe.as_dict(), ensure_ascii=False),
         "layers": json.dumps(run.layers),
         "unet_calls": str(run.unet_calls),
         "first_step": str(run.first_step),
@@ -111,7 +111,7 @@ def load_run(path: str | Path, limits: Limits = Limits()) -> ExplainRun:
         else:
             fields[declared.name] = tensors.get(declared.name)
     fields["image"] = fields["image"].numpy()  # the run's one numpy array: what the view draws over
-    metadata_fields = {key: contents[key] for key in METADATA}
+    metadata_fields = {key: contents[key] for key in METADATA} | {"recipe": Recipe.of(contents["recipe"])}
     return ExplainRun(**metadata_fields, **fields)
 
 

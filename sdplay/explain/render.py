@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from sdplay.explain.captions import CAPTIONS, Caption, ModelFacts
-from sdplay.explain.capture import ExplainRun
+from sdplay.explain.capture import ExplainRun, Recipe
 from sdplay.explain.export import load_run
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.previews import latents_to_rgb
@@ -174,7 +174,7 @@ def guidance_brightness(gain: float) -> str:
 def run_facts(run: ExplainRun) -> ModelFacts:
     """The model's numbers for the captions: recorded with the run, or, in runs saved before they were, the VAE's
     from the run's own shapes."""
-    recorded = run.recipe.get("model_facts")
+    recorded = run.recipe.model_facts
     if recorded is not None:
         return ModelFacts(**{name: int(value) for name, value in recorded.items()})
     return ModelFacts(vae_factor=run.image.shape[0] // run.latents.shape[-2], latent_channels=run.latents.shape[1])
@@ -239,9 +239,9 @@ class ExplainView:
         """Markdown: the step, its timestep and noise level, and where strength started the schedule."""
         run = self.run
         label = f"**Step {step + 1} of {run.steps}** · t = {run.timesteps[step]:.0f} · σ = {run.sigmas[step]:.3g}"
-        strength = run.recipe.get("strength")  # only image-to-image and inpaint runs have one
+        strength = run.recipe.strength  # only image-to-image and inpaint runs have one
         if strength is not None and run.first_step:
-            total = run.recipe["steps"]
+            total = run.recipe.steps
             label += (
                 f" · strength {strength} starts the {total}-step schedule at step {run.first_step + 1}: "
                 f"this is schedule step {run.first_step + step + 1} of {total}"
@@ -286,7 +286,7 @@ class ExplainView:
             rms = float(np.sqrt(np.mean(run.guidance[step].numpy() ** 2)))
             note += (
                 f" · the guidance term is {guidance_brightness(eps_scale / guidance_scale)} · CFG scale "
-                f"{run.recipe['guidance_scale']} · guidance rms {rms:.3f} (latent units)"
+                f"{run.recipe.guidance_scale} · guidance rms {rms:.3f} (latent units)"
             )
         return (
             self._signed(uncond, eps_scale),
@@ -471,7 +471,7 @@ class ExplainView:
         the limit cut off (runs made before prompts were chunked)."""
         chunks = sum(1 for word in self.words if word.special and word.text == "start")
         used, limit = len(self.run.tokens) - 2 * chunks, self.facts.prompt_tokens
-        schedule = self.run.recipe.get("prompt_schedule", {}).get("prompt", [])
+        schedule = (self.run.recipe.prompt_schedule or {}).get("prompt", [])
         edits = ""
         if len(schedule) > 1:
             parts = [f"to step {end}: “{text}”" for end, text in schedule[:6]]
@@ -485,8 +485,8 @@ class ExplainView:
             )
         line = f"{used} of {limit} prompt tokens used, framed by the start and end tokens"
         line += f" and padded to {self.facts.text_positions} positions."
-        if used >= limit and "chunks" not in self.run.recipe:
-            dropped = dropped_text(str(self.run.recipe.get("prompt", "")), self.words)
+        if used >= limit and self.run.recipe.chunks is None:
+            dropped = dropped_text(self.run.recipe.prompt, self.words)
             line += " **The prompt reached the limit: the text encoder never saw the rest**"
             line += f": “{dropped}”." if dropped else "."
         return line + edits
@@ -503,13 +503,13 @@ class ExplainView:
     def summary(self) -> str:
         """One line describing the run's recipe."""
         r = self.run.recipe
-        task = {"txt2img": "Text-to-Image", "img2img": "Image-to-Image", "inpaint": "Inpaint"}.get(str(r["task"]))
+        task = {"txt2img": "Text-to-Image", "img2img": "Image-to-Image", "inpaint": "Inpaint"}.get(r.task)
         # The schedule type as A1111 1.9+ names it apart, when it is not the sampler's own (older runs have none).
-        schedule = f" · {r['schedule']}" if r.get("schedule", AUTOMATIC) != AUTOMATIC else ""
-        line = f"{task} · {r['sampler']}{schedule} · {r['steps']} steps · CFG {r['guidance_scale']} · seed {r['seed']}"
-        line += f" · {r['width']}×{r['height']} · model {r['model']} · {self.run.unet_calls} UNet calls"
-        if "strength" in r:
-            line += f" · strength {r['strength']}"
+        schedule = f" · {r.schedule}" if (r.schedule or AUTOMATIC) != AUTOMATIC else ""
+        line = f"{task} · {r.sampler}{schedule} · {r.steps} steps · CFG {r.guidance_scale} · seed {r.seed}"
+        line += f" · {r.width}×{r.height} · model {r.model} · {self.run.unet_calls} UNet calls"
+        if r.strength is not None:
+            line += f" · strength {r.strength}"
         return line
 
 
@@ -760,7 +760,7 @@ def replay_view(path: str | Path, limits: Limits = Limits()) -> ExplainView:
     return view
 
 
-def export_name(recipe: dict) -> str:
+def export_name(recipe: Recipe) -> str:
     """A readable file name for a run: the prompt's first words and the seed."""
-    slug = re.sub(r"[^a-z0-9]+", "-", str(recipe.get("prompt", "")).lower()).strip("-")[:40].strip("-")
-    return f"explain-{slug or 'run'}-{recipe.get('seed')}.safetensors"
+    slug = re.sub(r"[^a-z0-9]+", "-", recipe.prompt.lower()).strip("-")[:40].strip("-")
+    return f"explain-{slug or 'run'}-{recipe.seed}.safetensors"

@@ -132,7 +132,7 @@ def availability(run: ExplainRun | None, loaded: str) -> str:
     """Markdown: what this section shows of `run` and what needs its model, `loaded` being the model loaded now."""
     if run is None:
         return "Record a run on the **Explain** tab, or replay a saved one: this section shows its prompt's tokens."
-    made = str(run.recipe.get("model"))
+    made = run.recipe.model
     lines = []
     if run.token_embeddings is None:
         lines.append(

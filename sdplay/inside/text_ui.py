@@ -132,7 +132,7 @@ def neighbours_of(
     """The table of each token's nearest vocabulary tokens, asked of the run's model (a job)."""
     run = recorded(shown)
     tokens = tuple(first_chunk(run.tokens))
-    job = NeighboursRequest(str(run.recipe.get("model")), tokens, words_only=whole_words)
+    job = NeighboursRequest(run.recipe.model, tokens, words_only=whole_words)
     return neighbours_table(job_result(manager, nearest_tokens, job, limits, request), tokens[0], tokens[-1])
 
 
@@ -141,7 +141,7 @@ def causal_views(
 ) -> tuple:
     """The causal test (edit a later word, then an early one; a job): its chart and its summary."""
     run = recorded(shown)
-    job = CausalRequest(str(run.recipe.get("model")), tuple(first_chunk(run.tokens)), word or "")
+    job = CausalRequest(run.recipe.model, tuple(first_chunk(run.tokens)), word or "")
     result = job_result(manager, causal_test, job, limits, request)
     return causal_chart(result), causal_summary(result)
 

@@ -51,11 +51,11 @@ def step_input(run: ExplainRun, step: int) -> StepInput:
         raise UserError(f"This run has steps 1 to {run.steps}: there is no step {step + 1}.")
     recipe = run.recipe
     return StepInput(
-        model=str(recipe.get("model")),
-        prompt=str(recipe.get("prompt", "")),
-        negative_prompt=str(recipe.get("negative_prompt", "")),
-        steps=int(recipe.get("steps", run.steps)),
-        guidance_scale=float(recipe.get("guidance_scale", 1.0)),
+        model=recipe.model,
+        prompt=recipe.prompt,
+        negative_prompt=recipe.negative_prompt,
+        steps=recipe.steps,
+        guidance_scale=recipe.guidance_scale,
         step=step,
         call=first_call(run, step),
         latents=run.latents[step].float().clone(),  # a copy: a view would pickle the whole run's latents

@@ -95,7 +95,7 @@ def unet_views(
     step = step_index(at, run.steps)
     with user_errors():  # step_input's refusals too (a step the run does not have ...)
         inside: UNetInside = job_result(manager, look_inside, UNetRequest(step_input(run, step)), limits, request)
-    model = str(run.recipe.get("model"))
+    model = run.recipe.model
     return (
         summary(inside, step, run.eps_cond[step], run.eps_uncond[step] if run.negative_attention else None),
         diagram(inside, model),

@@ -178,7 +178,7 @@ class LessonView:
 
     @property
     def model(self) -> str:
-        return str(self.run.recipe.get("model"))
+        return self.run.recipe.model
 
     @cached_property
     def embeddings(self) -> TextEmbeddings | None:
@@ -204,11 +204,11 @@ def lesson_view(
     """A run (recorded or replayed) for the lesson. Its ids are the file's, or `tokenizer`'s if `loaded_model`
     made the run."""
     run = view.run
-    loaded = loaded_model == run.recipe.get("model")
+    loaded = loaded_model == run.recipe.model
     ids = [int(i) for i in run.token_ids] if run.token_ids is not None else None
     if ids is None and loaded and tokenizer is not None:
         ids = [int(i) for i in tokenizer.convert_tokens_to_ids(run.tokens)]
-    fits = preset if preset is not None and run.recipe.get("prompt") == preset.prompt else None
+    fits = preset if preset is not None and run.recipe.prompt == preset.prompt else None
     return LessonView(view, loaded, ids, fits)
 
 
@@ -337,10 +337,6 @@ def chosen_word(lesson: LessonView) -> str:
     return lesson.view.words[lesson.start.word].text
 
 
-def recipe(lesson: LessonView, key: str):
-    return lesson.run.recipe.get(key)
-
-
 def static_similarity(lesson: LessonView) -> Image.Image:
     embeddings = lesson.embeddings
     return similarity_image(cosine_matrix(embeddings.static), embeddings.labels, "")
@@ -397,21 +393,21 @@ SELF_ATTENTION = Panel(
 
 
 def _guidance_off(lesson: LessonView) -> str:
-    return "1" if float(recipe(lesson, "guidance_scale")) > 1 else "7"
+    return "1" if lesson.run.recipe.guidance_scale > 1 else "7"
 
 
 def _next_seed(lesson: LessonView) -> str:
-    return str(int(recipe(lesson, "seed")) + 1)
+    return str(lesson.run.recipe.seed + 1)
 
 
 def _fewer_steps(lesson: LessonView) -> str:
-    return str(max(1, int(recipe(lesson, "steps")) // 4))
+    return str(max(1, lesson.run.recipe.steps // 4))
 
 
 # Entering a stage puts the step where its panels tell the story: the noise at the first step, the UNet and the
 # guidance in the middle of the run, where the words look at the last.
 STAGES: tuple[Stage, ...] = (
-    Stage("tokens", (TOKEN_IDS,), Try(EXPLAIN, lambda lesson: f"{recipe(lesson, 'prompt')}, watercolour")),
+    Stage("tokens", (TOKEN_IDS,), Try(EXPLAIN, lambda lesson: f"{lesson.run.recipe.prompt}, watercolour")),
     Stage("token_embeddings", (STATIC, NEIGHBOURS), Try("Negative prompt", chosen_word)),
     Stage("contextual", (CAUSAL, CAUSAL_TEST), Try("Negative prompt", chosen_word)),
     Stage("latent", (NOISE, COMPRESSION), Try("Seed", _next_seed), step=0),
@@ -420,7 +416,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("cross_attention", (HEATMAP, MASS), Try("Negative prompt", chosen_word), step=1),
     Stage("guidance", (EPS_PAIR, GUIDANCE), Try("CFG scale", _guidance_off), step=0.5),
     Stage("trajectory", (FILMSTRIP, X0), Try("Sampler", lambda lesson: "Euler a"), step=0),
-    Stage("decode", (LATENT, FINAL), Try(EXPLAIN, lambda lesson: str(recipe(lesson, "prompt"))), step=1),
+    Stage("decode", (LATENT, FINAL), Try(EXPLAIN, lambda lesson: lesson.run.recipe.prompt), step=1),
 )
 
 
@@ -444,16 +440,10 @@ def draw_stage(stage: Stage, lesson: LessonView, at: Moment) -> Shown:
 
 # Try this --------------------------------------------------------------------------------------------------------
 
-# The recipe's keys that "try this" takes (its schedule apart: older files may lack it).
-SETTINGS = ("prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "seed", "width", "height")
-
-
 def run_request(lesson: LessonView) -> GenerationRequest:
     """The lesson run's settings as a text-to-image request, as its recipe recorded them (not validated: the values
     that "try this" puts in the controls). A file without a schedule ran the sampler's own (Automatic)."""
-    recipe = lesson.run.recipe
-    settings = {key: recipe.get(key) for key in SETTINGS}
-    return GenerationRequest(task=Task.TXT2IMG, **settings, schedule=recipe.get("schedule") or AUTOMATIC)
+    return replace(lesson.run.recipe.request(), task=Task.TXT2IMG)
 
 
 @dataclass(frozen=True)
