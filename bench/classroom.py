@@ -31,14 +31,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results  # noqa: E402
+from handmade import edited, png_claiming_size, synthetic_run, write_safetensors  # noqa: E402 (as the tests build them)
 from raw_api import Answer, call, positional  # noqa: E402
 from startup import free_port, wait_for_page  # noqa: E402
 
 from sdplay.explain import export  # noqa: E402
-
-# The probe's hostile files, built as the tests that refuse them build them.
-from tests.test_explain import edited, synthetic_run, write_safetensors  # noqa: E402
-from tests.test_images import png_claiming_size  # noqa: E402
 
 # Configuration
 STUDENTS = 30

@@ -136,7 +136,7 @@ def main() -> None:
         [
             *rows,
             "",
-            f"Bundled model, {run.steps} steps ({run.recipe['sampler']}, CFG {run.recipe['guidance_scale']}), "
+            f"Bundled model, {run.steps} steps ({run.recipe.sampler}, CFG {run.recipe.guidance_scale}), "
             f"{run.image.shape[1]}×{run.image.shape[0]}, seed {SEED}, prompt “{PROMPT}”. Server: {args.passes} reels."
             f" Chromium ({VIEWPORT['width']}×{VIEWPORT['height']}): `python app.py` on the bundled "
             f"model replays the run, presentation mode on, {args.presses} presses of ← / →, each timed until the "

@@ -1,28 +1,24 @@
 """Shared fixtures: tiny random-weight pipelines built in code, a loaded manager, the app on a free port, Chromium.
 
-Nothing here touches the network: models are made on the spot and the app runs with --offline.
+Nothing here touches the network: models are made on the spot and the app runs with --offline. The plain helpers
+that test modules share (paths, timeouts, the app's start, its API, the page's tabs) are in tests/helpers.py.
 """
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
+from gradio_client import Client
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
+from sdplay.explain import export
 from sdplay.runtime.composition import local_manager
 from sdplay.runtime.models import ModelManager
 from sdplay.runtime.random_models import tiny_pipeline
+from tests.helpers import LOAD_TIMEOUT_MS, ROOT, SHAPES, served_app  # noqa: F401 (ROOT: for test_app.py, as yet)
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "tests" / "artifacts"
-LOAD_TIMEOUT_MS = 60_000
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -48,39 +44,19 @@ def manager(tiny_model) -> ModelManager:
 def shapes() -> ModelManager:
     """A manager with the bundled shapes model (assets/shapes) loaded, on the CPU; tests must not switch it."""
     manager = local_manager(device="cpu")
-    manager.load(str(ROOT / "assets" / "shapes"))
+    manager.load(str(SHAPES))
     return manager
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture
+def no_tensor_is_built(monkeypatch):
+    """Fail if the file gets past its header: no tensor may be built from a file that breaks the contract."""
 
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor was loaded")
 
-def served_app(model: Path, *flags: str, log_name: str = "app.log") -> Iterator[str]:
-    """`python app.py` as a user starts it, on `model` and a free port, with more `flags`: yields its URL."""
-    port = free_port()
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = (ARTIFACTS / log_name).open("w")
-    command = [sys.executable, "app.py", "--model", str(model), "--port", str(port), "--offline", *flags]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if requests.get(url, timeout=2).status_code in (200, 401):  # 401: the app has a login page
-                break
-        except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the app did not start: see {ARTIFACTS / log_name}")
-        time.sleep(0.5)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    monkeypatch.setattr(export, "safe_open", refuse)
+    monkeypatch.setattr(export, "load_file", refuse, raising=False)
 
 
 @pytest.fixture(scope="session")
@@ -90,9 +66,7 @@ def app_url(tiny_model) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def client(app_url):
-    from gradio_client import Client
-
+def client(app_url) -> Client:
     return Client(app_url, verbose=False)
 
 
@@ -110,6 +84,17 @@ def browser():
         )
         yield browser
         browser.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that drives Chromium carries the `browser` marker, so that `-m "not browser"` leaves out them all."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "browser" in getattr(item, "fixturenames", ()) and item.get_closest_marker("browser") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"mark these Chromium tests with @pytest.mark.browser: {', '.join(unmarked)}")
 
 
 # Keeps the text of every toast (errors, warnings, infos) the page shows, for the report of a failed test.
@@ -163,3 +148,15 @@ def page(request: pytest.FixtureRequest, browser: Browser, app_url: str, page_er
     if request.node.stash.get(FAILED, False):  # Gradio's toasts go after seconds: say what they said
         print("Toasts shown:", page.evaluate("window.sdplayToasts"))
     context.close()
+
+
+@pytest.fixture
+def torch_threads_kept() -> Iterator[None]:
+    """For tests that run a training script: its `--threads` sets torch's thread count for the whole process, and a
+    thread started later (a forked ZeroGPU worker's job thread) would compute with another count than the manager's
+    job thread, and differ in the last bits."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -14,25 +14,9 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from bench.handmade import png_claiming_size
 from sdplay.runtime.metadata import parse_infotext, read_infotext
-from tests.conftest import served_app
-from tests.test_images import png_claiming_size
-
-COMMON = ["prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "seed"]
-CONTRACT = {
-    "/txt2img": [*COMMON, "width", "height"],
-    "/img2img": [*COMMON, "image", "strength", "width", "height"],
-    "/inpaint": [*COMMON, "image", "mask", "strength", "width", "height"],
-}
-
-
-def txt2img(client: Client, **overrides):
-    args = dict(prompt="a red cat", negative_prompt="", sampler="Euler", steps=4, guidance_scale=7, seed=5)
-    return client.predict(**{"width": 64, "height": 64, **args, **overrides}, api_name="/txt2img")
-
-
-def load(path: str) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
+from tests.helpers import CONTRACT, load, long_job, served_app, txt2img
 
 
 def test_endpoints_and_parameter_names_are_the_contract(client):
@@ -187,6 +171,22 @@ def test_api_clients_get_progress_and_the_images_but_no_previews(client):
     assert Image.open(gallery[0]["image"]).size == (64, 64)
 
 
+@pytest.mark.parametrize("api_name", ["/img2img", "/inpaint"])
+def test_the_image_tabs_know_an_api_caller_as_text_to_image_does(client, tmp_path, api_name):
+    """Their handlers get the caller's request (Gradio fills in only positional ones): a script gets no previews,
+    and its session owns the job (Stop)."""
+    source, mask = tmp_path / "input.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 64), "gray").save(source)
+    Image.new("L", (64, 64), 255).save(mask)
+    editor = {"background": handle_file(source), "layers": [], "composite": None}
+    inputs = {"image": handle_file(source)} if api_name == "/img2img" else {"image": editor, "mask": handle_file(mask)}
+    settings = dict(prompt="cat", negative_prompt="", sampler="Euler", steps=40, guidance_scale=7, seed=1)
+    job = client.submit(**settings, strength=1.0, **inputs, api_name=api_name)
+    job.result()
+    *streamed, _ = job.outputs()
+    assert streamed and all(output == ({"__type__": "update"},) * 3 for output in streamed)
+
+
 def stop_handlers(app_url: str) -> list[int]:
     """The fn_index of each Stop button's click handler, read from the app's public config as a script can."""
     config = requests.get(f"{app_url}config", timeout=10).json()
@@ -198,18 +198,6 @@ def post_stop(app_url: str, fn_index: int, **session) -> None:
     """Press Stop as a raw HTTP request (as the probe did), with or without a session."""
     response = requests.post(f"{app_url}gradio_api/run/predict", json={"fn_index": fn_index, "data": [0], **session})
     assert response.status_code < 500
-
-
-def long_job(client: Client, steps: int = 60, size: int = 256, seed: int = 4):
-    """A /txt2img job that has started its steps (or a minute has passed)."""
-    job = client.submit(
-        prompt="cat", negative_prompt="", sampler="Euler", steps=steps, guidance_scale=7, seed=seed, width=size,
-        height=size, api_name="/txt2img",
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while job.status().code.name not in ("PROGRESS", "ITERATING") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return job
 
 
 def test_a_stop_without_a_session_stops_no_ones_job(app_url):

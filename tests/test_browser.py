@@ -13,20 +13,11 @@ from PIL import Image
 from playwright.sync_api import Locator, Page, expect
 
 from sdplay.runtime.images import EMPTY_MASK_MESSAGE
+from tests.helpers import GENERATE_TIMEOUT_MS, PROMPT, SERVED_PNG, open_tab
 
 SCREENSHOT = Path(__file__).parent / "artifacts" / "browser.png"  # git-ignored
-PROMPT = "a red cat"
-GENERATE_TIMEOUT_MS = 60_000
-# Where Gradio serves a result file; the galleries save PNG (format="png"), which keeps the parameters chunk.
-SERVED_PNG = re.compile(r"/gradio_api/file=.*\.png$")
 
-
-def open_tab(page: Page, name: str) -> Locator:
-    """Select a tab and return its panel: Gradio shows only the selected tab's panel."""
-    tab = page.get_by_role("tab", name=name, exact=True)
-    tab.click()
-    expect(tab).to_have_attribute("aria-selected", "true")
-    return page.get_by_role("tabpanel").filter(visible=True)
+pytestmark = pytest.mark.browser
 
 
 def test_tabs_generate_and_send(page: Page, page_errors: list[str]) -> None:

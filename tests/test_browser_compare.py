@@ -4,11 +4,14 @@ view re-runs A without a word and shows how every word's attention moved."""
 import re
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import Page, expect
 
-from tests.test_browser import GENERATE_TIMEOUT_MS, open_tab
+from tests.helpers import GENERATE_TIMEOUT_MS, open_tab
 
 SCREENSHOT = Path(__file__).parent / "artifacts" / "compare.png"  # git-ignored
+
+pytestmark = pytest.mark.browser
 
 
 def image_src(panel, css: str) -> str:

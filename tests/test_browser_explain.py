@@ -6,16 +6,26 @@ It also saves a full-page screenshot, to look at the page as a student would see
 import re
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from sdplay.explain.capture import explain
-from sdplay.explain.export import save_run
-from sdplay.runtime.composition import local_manager
-from sdplay.runtime.request import GenerationRequest
-from tests.test_browser import GENERATE_TIMEOUT_MS, open_tab
+from tests.helpers import GENERATE_TIMEOUT_MS, open_tab, shapes_run
 
 SCREENSHOT = Path(__file__).parent / "artifacts" / "explain.png"  # git-ignored
-SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
+
+pytestmark = pytest.mark.browser
+# Watches a component's status tracker (Gradio's progress overlay on it): `window.sdplayJob.ended` once a job has
+# shown there and gone, however fast (each change of its class is a record, with the class it had before).
+WATCH_JOB = """(block) => {
+    const tracker = block.querySelector("[data-testid=status-tracker]");
+    const job = window.sdplayJob = { started: false, ended: false };
+    new MutationObserver((records) => {
+        for (const record of records) {
+            if (!record.oldValue.split(" ").includes("hide")) job.started = true;
+        }
+        if (job.started && tracker.classList.contains("hide")) job.ended = true;
+    }).observe(tracker, { attributes: true, attributeFilter: ["class"], attributeOldValue: true });
+}"""
 
 
 def heatmap_src(panel: Locator) -> str:
@@ -48,7 +58,7 @@ def label_and_first_tile(panel: Locator, label: str) -> tuple[dict, dict]:
     return text.bounding_box(), tile.bounding_box()
 
 
-def test_explain_scrub_and_pick_a_word(page: Page, page_errors: list[str]) -> None:  # noqa: F811 (fixtures)
+def test_explain_scrub_and_pick_a_word(page: Page, page_errors: list[str]) -> None:
     panel = open_tab(page, "Explain")
     panel.get_by_label("Prompt", exact=True).fill("a red cat on a mat")
     panel.get_by_label("Negative prompt", exact=True).fill("dog")
@@ -96,17 +106,9 @@ def test_explain_scrub_and_pick_a_word(page: Page, page_errors: list[str]) -> No
     assert page_errors == []
 
 
-def shapes_run(folder: Path, steps: int) -> Path:
-    """An Explain run of the bundled model (VAE factor 4), saved as a replayable file in `folder`."""
-    manager = local_manager(device="cpu")
-    manager.load(str(SHAPES))
-    request = GenerationRequest(prompt="a large red circle on the left", sampler="Euler", steps=steps, seed=1)
-    return save_run(explain(manager, request), folder / f"shapes-{steps}-steps.safetensors")
-
-
-def test_a_replayed_run_states_its_own_models_numbers(page: Page, page_errors: list[str], tmp_path) -> None:
+def test_a_replayed_run_states_its_own_models_numbers(page: Page, page_errors: list[str], shapes, tmp_path) -> None:
     """The app runs the tiny model (VAE factor 8); a replayed run of the bundled one (factor 4) says 4×4."""
-    path = shapes_run(tmp_path, steps=2)
+    path = shapes_run(shapes, tmp_path, steps=2)
     panel = open_tab(page, "Explain")
     short = panel.get_by_text("x_t: the noisy latent", exact=False)
     short.locator("xpath=following::button[starts-with(normalize-space(.), 'More')][1]").click()  # open "More"
@@ -119,9 +121,9 @@ def test_a_replayed_run_states_its_own_models_numbers(page: Page, page_errors: l
     assert page_errors == []
 
 
-def test_a_one_step_run_replays_and_records(page: Page, page_errors: list[str], tmp_path) -> None:
+def test_a_one_step_run_replays_and_records(page: Page, page_errors: list[str], shapes, tmp_path) -> None:
     """SD-Turbo's normal use: Gradio refuses a slider from 1 to 1, so one step showed an error in both ways."""
-    path = shapes_run(tmp_path, steps=1)
+    path = shapes_run(shapes, tmp_path, steps=1)
     panel = open_tab(page, "Explain")
     label = panel.get_by_text(re.compile(r"^Step 1 of 1$"))
     scrubber = panel.get_by_label("number input for Step", exact=True)
@@ -141,9 +143,10 @@ def test_a_one_step_run_replays_and_records(page: Page, page_errors: list[str], 
     expect(panel.locator(".heatmap img")).to_be_visible()
 
     # The tiny model's VAE is cheap: x̂₀ was decoded after the run unasked (test_explain_shapes.py checks its pixels).
-    # Pressing Decode redoes it, quietly.
+    # Pressing Decode redoes it, quietly: the job runs and ends (or a toast shows), and no toast says anything.
+    panel.locator(".x0").evaluate(WATCH_JOB)
     panel.get_by_role("button", name="Decode x̂₀ of every step with the VAE").click()
-    page.wait_for_timeout(1500)  # an error toast would have shown by now
-    expect(panel.locator(".x0 img")).to_have_attribute("src", re.compile(r"/gradio_api/file="))
+    page.wait_for_function("window.sdplayJob.ended || window.sdplayToasts.length > 0", timeout=GENERATE_TIMEOUT_MS)
     assert page.evaluate("window.sdplayToasts") == []
+    expect(panel.locator(".x0 img")).to_have_attribute("src", re.compile(r"/gradio_api/file="))
     assert page_errors == []

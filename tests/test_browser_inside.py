@@ -3,12 +3,12 @@
 import re
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import Page, expect
 
-from tests.test_browser import GENERATE_TIMEOUT_MS, open_tab
-from tests.test_browser_explain import shapes_run
+from tests.helpers import ARTIFACTS, GENERATE_TIMEOUT_MS, open_tab, shapes_run
 
-ARTIFACTS = Path(__file__).parent / "artifacts"  # git-ignored
+pytestmark = pytest.mark.browser
 
 
 def record_a_run(page: Page, prompt: str = "a red cat", steps: int = 4) -> None:
@@ -20,7 +20,7 @@ def record_a_run(page: Page, prompt: str = "a red cat", steps: int = 4) -> None:
     expect(panel.get_by_text(re.compile(r"^Step (\d+) of \1$"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
 
 
-def test_inside_the_unet_and_attention_at_a_clicked_point(page: Page, page_errors: list[str], tmp_path) -> None:
+def test_inside_the_unet_and_attention_at_a_clicked_point(page: Page, page_errors: list[str], shapes, tmp_path) -> None:
     """The UNet section runs one UNet call at the Explain step and shows the diagram, the first convolution and
     every block; a click on the image shows where that place looks and which tokens it reads, also on a replay."""
     page.set_viewport_size({"width": 1024, "height": 768})
@@ -58,7 +58,7 @@ def test_inside_the_unet_and_attention_at_a_clicked_point(page: Page, page_error
     # A replayed run of another model: the bars come from the recording; self-attention says what it needs.
     before = picker.get_attribute("src")
     explain_panel = open_tab(page, "Explain")
-    explain_panel.locator("input[type=file]").last.set_input_files(str(shapes_run(tmp_path, steps=2)))
+    explain_panel.locator("input[type=file]").last.set_input_files(str(shapes_run(shapes, tmp_path, steps=2)))
     expect(explain_panel.get_by_text(re.compile(r"^Step 2 of 2$"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
     panel = open_tab(page, "Inside")
     bars = panel.locator(".token-shares img")
@@ -75,7 +75,7 @@ def test_inside_the_unet_and_attention_at_a_clicked_point(page: Page, page_error
     assert page_errors == []
 
 
-def test_inside_text_embeddings_and_latent_space(page: Page, page_errors: list[str], tmp_path: Path) -> None:
+def test_inside_text_embeddings_and_latent_space(page: Page, page_errors: list[str], shapes, tmp_path: Path) -> None:
     """The text section draws the run's tokens and asks the model for nearest tokens and the causal test; the latent
     section states the compression, shows the channels and round-trips the run's image through the VAE. A replayed
     run of another model says what needs that model."""
@@ -116,7 +116,7 @@ def test_inside_text_embeddings_and_latent_space(page: Page, page_errors: list[s
 
     # A run of the bundled model replayed here: its vectors show, and the section says what needs its model.
     explain_panel = open_tab(page, "Explain")
-    explain_panel.locator("input[type=file]").last.set_input_files(str(shapes_run(tmp_path, steps=2)))
+    explain_panel.locator("input[type=file]").last.set_input_files(str(shapes_run(shapes, tmp_path, steps=2)))
     expect(explain_panel.get_by_text(re.compile(r"^Step 2 of 2$"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
     panel = open_tab(page, "Inside")
     expect(panel.locator(".prose.sdplay-text-status")).to_contain_text("need shapes's own table and encoder")

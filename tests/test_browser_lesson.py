@@ -14,13 +14,13 @@ from sdplay.explain.export import save_run
 from sdplay.lesson.stages import STAGES, translations
 from sdplay.runtime.composition import local_manager
 from sdplay.runtime.request import GenerationRequest
-from tests.conftest import ARTIFACTS, LOAD_TIMEOUT_MS, served_app
-from tests.test_browser import GENERATE_TIMEOUT_MS, open_tab
+from tests.helpers import ARTIFACTS, GENERATE_TIMEOUT_MS, LOAD_TIMEOUT_MS, SHAPES, open_tab, served_app
 
-SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 EN, FR = translations()["en"], translations()["fr"]
 # Recording the 12 steps takes about a second on a quiet CPU; the machines that run these tests are often busy.
 RECORD_TIMEOUT_MS = 3 * GENERATE_TIMEOUT_MS
+
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,10 @@ def test_the_lesson_walks_all_ten_stages_on_the_bundled_model(browser: Browser, 
     # Scrubbing redraws the stage on screen: x̂₀ at another step.
     panel.locator("button.step-button[data-tab-id='8']").click()  # back to the trajectory, a stage visited
     x0 = panel.get_by_role("tabpanel").filter(visible=True).locator(".lesson-panel-x0 img")
-    page.wait_for_timeout(1000)  # the stage's own redraw on arrival
+    # The stage's own redraw on arrival has landed once the step is where the stage starts (the last stage left it
+    # elsewhere): the step and the panels come in one update.
+    assert STAGES[8].step_at(12) != STAGES[-1].step_at(12)
+    expect(step).to_have_value(str(STAGES[8].step_at(12)))
     before = x0.get_attribute("src")
     step.fill("3" if step.input_value() != "3" else "5")  # another step than the one shown
     step.press("Enter")

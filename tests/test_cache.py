@@ -20,9 +20,7 @@ from sdplay.runtime.disk import folder_size
 from sdplay.runtime.images import GONE_MESSAGE
 from sdplay.ui.cache import CacheCap
 from sdplay.ui.fair_share import one_job_per_session, queued_jobs
-from tests.conftest import free_port, served_app
-from tests.test_api import txt2img
-from tests.test_browser import GENERATE_TIMEOUT_MS, PROMPT, SERVED_PNG, open_tab
+from tests.helpers import GENERATE_TIMEOUT_MS, PROMPT, SERVED_PNG, free_port, open_tab, served_app, txt2img
 
 
 def backdate(folder: Path, seconds: float = 3600) -> None:
@@ -135,6 +133,7 @@ def test_an_input_deleted_from_the_cache_is_a_clear_error(app_url):
     assert "event: error" in stream and GONE_MESSAGE in stream and str(folder) not in stream
 
 
+@pytest.mark.browser
 def test_sending_a_result_deleted_since_says_so(page: Page, page_errors: list[str]) -> None:
     panel = open_tab(page, "Text-to-Image")
     panel.get_by_label("Prompt", exact=True).fill(PROMPT)

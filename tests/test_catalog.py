@@ -1,7 +1,6 @@
 """Per-model recommended settings: from the model folder's sdplay.json, the Hub catalog, or the scheduler config."""
 
 import json
-from pathlib import Path
 
 import pytest
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler
@@ -15,15 +14,15 @@ from sdplay.runtime.catalog import (
     settings_from_scheduler,
     unknown_words,
 )
-from sdplay.runtime.composition import local_manager
 from sdplay.runtime.errors import UserError
+from sdplay.runtime.models import LoadedModel
 from sdplay.runtime.random_models import SD15_SCHEDULER
 from sdplay.runtime.request import GenerationRequest, Limits
 from sdplay.runtime.samplers import resolve
 from sdplay.shapes.world import RECOMMENDED_SETTINGS, VOCABULARY
 from sdplay.ui.common import warnings_before
+from tests.helpers import SHAPES
 
-SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 SD15 = {k: v for k, v in SD15_SCHEDULER.items() if k not in ("skip_prk_steps", "set_alpha_to_one")}
 
 
@@ -91,22 +90,23 @@ def test_the_manager_attaches_the_settings_to_the_loaded_model(manager):
     assert "DPM++ 2M · 20 steps · CFG 7" in settings.summary(manager.model.native_size)
 
 
-@pytest.fixture(scope="module")
-def shapes():
-    manager = local_manager(device="cpu")
-    return manager.load(str(SHAPES))
+@pytest.fixture
+def shapes_model(shapes) -> LoadedModel:
+    """The bundled model itself, as conftest's manager has it loaded."""
+    return shapes.model
 
 
-def test_the_ui_names_the_bundled_models_settings_and_words(shapes):
-    notes = model_notes(shapes)
+def test_the_ui_names_the_bundled_models_settings_and_words(shapes_model):
+    notes = model_notes(shapes_model)
     assert "DPM++ 2M · Uniform · 20 steps · CFG 4 · 64×64" in notes
     assert f"only these {len(VOCABULARY)} words" in notes and "triangle" in notes
 
 
-def test_warnings_before_a_run_name_unknown_words_and_odd_sizes(shapes):
+def test_warnings_before_a_run_name_unknown_words_and_odd_sizes(shapes_model):
     request = GenerationRequest(prompt="a watercolor painting of a lighthouse", width=1024, height=64)
-    (unknown,) = [w for w in warnings_before(shapes, request, Limits()) if "never seen" in w]
+    (unknown,) = [w for w in warnings_before(shapes_model, request, Limits()) if "never seen" in w]
     assert "'watercolor', 'painting', 'of', 'lighthouse'" in unknown
-    assert any("1024×64 is far from this model's native 64×64" in w for w in warnings_before(shapes, request, Limits()))
+    warnings = warnings_before(shapes_model, request, Limits())
+    assert any("1024×64 is far from this model's native 64×64" in w for w in warnings)
     fine = GenerationRequest(prompt="a large red circle on the left on a gray background")
-    assert warnings_before(shapes, fine, Limits()) == []
+    assert warnings_before(shapes_model, fine, Limits()) == []

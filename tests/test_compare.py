@@ -19,6 +19,7 @@ from sdplay.compare.comparison import (
     attention_shift,
     difference_gain,
     difference_image,
+    paired_step,
     presets_for,
     prompt_words,
     split_step,
@@ -27,7 +28,7 @@ from sdplay.compare.comparison import (
     x0_difference,
 )
 from sdplay.explain.capture import explain
-from sdplay.explain.render import COLORMAPS, words_of
+from sdplay.explain.render import COLORMAPS, ExplainView, words_of
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.request import GenerationRequest, validated
 
@@ -145,7 +146,13 @@ def test_a_different_prompt_splits_the_trajectories(manager, run_a):
 def test_steps_of_different_counts_pair_by_their_place_in_the_run(manager, run_a):
     b = explain(manager, variant(A, "steps", 6))
     assert len(x0_difference(run_a, b)) == run_a.steps
-    assert Comparison(run_a, b).x0_at(run_a.steps - 1)[1] is not None
+    assert [paired_step(step, 4, 6) for step in range(4)] == [0, 2, 3, 5]  # first with first, last with last
+    compared = Comparison(run_a, b)
+    alone_a, alone_b = ExplainView(run_a), ExplainView(b)
+    for step, step_b in ((0, 0), (1, 2), (3, 5)):
+        x0_a, x0_b = compared.x0_at(step)
+        assert np.array_equal(np.asarray(x0_a), np.asarray(alone_a.x0(step)))
+        assert np.array_equal(np.asarray(x0_b), np.asarray(alone_b.x0(step_b))), step
 
 
 def test_ablation_at_weight_one_is_the_original_bit_for_bit(manager, run_a):

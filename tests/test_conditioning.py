@@ -1,8 +1,6 @@
 """Prompt embeddings for A1111 prompts: chunks of 75, weights, prompt editing mid-run, on the tiny model and the
 bundled shapes model."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,10 +10,8 @@ from sdplay.runtime.conditioning import CHUNK_TOKENS, Chunk, chunk_tokens, encod
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.generate import generate
 from sdplay.runtime.metadata import parse_infotext
-from sdplay.runtime.models import ModelManager
 from sdplay.runtime.request import GenerationRequest, Task
 
-SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 COMMA = 9
 
 
@@ -137,13 +133,6 @@ def test_syntax_errors_are_user_errors_and_the_manager_keeps_serving(manager, pr
     with pytest.raises(UserError, match=message):
         generate(manager, GenerationRequest(prompt=prompt, negative_prompt=negative, steps=4))
     assert len(generate(manager, GenerationRequest(prompt="cat", steps=1)).images) == 1
-
-
-@pytest.fixture(scope="module")
-def shapes() -> ModelManager:
-    manager = local_manager(device="cpu")
-    manager.load(str(SHAPES))
-    return manager
 
 
 @pytest.mark.parametrize(("model", "steps", "weight"), [("manager", 3, 1.5), ("shapes", 8, 1.4)])

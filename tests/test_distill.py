@@ -51,6 +51,7 @@ def unet_weights(folder) -> dict[str, torch.Tensor]:
     return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
 
 
+@pytest.mark.usefixtures("torch_threads_kept")
 def test_a_tiny_distillation_resumes_exactly_and_saves_a_4_step_lcm_model(tmp_path, tiny_model, capsys) -> None:
     teacher = tmp_path / "teacher"  # the tiny random model, with the shapes model's v-prediction schedule
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model, local_files_only=True)

@@ -16,8 +16,8 @@ from sdplay.runtime.downloads import SPARE_BYTES, DownloadProgress, fetch_model,
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.models import ModelSwitch, SwitchPolicy
 from sdplay.runtime.request import Limits, Task
-from tests.conftest import free_port
 from tests.fake_hub import FakeHub, serving
+from tests.helpers import free_port
 
 REPO = "sdplay-tests/tiny"
 # Files a real repository also holds that the loader must never fetch: a pickle, an fp16 variant, a single-file

@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from bench.handmade import edited, synthetic_run, write_safetensors
 from sdplay.explain import export
 from sdplay.explain.capture import RUN_TENSORS, ExplainRun, explain
 from sdplay.explain.export import load_run, save_run
@@ -74,7 +75,7 @@ def test_tokens_are_what_the_encoder_reads_with_prompt_syntax_parsed(manager, tm
     assert run.tokens == [start, "a</w>", "red</w>", "cat</w>", end, start, "dog</w>", end]
     assert run.weights.tolist() == pytest.approx([1, 1, 1.3, 1, 1, 1, 1, 1])
     assert run.negative_tokens == [start, "dog</w>", end]
-    assert run.recipe["chunks"] == 2 and run.recipe["prompt_schedule"]["prompt"] == [
+    assert run.recipe.chunks == 2 and run.recipe.prompt_schedule["prompt"] == [
         [2, "a (red:1.3) cat BREAK dog"],
         [3, "a (red:1.3) dog BREAK dog"],
     ]
@@ -83,7 +84,7 @@ def test_tokens_are_what_the_encoder_reads_with_prompt_syntax_parsed(manager, tm
         torch.testing.assert_close(maps.float().sum(1), torch.ones_like(maps[:, 0].float()), atol=2e-3, rtol=0)
     again = load_run(save_run(run, tmp_path / "run.safetensors"))
     assert again.tokens == run.tokens and torch.equal(again.weights, run.weights.float())
-    assert again.recipe["prompt_schedule"] == run.recipe["prompt_schedule"]
+    assert again.recipe.prompt_schedule == run.recipe.prompt_schedule
     long = explain(manager, GenerationRequest(prompt="cat " * 100, steps=2, seed=1))
     assert len(long.tokens) == 77 + 27 and long.tokens[76:78] == [end, start]  # 75 + 25 tokens in two chunks
     with pytest.raises(UserError, match="The negative prompt has a '\\(' at character 1"):
@@ -173,7 +174,7 @@ def test_without_guidance_there_is_no_negative_branch(manager):
 def test_img2img_and_inpaint_show_where_the_schedule_starts_and_the_mask(manager):
     image = Image.new("RGB", (64, 64), "gray")
     run = explain(manager, GenerationRequest(task=Task.IMG2IMG, prompt="cat", steps=10, strength=0.5, image=image))
-    assert (run.steps, run.first_step, run.recipe["strength"]) == (5, 5, 0.5)
+    assert (run.steps, run.first_step, run.recipe.strength) == (5, 5, 0.5)
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 64))
     run = explain(
@@ -228,54 +229,6 @@ def test_foreign_files_are_refused_clearly(tmp_path):
 
 
 # Hostile replay files: refused from the header alone, quickly, with a message on what is wrong and no path. -------
-
-
-def synthetic_run(steps: int = 1, tokens: int = 3, latent: tuple[int, int, int] = (4, 2, 2)) -> ExplainRun:
-    """A small run built in memory, in the export's contract, with `tokens` tokens from start to end token."""
-    channels, h, w = latent
-    names = ["<|startoftext|>", *[f"w{i}</w>" for i in range(tokens - 2)], "<|endoftext|>"]
-    shape = (steps, channels, h, w)
-    recipe = {
-        "task": "txt2img", "prompt": "w", "negative_prompt": "", "sampler": "Euler", "schedule": "Automatic",
-        "steps": steps, "guidance_scale": 7.0, "seed": 1, "width": 8 * w, "height": 8 * h, "model": "tiny",
-        "model_facts": {"vae_factor": 8, "latent_channels": channels},
-    }  # fmt: skip
-    return ExplainRun(
-        image=np.zeros((8 * h, 8 * w, 3), dtype=np.uint8), tokens=names, negative_tokens=names[:1] + names[-1:],
-        recipe=recipe, timesteps=torch.arange(steps, 0, -1).float(), sigmas=torch.ones(steps),
-        latents=torch.zeros(shape), x0=torch.zeros(shape), eps_cond=torch.zeros(shape), eps_uncond=torch.zeros(shape),
-        guidance=torch.zeros(shape),
-        attention={"mid_block": torch.full((steps, tokens + 1, 1, 1), 1 / (tokens + 1)).half()},
-        negative_attention={}, layers={"mid_block": 1}, latent_rgb=torch.ones(channels + 1, 3), unet_calls=steps,
-        first_step=0,
-    )  # fmt: skip
-
-
-def write_safetensors(path, header: dict, data: bytes = b"") -> str:
-    """A safetensors file written by hand: 8 bytes of header length, the JSON header, the data."""
-    text = json.dumps(header).encode()
-    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
-    return str(path)
-
-
-def edited(path, **metadata: str) -> str:
-    """The file at `path` with some metadata entries replaced, its tensors unchanged."""
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {name: f.get_tensor(name) for name in f.keys()}
-        old = f.metadata()
-    save_file(tensors, str(path), metadata=old | metadata)
-    return str(path)
-
-
-@pytest.fixture
-def no_tensor_is_built(monkeypatch):
-    """Fail if the file gets past its header: no tensor may be built from a file that breaks the contract."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a tensor was loaded")
-
-    monkeypatch.setattr(export, "safe_open", refuse)
-    monkeypatch.setattr(export, "load_file", refuse, raising=False)
 
 
 def refused(path, match: str, limits: Limits = Limits()) -> str:
@@ -342,7 +295,7 @@ def test_metadata_of_the_wrong_type_is_refused_by_name(tmp_path, no_tensor_is_bu
 
 def test_a_recipe_field_of_the_wrong_type_is_refused(tmp_path, no_tensor_is_built):
     run = synthetic_run()
-    run.recipe["steps"] = "5"
+    run = replace(run, recipe=replace(run.recipe, steps="5"))
     refused(export.save_run(run, tmp_path / "run.safetensors"), "recipe's 'steps' is missing or of the wrong type")
 
 

@@ -8,7 +8,7 @@ from safetensors import safe_open
 
 from sdplay.explain.export import load_run
 from sdplay.explain.render import HeatmapSettings, replay_view
-from tests.test_api import CONTRACT, load
+from tests.helpers import CONTRACT, load
 
 ARGS = dict(prompt="a red cat", negative_prompt="dog", sampler="Euler", steps=3, guidance_scale=7, seed=11)
 
@@ -27,13 +27,13 @@ def test_explain_returns_the_image_and_a_replayable_export(client):
     run = load_run(export)
     assert run.tokens == ["<|startoftext|>", "a</w>", "red</w>", "cat</w>", "<|endoftext|>"]
     assert run.negative_tokens == ["<|startoftext|>", "dog</w>", "<|endoftext|>"]
-    assert {k: run.recipe[k] for k in ARGS} == ARGS and (run.recipe["width"], run.recipe["height"]) == (64, 64)
+    assert {k: getattr(run.recipe, k) for k in ARGS} == ARGS and (run.recipe.width, run.recipe.height) == (64, 64)
     assert run.steps == 3 and np.array_equal(run.image, load(image))
 
     # The contract a notebook relies on, read with safetensors alone.
     with safe_open(export, framework="np") as f:
         metadata = f.metadata()
-        assert json.loads(metadata["tokens"]) == run.tokens and json.loads(metadata["recipe"]) == run.recipe
+        assert json.loads(metadata["tokens"]) == run.tokens and json.loads(metadata["recipe"]) == run.recipe.as_dict()
         assert f.get_tensor("image").shape == (64, 64, 3) and f.get_tensor("image").dtype == np.uint8
         assert f.get_tensor("latents").shape == f.get_tensor("x0").shape == (3, 4, 8, 8)
         assert f.get_tensor("attention").shape == (3, len(run.tokens), 8, 8)

@@ -3,40 +3,30 @@
 These are the bundled model's bars, reproduced from the view's own recorded maps after an export round trip.
 """
 
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import fields, replace
 from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
-import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from sdplay.compare.comparison import Comparison
+from sdplay.compare.ui import ABView, Recorder, compare_on_page
 from sdplay.explain.capture import explain
 from sdplay.explain.decoding import cheap_to_decode
 from sdplay.explain.export import load_run, save_run
 from sdplay.explain.render import ExplainView
 from sdplay.explain.ui import decoding_if_cheap
 from sdplay.page import build_demo
-from sdplay.runtime.composition import local_manager
-from sdplay.runtime.models import ModelManager, ModelSwitch, SwitchPolicy
+from sdplay.runtime.models import ModelSwitch, SwitchPolicy
 from sdplay.runtime.request import GenerationRequest, Limits
 from sdplay.shapes.evaluate import daam_iou, measure
 from sdplay.shapes.world import sample_scene
 from sdplay.ui.tabs import Page
+from tests.helpers import SHAPES
 
 SD_VAE_BLOCKS = dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-MODEL = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 PROMPTS = 16
-
-
-@pytest.fixture(scope="module")
-def shapes() -> ModelManager:
-    manager = local_manager(device="cpu")
-    manager.load(str(MODEL))
-    return manager
 
 
 def test_word_maps_overlap_the_objects_they_name(shapes, tmp_path):
@@ -57,13 +47,13 @@ def test_word_maps_overlap_the_objects_they_name(shapes, tmp_path):
 def test_explain_decodes_x0_unasked_when_the_vae_is_cheap(shapes):
     """After a run of the bundled model, Explain decodes x̂₀ by itself: its VAE's linear preview is a poor likeness
     (brown for red, a blue halo). SD's VAE at 512² costs far more: there x̂₀ waits for the Decode button."""
-    switch = ModelSwitch({"shapes": str(MODEL)}, SwitchPolicy.LOCKED)
+    switch = ModelSwitch({"shapes": str(SHAPES)}, SwitchPolicy.LOCKED)
     demo, page = build_demo(shapes, Limits(), switch), Page(shapes, Limits(), switch)
     session, quiet = SimpleNamespace(session_hash="a visitor", headers={}, username=None), lambda *args, **kwargs: None
     request = GenerationRequest(prompt="a large red circle on the left on a gray background", sampler="Euler", seed=3)
     run = explain(shapes, replace(request, steps=4))
 
-    elsewhere = ExplainView(replace(run, recipe={**run.recipe, "model": "another model"}))
+    elsewhere = ExplainView(replace(run, recipe=replace(run.recipe, model="another model")))
     assert list(decoding_if_cheap(page, elsewhere, 4, session, quiet)) == [gr.skip()]  # its VAE is not here
     assert elsewhere.decoded_steps == frozenset()
 
@@ -81,10 +71,12 @@ def test_explain_decodes_x0_unasked_when_the_vae_is_cheap(shapes):
         followers = [f for f in demo.fns.values() if f.trigger_after == index]
         assert any("sdplay-filmstrip-page" in (output.elem_classes or []) for f in followers for output in f.outputs)
 
-    compare_runs = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", None) == "compare_runs")
-    prompt = "a large red circle on the left on a gray background"
-    *_, shown = compare_runs(prompt, "", "Euler", 4, 4, 3, 64, 64, "Automatic", "CFG scale", "1", session, quiet)
-    pair = next(value for value in shown.values() if isinstance(value, Comparison))
+    a = dict(prompt=request.prompt, negative_prompt="", sampler="Euler", steps=4, guidance_scale=4, seed=3)
+    a |= dict(width=64, height=64, schedule="Automatic")
+    shown_on = ABView(*(gr.State() for _ in fields(ABView)))  # stand-ins for the page's outputs
+    recorder = Recorder(shapes, Limits(), session, quiet)
+    *_, shown = compare_on_page(recorder, shown_on, differs_in="CFG scale", b_value="1", **a)
+    pair = shown[shown_on.comparison]
     assert [view.decoded_steps for view in pair.views] == [frozenset(range(4))] * 2  # Compare's x̂₀s too
 
     with torch.device("meta"):  # SD 1.5's VAE, without its weights

@@ -14,9 +14,7 @@ from gradio_client.exceptions import ValidationError
 from playwright.sync_api import Page, expect
 
 from sdplay.ui.fair_share import NO_SESSION, QueuedJob, one_job_per_session, queued_jobs, refusal
-from tests.conftest import free_port
-from tests.test_api import long_job, txt2img
-from tests.test_browser import GENERATE_TIMEOUT_MS, PROMPT, open_tab
+from tests.helpers import GENERATE_TIMEOUT_MS, PROMPT, free_port, long_job, open_tab, txt2img
 
 RUNNING = "You already have a job running. Wait for it to finish, or cancel it."
 
@@ -161,6 +159,7 @@ def test_one_job_per_session_through_the_api(app_url):
     assert txt2img(own)[2] == 5  # and each session may send its next job once the first is done
 
 
+@pytest.mark.browser
 def test_the_page_says_so_when_its_second_job_is_refused(page: Page, page_errors: list[str]) -> None:
     panel = open_tab(page, "Text-to-Image")
     panel.get_by_label("Prompt", exact=True).fill(PROMPT)

@@ -227,7 +227,8 @@ def test_run_moves_the_progress_bar_with_the_due_previews(manager):
     request = GenerationRequest(prompt="cat", steps=4, seed=1, width=72, height=72)  # a size no other test runs
     progress = Progress()
     outputs = list(run(manager, request, Limits(), None, progress))
-    *previews, (gallery, infotext, seed) = outputs
+    *previews, (gallery, infotext, seed, ran) = outputs
+    assert [request.seed for request in ran] == [1] and all(preview[3] == [] for preview in previews)
     assert 1 <= len(previews) <= 3  # step 1's, then one every 0.25 s at most, never the last step's
     # The bar moves at step 1 (with its preview), then at most every 0.25 s (see test_common for the rule).
     assert progress.calls[0][1] == "Starting"  # no run of this model at this size yet: no time to promise
@@ -248,7 +249,8 @@ def test_run_keeps_the_preview_of_the_step_where_stop_ended_it(manager):
     )
     next(outputs)  # the first step's preview
     assert manager.interrupt("ann")
-    *_, (gallery, infotext, seed) = list(outputs)
+    *_, (gallery, infotext, seed, ran) = list(outputs)
+    assert ran == []  # a stopped run's preview carries no settings for Send to
     [(preview, caption)] = gallery
     step = int(caption.removeprefix("Stopped at step ").removesuffix(" of 150"))
     assert 1 < step < 150 and preview.size == (64, 64) and pixels(preview).std() > 0

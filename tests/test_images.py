@@ -4,13 +4,12 @@ Malformed files are built in memory; the decompression bomb is a tiny PNG whose 
 """
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
+from bench.handmade import png_claiming_size
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.images import (
     GONE_MESSAGE,
@@ -33,15 +32,6 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def png_claiming_size(width: int, height: int) -> bytes:
-    """A 1×1 PNG whose IHDR says width×height: Pillow sees the size before decoding any pixel data."""
-    data = bytearray(png_bytes(Image.new("L", (1, 1))))
-    # Signature (8 bytes), then the IHDR chunk: length, b"IHDR", width, height, 5 more bytes, CRC over type+data.
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(data[12:29]))
-    return bytes(data)
 
 
 def noise(size: tuple[int, int], seed: int = 0) -> Image.Image:

@@ -29,7 +29,7 @@ from sdplay.inside.unet_step import step_input
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.executor import Executor, JobSpec
 from sdplay.runtime.request import GenerationRequest, Limits
-from tests.test_executor import ZeroGPU
+from tests.zero_gpu import ZeroGPU
 
 REQUEST = GenerationRequest(prompt="a large red circle on the left", sampler="Euler", steps=5, seed=1)
 

@@ -42,7 +42,7 @@ def test_the_compression_comes_from_the_models_vae_config_and_the_runs_size(shap
     factor = 2 ** (len(vae.config.block_out_channels) - 1)  # each encoder block but the last halves the image
     facts = ModelFacts.of_pipeline(shapes.model.pipe)
     assert (facts.vae_factor, facts.latent_channels) == (factor, vae.config.latent_channels) == (4, 4)
-    measured = compression(run_facts(run), run.recipe["width"], run.recipe["height"])
+    measured = compression(run_facts(run), run.recipe.width, run.recipe.height)
     assert measured == Compression(64, 64, 4, 4)
     assert measured.pixel_values == run.image.size and measured.latent_values == run.latents[0].numel()
     assert measured.factor == 12.0 and "12× fewer" in compression_text(ExplainView(run), shapes)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
+from bench.handmade import synthetic_run
 from sdplay.explain.capture import explain
 from sdplay.explain.export import load_run, save_run
 from sdplay.inside.text import (
@@ -29,7 +30,6 @@ from sdplay.inside.text import (
 )
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.request import GenerationRequest
-from tests.test_explain import no_tensor_is_built, synthetic_run  # noqa: F401 (a fixture)
 
 PROMPT = "a large red circle on the left"
 
@@ -75,7 +75,7 @@ def test_the_export_keeps_the_vectors_and_older_files_still_replay(run, tmp_path
     again = load_run(save_run(run, tmp_path / "run.safetensors"))
     for name in ("token_ids", "token_embeddings", "text_embeddings"):
         assert torch.equal(getattr(again, name), getattr(run, name)), name
-    assert again.recipe["seed"] == run.recipe["seed"] == 1
+    assert again.recipe.seed == run.recipe.seed == 1
     older = replace(run, token_ids=None, token_embeddings=None, text_embeddings=None)
     replayed = load_run(save_run(older, tmp_path / "older.safetensors"))
     assert replayed.token_embeddings is None and TextEmbeddings.of_run(replayed) is None
@@ -107,7 +107,7 @@ def hostile(tmp_path: Path, extra: dict[str, torch.Tensor]) -> Path:
         ({"token_ids": torch.zeros(3)}, "'token_ids' is F32"),
     ],
 )
-def test_embeddings_against_the_contract_are_refused_from_the_header(tmp_path, extra, match, no_tensor_is_built):  # noqa: F811
+def test_embeddings_against_the_contract_are_refused_from_the_header(tmp_path, extra, match, no_tensor_is_built):
     path = hostile(tmp_path, extra)
     with pytest.raises(UserError, match=match) as error:
         load_run(path)

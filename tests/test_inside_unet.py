@@ -27,7 +27,7 @@ from sdplay.runtime.errors import UserError
 from sdplay.runtime.executor import Executor, JobControl, JobSpec
 from sdplay.runtime.models import ModelManager
 from sdplay.runtime.request import GenerationRequest, Limits
-from tests.test_executor import ZeroGPU
+from tests.zero_gpu import ZeroGPU
 
 REQUEST = GenerationRequest(prompt="a red cat", negative_prompt="dog", sampler="Euler", steps=4, seed=3)
 OURS = ("sdplay.inside.unet_step", "sdplay.inside.unet", "sdplay.inside.attention")

@@ -108,7 +108,7 @@ def test_the_bundled_model_gets_its_preset_and_the_lesson_starts_on_a_content_wo
     assert request.sampler == model.settings.sampler  # what the preset leaves out is the model's recommended one
 
     run = recorded.run
-    assert run.recipe["seed"] == 1 and run.steps == 12 and run.image.shape == (64, 64, 3)
+    assert run.recipe.seed == 1 and run.steps == 12 and run.image.shape == (64, 64, 3)
     word = recorded.view.words[recorded.start.word]
     assert word.text == "circle" and word.text not in FUNCTION_WORDS
     assert recorded.start.step == run.steps - 1
@@ -177,7 +177,7 @@ def test_an_older_file_without_embeddings_still_gives_every_stage(older: LessonV
 def test_with_its_model_loaded_the_lesson_asks_it(shapes, recorded) -> None:
     """The ids are the tokenizer's; the nearest tokens are the embedding table's (cosine, computed here again)."""
     tokenizer = shapes.model.pipe.tokenizer
-    expected = tokenizer(recorded.run.recipe["prompt"]).input_ids  # start, the prompt's tokens, end
+    expected = tokenizer(recorded.run.recipe.prompt).input_ids  # start, the prompt's tokens, end
     assert recorded.token_ids == expected
     table = shapes.model.pipe.text_encoder.get_input_embeddings().weight.detach().float()
     circle = next(item for item in recorded.neighbours if item.token == "circle</w>")
@@ -249,7 +249,7 @@ def test_each_try_this_sets_up_a_comparison_that_runs(recorded, replayed) -> Non
             a = setup_request(setup)
             assert (setup.tab == EXPLAIN) == (stage.attempt.field == EXPLAIN), stage.id  # the button's label
             if setup.tab == EXPLAIN:
-                assert a.prompt and a.seed == lesson.run.recipe["seed"]
+                assert a.prompt and a.seed == lesson.run.recipe.seed
                 continue
             b = variant(a, FIELDS[setup.field], setup.value)
             assert b != a, stage.id
@@ -267,8 +267,9 @@ def test_try_this_sends_the_runs_recipe_as_one_request(recorded) -> None:
     browser's language."""
     recipe = recorded.run.recipe
     request = run_request(recorded)
-    assert [getattr(request, name) for name in (*SENT, "schedule")] == [recipe[name] for name in (*SENT, "schedule")]
-    older = replace(recorded.run, recipe={key: value for key, value in recipe.items() if key != "schedule"})
+    names = (*SENT, "schedule")
+    assert [getattr(request, name) for name in names] == [getattr(recipe, name) for name in names]
+    older = replace(recorded.run, recipe=replace(recipe, schedule=None))
     assert run_request(lesson_view(ExplainView(older), None)).schedule == AUTOMATIC
 
     sent = len(SENT) + 1  # the controls of one tab, its schedule last

@@ -6,6 +6,7 @@ Round trips cover the characters that break naive writers: commas, colons, quote
 import io
 
 import pytest
+from gradio import processing_utils
 from PIL import ExifTags, Image, PngImagePlugin
 
 from sdplay.runtime.metadata import (
@@ -111,7 +112,6 @@ def test_png_round_trip_through_file(tmp_path, text: str) -> None:
 
 
 def test_with_infotext_survives_gradio_png_encoding() -> None:
-    processing_utils = pytest.importorskip("gradio.processing_utils")
     text = format_infotext("猫, 🐱", "кот", PARAMS)
     image = with_infotext(Image.new("RGB", (16, 16)), text)
     assert image.info["parameters"] == text

@@ -5,6 +5,7 @@ import base64
 import io
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +13,14 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Locator, Page, expect
 
+from bench.handmade import synthetic_run
 from sdplay.explain.capture import explain
 from sdplay.explain.filmstrip import BACKGROUND, BORDER, MAX_FRAME, MIN_FRAME, Filmstrip, filmstrip, strip_layout
-from sdplay.explain.presentation import reel, shown_word, slide
+from sdplay.explain.presentation import PLAY_SECONDS, reel, shown_word, slide
 from sdplay.explain.render import CHOSEN_COLOUR, ExplainView, HeatmapSettings, presented
 from sdplay.runtime.request import GenerationRequest
-from tests.test_browser import GENERATE_TIMEOUT_MS, open_tab
-from tests.test_browser_explain import shapes_run
-from tests.test_explain import synthetic_run
+from tests.helpers import ARTIFACTS, GENERATE_TIMEOUT_MS, open_tab, shapes_run
 
-ARTIFACTS = Path(__file__).parent / "artifacts"  # git-ignored
 STEPS = 5
 REQUEST = GenerationRequest(prompt="a red cat sitting", negative_prompt="dog", sampler="Euler", steps=STEPS, seed=3)
 # The five panels and the slider that must all be on screen, by the class each has in presentation mode.
@@ -125,9 +124,9 @@ def test_the_words_to_pick_are_the_prompts_words(view: ExplainView) -> None:
 
 
 @pytest.fixture(scope="module")
-def replay_file(tmp_path_factory) -> Path:
+def replay_file(shapes, tmp_path_factory) -> Path:
     """A run of the bundled model saved the evening before: the app serving it has another model loaded."""
-    return shapes_run(tmp_path_factory.mktemp("runs"), steps=8)
+    return shapes_run(shapes, tmp_path_factory.mktemp("runs"), steps=8)
 
 
 def present(page: Page, path: Path):
@@ -140,6 +139,19 @@ def present(page: Page, path: Path):
     expect(stage.get_by_text(re.compile(r"^Step 8 of 8"))).to_be_visible()
     expect(stage.locator(".sdplay-filmstrip img")).to_be_visible()
     return stage
+
+
+def settled(page: Page, read: Callable[[], object], quiet_s: float, timeout_s: float) -> object:
+    """Poll `read()` until its value has held for `quiet_s` seconds (the page has stopped changing it), and return
+    that value; fail if it is still changing after `timeout_s` seconds."""
+    deadline = time.monotonic() + timeout_s
+    value, since = read(), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, f"still changing after {timeout_s} s: now {value!r}"
+        page.wait_for_timeout(100)  # Playwright's sleep: the page's events (requests) are recorded meanwhile
+        if (now := read()) != value:
+            value, since = now, time.monotonic()
+    return value
 
 
 def click_frame(strip: Locator, step: int, of: int) -> None:
@@ -161,6 +173,7 @@ def framed_step(stage: Locator, of: int) -> int:
     return int((outline["x"] + outline["width"] / 2 - left) // (width * scale / of)) + 1
 
 
+@pytest.mark.browser
 def test_the_filmstrip_on_the_page_follows_the_step(page: Page, page_errors: list[str], replay_file) -> None:
     panel = open_tab(page, "Explain")
     panel.locator("input[type=file]").last.set_input_files(str(replay_file))
@@ -176,6 +189,7 @@ def test_the_filmstrip_on_the_page_follows_the_step(page: Page, page_errors: lis
     assert page_errors == []
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize("width, height", [(1280, 720), (1024, 768)])
 def test_presentation_fits_one_screen(page: Page, page_errors: list[str], replay_file, width, height) -> None:
     page.set_viewport_size({"width": width, "height": height})
@@ -198,6 +212,7 @@ def test_presentation_fits_one_screen(page: Page, page_errors: list[str], replay
     assert page_errors == []
 
 
+@pytest.mark.browser
 def test_presentation_keys_filmstrip_and_leaving(page: Page, page_errors: list[str], replay_file) -> None:
     page.set_viewport_size({"width": 1024, "height": 768})
     stage = present(page, replay_file)
@@ -240,11 +255,10 @@ def test_presentation_keys_filmstrip_and_leaving(page: Page, page_errors: list[s
     page.keyboard.press(" ")
     expect(stage.get_by_role("button", name="▶ Play")).to_be_visible()
 
+    # Paused, the step stops moving: it holds for more than two ticks of Play (once a tick sent before the pause has
+    # landed).
     label = stage.locator(".prose.sdplay-step-label")
-    page.wait_for_timeout(1000)  # a tick sent before the pause may still land
-    paused = label.inner_text()
-    page.wait_for_timeout(2000)  # more than two ticks of Play
-    assert label.inner_text() == paused
+    paused = settled(page, label.inner_text, quiet_s=2.5 * PLAY_SECONDS, timeout_s=15)
 
     # Esc leaves: the Explain tab is back, at the presentation's step and word.
     at = min(int(re.search(r"Step (\d) of 8", paused).group(1)) + 1, 8)  # → stops at the last step
@@ -260,7 +274,8 @@ def test_presentation_keys_filmstrip_and_leaving(page: Page, page_errors: list[s
     assert page_errors == []
 
 
-def test_presenting_without_a_run_and_a_one_step_run(page: Page, page_errors: list[str], tmp_path) -> None:
+@pytest.mark.browser
+def test_presenting_without_a_run_and_a_one_step_run(page: Page, page_errors: list[str], shapes, tmp_path) -> None:
     """Before any run the screen says what to do; a one-step run (SD-Turbo's use) shows with nothing to scrub."""
     panel = open_tab(page, "Explain")
     toggle = panel.get_by_label("Presentation", exact=True)
@@ -270,20 +285,27 @@ def test_presenting_without_a_run_and_a_one_step_run(page: Page, page_errors: li
     page.keyboard.press("Escape")
     expect(stage).to_be_hidden()
 
-    panel.locator("input[type=file]").last.set_input_files(str(shapes_run(tmp_path, steps=1)))
+    panel.locator("input[type=file]").last.set_input_files(str(shapes_run(shapes, tmp_path, steps=1)))
     expect(panel.get_by_text(re.compile(r"1 steps · CFG [\d.]+ · seed 1 ·"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
     toggle.check()
     expect(stage.get_by_text(re.compile(r"^Step 1 of 1"))).to_be_visible()
     for name in ("◀", "▶", "▶ Play"):
         expect(stage.get_by_role("button", name=name, exact=True)).to_be_disabled()
+    # The keys that step and play do nothing; the one pressed after them picks a word, and is drawn once they are done.
+    heatmap = stage.locator(".sdplay-panel-heatmap img")
+    before = heatmap.get_attribute("src")
     page.keyboard.press("ArrowRight")
     page.keyboard.press(" ")
-    page.wait_for_timeout(1000)
+    page.keyboard.press("2")
+    expect(stage.locator(".sdplay-words").get_by_label("large", exact=True)).to_be_checked()
+    expect(heatmap).not_to_have_attribute("src", before)
     expect(stage.get_by_text(re.compile(r"^Step 1 of 1"))).to_be_visible()
+    expect(stage.get_by_role("button", name="▶ Play", exact=True)).to_be_disabled()  # not playing
     expect(stage.locator(".sdplay-filmstrip img")).to_have_js_property("naturalWidth", MAX_FRAME + 2 * BORDER)
     assert page_errors == []
 
 
+@pytest.mark.browser
 def test_a_shown_run_leaves_the_page_quiet(page: Page, replay_file) -> None:
     """Once a replayed run is drawn, the page asks the server nothing more (an Inside section's trigger mode once
     made Gradio fire the Explain tab's change events about three times a second, forever)."""
@@ -292,12 +314,11 @@ def test_a_shown_run_leaves_the_page_quiet(page: Page, replay_file) -> None:
     panel = open_tab(page, "Explain")
     panel.locator("input[type=file]").last.set_input_files(str(replay_file))
     expect(panel.get_by_text(re.compile(r"^Step 8 of 8$"))).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
-    page.wait_for_timeout(4000)  # the run's own redraws
-    settled = time.monotonic()
-    page.wait_for_timeout(4000)
-    assert [at for at in joins if at > settled] == []
+    # After the run's own redraws, no request for 4 s (the bug asked three times a second, forever).
+    settled(page, lambda: len(joins), quiet_s=4, timeout_s=20)
 
 
+@pytest.mark.browser
 def test_presenting_a_run_of_an_empty_prompt(page: Page, page_errors: list[str]) -> None:
     """A run recorded with no prompt (Explain's first press, as a newcomer does it) presents with no word to pick
     and every panel drawn (the word picker once refused the start token: "Value: 0 … is not in the list of
@@ -313,8 +334,7 @@ def test_presenting_a_run_of_an_empty_prompt(page: Page, page_errors: list[str])
     for name in PRESENTED:
         expect(stage.locator(f".sdplay-panel-{name} img")).to_have_attribute("src", re.compile("^data:image/jpeg"))
     expect(stage.locator(".sdplay-words input[type=radio]")).to_have_count(0)
-    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")  # stepping happens in the page: it asks the server nothing that could fail
     expect(stage.get_by_text(re.compile(r"^Step 2 of 3"))).to_be_visible()
-    page.wait_for_timeout(1000)  # an error toast would have shown by now
     assert page.evaluate("window.sdplayToasts") == []
     assert page_errors == []

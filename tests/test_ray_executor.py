@@ -39,8 +39,7 @@ from sdplay.runtime.ray_executor import RayExecutor, start_local_ray, with_uploa
 from sdplay.runtime.ray_worker import ModelSource, Placed, WorkerOptions, app, needs_sending
 from sdplay.runtime.request import GenerationRequest, Limits, Task
 from sdplay.ui.common import GPU
-from tests.conftest import ROOT, served_app
-from tests.test_api import load
+from tests.helpers import ROOT, load, served_app
 
 ARGS = dict(prompt="a red cat", negative_prompt="dog", sampler="Euler", steps=4, guidance_scale=7, seed=11)
 LONG = GenerationRequest(prompt="a red cat", steps=150, seed=3, width=1024, height=1024)  # ~25 s on a replica here
@@ -87,12 +86,17 @@ def local_client(tiny_model) -> Iterator[Client]:
     next(app, None)  # stops it
 
 
-def run_job(pool: RayExecutor, request: GenerationRequest, owner: str, work=generate) -> tuple[object, Placed]:
-    """Run a job on the pool: its result (or what it raised) and the replica that ran it."""
+def run_job(
+    pool: RayExecutor, request: GenerationRequest, owner: str, work=generate, sent: list | None = None
+) -> tuple[object, Placed]:
+    """Run a job on the pool: its result (or what it raised) and the replica that ran it; each item it sends is also
+    added to `sent` as it comes."""
     placed = last = None
     try:
         for item in pool.run(JobSpec(work, request, Limits(), owner)):
             placed, last = placed or pool.placements()[owner], item
+            if sent is not None:
+                sent.append(item)
         return last, placed
     except Exception as error:
         return error, placed
@@ -190,20 +194,24 @@ def test_the_gpu_queue_admits_one_job_per_worker(manager, tiny_model):
 def test_stop_ends_that_job_on_its_replica_and_the_other_finishes(pool, front):
     other = GenerationRequest(prompt="a dog", steps=150, seed=5, width=512, height=512)  # ~7 s
     results: dict[str, tuple[object, Placed]] = {}
+    sent_by_a: list[object] = []
     threads = {
-        owner: threading.Thread(target=lambda o=owner, r=request: results.update({o: run_job(pool, r, o)}))
-        for owner, request in (("A", LONG), ("B", other))
+        owner: threading.Thread(
+            target=lambda o=owner, r=request, s=sent: results.update({o: run_job(pool, r, o, sent=s)})
+        )
+        for owner, request, sent in (("A", LONG, sent_by_a), ("B", other, None))
     }
     for thread in threads.values():
         thread.start()
     wait_for(lambda: all(pool.placements().get(owner) for owner in "AB"), "both jobs to be placed")
     placed = pool.placements()
     assert placed["A"].replica != placed["B"].replica  # one job per replica
-    time.sleep(1)
+    # Stopped in its steps on its replica, not before they start there.
+    wait_for(lambda: any(isinstance(item, StepUpdate) and item.step > 0 for item in sent_by_a), "A's first step")
     assert pool.interrupt("A") and not pool.interrupt("nobody")
     threads["A"].join(TIMEOUT)
     stopped, _ = results["A"]
-    assert isinstance(stopped, Cancelled) and str(stopped).startswith("Stopped")
+    assert isinstance(stopped, Cancelled) and re.fullmatch(r"Stopped at step \d+ of 150\.", str(stopped))
 
     # A's replica is free at once: the job stopped there after its step (uncancelled, it had ~20 s to go). B's
     # replica is still busy, so the next job goes to A's.
@@ -294,6 +302,7 @@ def test_serve_runs_builder_takes_the_documented_arguments():
         app({"replicas": "2"})
 
 
+@pytest.mark.browser
 def test_generate_and_stop_in_the_browser(ray_client, browser):
     """The page on the pool: the status line says where jobs run; Generate makes an image; Stop keeps the preview
     of the step where the job stopped, and says so."""

@@ -3,12 +3,12 @@
 import threading
 import tracemalloc
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from bench.handmade import synthetic_run
 from sdplay.explain.captions import ModelFacts, captions
 from sdplay.explain.capture import explain
 from sdplay.explain.decoding import MAX_DECODED, Decoded, DecodeRequest, decode_latents, decode_order, vae_decode
@@ -32,13 +32,9 @@ from sdplay.explain.render import (
     words_of,
 )
 from sdplay.explain.ui import step_sliders
-from sdplay.runtime.composition import local_manager
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.executor import JobControl
 from sdplay.runtime.request import GenerationRequest, Task
-from tests.test_explain import synthetic_run
-
-SHAPES = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 
 STEPS = 4
 # The tiny tokenizer knows "red" and "cat" as words; "sitting" falls apart into letters.
@@ -190,7 +186,7 @@ def test_export_round_trips_into_the_view(view, run, tmp_path):
 def test_x0_can_be_decoded_with_the_vae_and_is_kept(run, manager):
     view = ExplainView(run)  # its own: decoding changes what the view draws
     decoded: list[Decoded] = []
-    request = DecodeRequest(run.recipe["model"], (1,), run.x0[[1]])
+    request = DecodeRequest(run.recipe.model, (1,), run.x0[[1]])
     assert decode_latents(manager, request, control=JobControl(on_step=decoded.append)) == 1 and decoded[0].step == 1
     view.keep_decoded(1, decoded[0].image)
     assert view.x0(1).size == view.size and not np.array_equal(pixels(view.x0(1)), pixels(ExplainView(run).x0(1)))
@@ -336,10 +332,8 @@ def test_captions_state_the_tiny_models_numbers(view, manager):
 
 
 @pytest.fixture(scope="module")
-def shapes_view() -> ExplainView:
-    manager = local_manager(device="cpu")
-    manager.load(str(SHAPES))
-    return ExplainView(explain(manager, GenerationRequest(prompt="a red circle", sampler="Euler", steps=2, seed=1)))
+def shapes_view(shapes) -> ExplainView:
+    return ExplainView(explain(shapes, GenerationRequest(prompt="a red circle", sampler="Euler", steps=2, seed=1)))
 
 
 def test_captions_state_the_bundled_models_numbers(shapes_view, tmp_path):
@@ -351,8 +345,7 @@ def test_captions_state_the_bundled_models_numbers(shapes_view, tmp_path):
     assert "(64 numbers in this model)" in texts["tokens"].more and "vocabulary of 606:" in texts["tokens"].more
     assert "768" not in texts["tokens"].more and "49,000" not in texts["tokens"].more
     # A run saved before the facts were recorded: the VAE's come from its shapes, the text encoder's are SD's.
-    recipe = {k: v for k, v in shapes_view.run.recipe.items() if k != "model_facts"}
-    old = ExplainView(replace(shapes_view.run, recipe=recipe)).facts
+    old = ExplainView(replace(shapes_view.run, recipe=replace(shapes_view.run.recipe, model_facts=None))).facts
     assert old == ModelFacts(vae_factor=4, latent_channels=4)
     assert "(768 numbers for SD 1.x)" in captions(old)["tokens"].more
 
@@ -439,14 +432,14 @@ def test_decoding_stops_between_steps_on_stop_and_is_capped(run, manager):
             cancel.set()  # Stop pressed while the second step decodes
 
     steps = decode_order(run.steps, 2)
-    request = DecodeRequest(run.recipe["model"], tuple(steps), run.x0[steps])
+    request = DecodeRequest(run.recipe.model, tuple(steps), run.x0[steps])
     assert decode_latents(
         manager, request, control=JobControl(cancel=cancel, on_step=stop_after_the_second)
     ) == 2 and decoded == [2, 0]
     with pytest.raises(UserError, match="did not make this run"):
         decode_latents(manager, DecodeRequest("another model", (0,), run.x0[:1]))
     with pytest.raises(UserError, match="at most 30"):
-        decode_latents(manager, DecodeRequest(run.recipe["model"], tuple(range(31)), run.x0[[0] * 31]))
+        decode_latents(manager, DecodeRequest(run.recipe.model, tuple(range(31)), run.x0[[0] * 31]))
     # The step on screen first, then the others; a long run decodes `limit` steps spread over it.
     assert decode_order(4, 2, MAX_DECODED) == [2, 0, 1, 3]
     order = decode_order(150, 57, MAX_DECODED)

@@ -8,8 +8,9 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# Our own modules: the package, the app, the tests, and the bench scripts (which import each other by name).
-LOCAL = {"sdplay", "app", "tests"} | {path.stem for path in (ROOT / "bench").glob("*.py")}
+# Our own modules: the package, the app, the tests, and the bench scripts (which import each other by name, and the
+# tests import bench.handmade).
+LOCAL = {"sdplay", "app", "tests", "bench"} | {path.stem for path in (ROOT / "bench").glob("*.py")}
 
 
 def imported_modules(files: list[Path]) -> dict[str, Path]:

@@ -14,7 +14,7 @@ from packaging.specifiers import SpecifierSet
 
 from app import parse_args
 from sdplay.runtime.catalog import CATALOG
-from tests.conftest import ARTIFACTS, ROOT, free_port
+from tests.helpers import ARTIFACTS, ROOT, free_port
 
 SPACE_KEYS = {
     "title",
@@ -53,11 +53,11 @@ def test_the_readme_starts_with_a_valid_space_configuration():
     assert config["sdk"] == "gradio" and config["sdk_version"] in requirement("gradio")
     assert config["app_file"] == "app.py" and (ROOT / config["app_file"]).is_file()
     assert config["python_version"] == "3.11"  # a string: YAML would read 3.10 as 3.1
-    assert isinstance(config["title"], str) and isinstance(config["emoji"], str) and len(config["emoji"]) == 1
+    assert (config["title"], config["emoji"]) == ("sdplay", "🎨")
     assert 0 < len(config["short_description"]) <= 60  # the Hub's limit
     assert config["models"] == list(CATALOG)
     assert config["suggested_hardware"] in HARDWARE
-    assert isinstance(config["license"], str) and config["license"]
+    assert config["license"] == "other" and not list(ROOT.glob("LICENSE*"))  # no licence file yet: it claims none
 
 
 def test_on_a_space_the_address_and_port_come_from_gradio_and_need_no_login(monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 
 from sdplay.runtime import models
 from sdplay.runtime.composition import local_manager
-from tests.conftest import ARTIFACTS, ROOT
+from tests.helpers import ARTIFACTS, ROOT
 
 # What app.py's main() imports before it loads the model; printing which diffusers pipeline families came with it.
 IMPORT_THE_APP = """

@@ -6,6 +6,7 @@ The real run takes hours (`python -m sdplay.shapes.train`); these take seconds a
 import re
 
 import numpy as np
+import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
@@ -32,6 +33,7 @@ def test_the_grounding_loss_pulls_each_word_to_its_own_object() -> None:
     assert on_own.item() < 1e-3 < uniform.item() < on_other.item()
 
 
+@pytest.mark.usefixtures("torch_threads_kept")
 def test_a_tiny_run_trains_resumes_and_saves_a_model(tmp_path, capsys) -> None:
     tiny = [
         f"--out_dir={tmp_path / 'run'}", f"--final_dir={tmp_path / 'model'}", "--num_scenes=16", "--num_pairs=16",

@@ -378,6 +378,7 @@ def test_an_api_plot_knows_its_caller_and_streams_no_previews(client: Client):
     assert len(final[1]) == 2
 
 
+@pytest.mark.browser
 def test_the_tab_draws_a_2x2_plot_in_the_browser(page, page_errors: list[str]):
     from playwright.sync_api import expect
 
@@ -401,6 +402,7 @@ def test_the_tab_draws_a_2x2_plot_in_the_browser(page, page_errors: list[str]):
     assert page_errors == []
 
 
+@pytest.mark.browser
 def test_stop_in_the_browser_ends_the_plot_in_its_cell_and_keeps_the_finished_ones(page, page_errors: list[str]):
     from playwright.sync_api import expect
 

@@ -41,9 +41,7 @@ def compression_text(shown: ExplainView | None, manager: ModelManager) -> str:
     """The run's compression (its model's VAE, its size); before a run, the loaded model's at its native size."""
     if shown is not None:
         recipe = shown.run.recipe
-        return compression(shown.facts, recipe.width, recipe.height).describe() + (
-            f" (This run: {recipe.model}.)"
-        )
+        return compression(shown.facts, recipe.width, recipe.height).describe() + (f" (This run: {recipe.model}.)")
     model = manager.model
     size = model.settings.size or model.native_size
     return compression(ModelFacts.of_pipeline(model.pipe), size, size).describe() + f" ({model.name}, native size.)"

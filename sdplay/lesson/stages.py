@@ -440,6 +440,7 @@ def draw_stage(stage: Stage, lesson: LessonView, at: Moment) -> Shown:
 
 # Try this --------------------------------------------------------------------------------------------------------
 
+
 def run_request(lesson: LessonView) -> GenerationRequest:
     """The lesson run's settings as a text-to-image request, as its recipe recorded them (not validated: the values
     that "try this" puts in the controls). A file without a schedule ran the sampler's own (Automatic)."""
