@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
 
     manager = loaded_manager(settings)
     switch = model_switch(settings, manager)
-    demo = build_demo(manager, settings.limits(), switch, settings.plot_limits(), workers=manager.executor.workers)
+    demo = build_demo(
+        manager, settings.limits(), switch, plot_limits=settings.plot_limits(), workers=manager.executor.workers
+    )
     CacheCap(demo, settings.max_disk).start()
     launch(demo, settings)
 

@@ -108,6 +108,7 @@ def build_demo(
     manager: ModelManager,
     limits: Limits,
     switch: ModelSwitch,
+    *,
     plot_limits: PlotLimits = PlotLimits(),
     workers: int = 1,
     tabs: list[Tab] = TABS,

@@ -318,6 +318,7 @@ def run(
     limits: Limits,
     session: gr.Request,
     progress: gr.Progress,
+    *,
     job: Callable[..., R] = generate,
     show: Callable[[StepUpdate | R], tuple | dict] = _gallery,
 ) -> Iterator[tuple | dict]:
