@@ -299,12 +299,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     """Distil as `args` (or the command line) say; return each phase's wall time in seconds (render, latents,
     distill, save), which it also prints."""
     config = Config.from_args(sys.argv[1:] if args is None else args)
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    folder = pathlib.Path(config.out_dir).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = train.Checkpoint(folder, np.random.default_rng(config.seed))
-    clock = train.PhaseClock()
+    folder, checkpoint, clock = train.start_run(config)
 
     data = train.render_data(config.world())
     print(f"rendered {config.num_scenes} one-object and {config.num_pairs} two-object scenes at {config.resolution}²")

@@ -476,16 +476,21 @@ def train_unet(
     return ema_text, ema_unet
 
 
-def main(args: list[str] | None = None) -> dict[str, float]:
-    """Train as `args` (or the command line) say; return each phase's wall time in seconds (render, vae, latents,
-    unet, save), which it also prints."""
-    config = Config.from_args(sys.argv[1:] if args is None else args)
+def start_run(config) -> tuple[pathlib.Path, Checkpoint, PhaseClock]:
+    """A run's start (training or distilling): `config`'s seed and thread count set, its output folder made, its
+    checkpoint and a clock for its phases."""
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     folder = pathlib.Path(config.out_dir).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = Checkpoint(folder, np.random.default_rng(config.seed))
-    clock = PhaseClock()
+    return folder, Checkpoint(folder, np.random.default_rng(config.seed)), PhaseClock()
+
+
+def main(args: list[str] | None = None) -> dict[str, float]:
+    """Train as `args` (or the command line) say; return each phase's wall time in seconds (render, vae, latents,
+    unet, save), which it also prints."""
+    config = Config.from_args(sys.argv[1:] if args is None else args)
+    folder, checkpoint, clock = start_run(config)
 
     data = render_data(config)
     print(f"rendered {config.num_scenes} one-object and {config.num_pairs} two-object scenes at {config.resolution}²")
