@@ -17,7 +17,7 @@ from sdplay.explain import export
 from sdplay.runtime.composition import local_manager
 from sdplay.runtime.models import ModelManager
 from sdplay.runtime.random_models import tiny_pipeline
-from tests.helpers import LOAD_TIMEOUT_MS, ROOT, SHAPES, served_app  # noqa: F401 (ROOT: for test_app.py, as yet)
+from tests.helpers import LOAD_TIMEOUT_MS, SHAPES, served_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
