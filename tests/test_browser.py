@@ -109,10 +109,10 @@ def test_small_results_are_enlarged_by_a_whole_factor_with_square_pixels(page: P
     expect(result).to_have_css("image-rendering", "pixelated")
     # The picture fills the content box (object-fit: contain), which the padding makes a whole multiple of 64.
     shown = result.evaluate(
-        """img => { const style = getComputedStyle(img), px = (name) => parseFloat(style[name]);
+        """img => img.decode().then(() => { const style = getComputedStyle(img), px = (name) => parseFloat(style[name]);
         return [img.naturalWidth, img.naturalHeight, style.objectFit, px("paddingLeft"), px("paddingTop"),
                 img.clientWidth - px("paddingLeft") - px("paddingRight"),
-                img.clientHeight - px("paddingTop") - px("paddingBottom")]; }"""
+                img.clientHeight - px("paddingTop") - px("paddingBottom")]; })"""
     )
     natural_width, natural_height, fit, left, top, width, height = shown
     assert (natural_width, natural_height, fit) == (64, 64, "contain")
@@ -292,4 +292,5 @@ def test_a_size_typed_out_of_range_or_far_from_native_is_named(page: Page) -> No
     )
     result = panel.locator(".results").get_by_role("img", name=re.compile(r"^Seed \d+$"))
     expect(result).to_have_attribute("src", SERVED_PNG, timeout=GENERATE_TIMEOUT_MS)  # it runs: a warning only
-    assert result.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [1024, 64]
+    # The src is set before the picture has loaded: wait for it (decode() resolves once it can be drawn).
+    assert result.evaluate("img => img.decode().then(() => [img.naturalWidth, img.naturalHeight])") == [1024, 64]
