@@ -377,7 +377,7 @@ def show_step(parts: RunParts, folder: str, item: StepUpdate | ExplainRun) -> di
     return {**show_run(parts, ExplainView(item)), parts.export: exported(folder, item)}
 
 
-def replay(parts: RunParts, limits: Limits, path: str | None) -> dict:
+def replay_run(parts: RunParts, limits: Limits, path: str | None) -> dict:
     """A saved run, shown as a recorded one is."""
     if path is None:
         return {}
@@ -544,8 +544,11 @@ def build(page: Page) -> None:
     for event in wire_recording(page, form, parts, decode, redraw_event):
         event.then(**redraw_strip)  # its frames are x̂₀s: now the decoded ones
     # In the GPU queue: drawing a long run keeps the CPU busy, and a generation waits less than it would share.
-    replaying = partial(replay, parts, page.limits)
-    upload.upload(replaying, upload, parts.outputs(), api_visibility="private", **GPU).then(**redraw_event)
+
+    def replay(path: str | None) -> dict:  # its name names the (private) event, which scripts call as "replay"
+        return replay_run(parts, page.limits, path)
+
+    upload.upload(replay, upload, parts.outputs(), api_visibility="private", **GPU).then(**redraw_event)
     presentation.build(presenting, scrub)
 
     def explain_api(request: gr.Request = None, progress=gr.Progress(), **settings):
