@@ -30,6 +30,11 @@ def model_notes(model: LoadedModel) -> str:
     """What the UI says about the loaded model: its recommended settings, and the words it knows if it is closed."""
     settings = model.settings
     lines = [f"**Recommended for {model.name}** (applied on load): {settings.summary(model.native_size)}"]
+    if settings.fast is not None:
+        lines[0] += (
+            f"; the generation tabs start on its {settings.fast.steps}-step distilled UNet: "
+            f"{settings.generation.summary(model.native_size)}"
+        )
     if settings.note:
         lines.append(settings.note)
     if settings.vocabulary:

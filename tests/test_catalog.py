@@ -27,8 +27,11 @@ SD15 = {k: v for k, v in SD15_SCHEDULER.items() if k not in ("skip_prk_steps", "
 
 
 def test_the_bundled_model_ships_the_settings_its_training_script_writes():
-    assert json.loads((SHAPES / SETTINGS_FILE).read_text()) == RECOMMENDED_SETTINGS
+    # train.py writes the recommended settings; distill.py adds the fast path (its UNet in unet-lcm/).
+    fast = {"unet": "unet-lcm", "steps": 4, "guidance_scale": 4.0}
+    assert json.loads((SHAPES / SETTINGS_FILE).read_text()) == RECOMMENDED_SETTINGS | {"fast": fast}
     settings = read_settings_file(SHAPES)
+    assert settings.generation.summary(64) == "LCM · 4 steps · CFG 4 · 64×64"
     assert (settings.sampler, settings.schedule, settings.steps, settings.guidance_scale) == (
         "DPM++ 2M",
         "Uniform",
@@ -110,3 +113,10 @@ def test_warnings_before_a_run_name_unknown_words_and_odd_sizes(shapes_model):
     assert any("1024×64 is far from this model's native 64×64" in w for w in warnings)
     fine = GenerationRequest(prompt="a large red circle on the left on a gray background")
     assert warnings_before(shapes_model, fine, Limits()) == []
+
+
+@pytest.mark.parametrize("unet", ["../shapes", "/etc", "a/b", "", ".."])
+def test_a_fast_path_names_a_subfolder_of_the_models_folder_only(tmp_path, unet):
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps({"fast": {"unet": unet}}))
+    with pytest.raises(UserError, match="subfolder"):
+        read_settings_file(tmp_path)

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from sdplay.runtime.composition import local_manager
 from sdplay.runtime.generate import generate
 from sdplay.runtime.metadata import parse_infotext
-from sdplay.runtime.request import GenerationRequest
+from sdplay.runtime.request import GenerationRequest, Task
 from sdplay.shapes import distill, train
 
 
@@ -48,7 +48,7 @@ def test_the_schedule_reads_outputs_steps_and_denoises_as_the_schedulers_do(pred
 
 
 def unet_weights(folder) -> dict[str, torch.Tensor]:
-    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    return load_file(folder / "unet-lcm" / "diffusion_pytorch_model.safetensors")
 
 
 @pytest.mark.usefixtures("torch_threads_kept")
@@ -76,12 +76,19 @@ def test_a_tiny_distillation_resumes_exactly_and_saves_a_4_step_lcm_model(tmp_pa
     assert not torch.equal(resumed["conv_out.weight"], pipe.unet.state_dict()["conv_out.weight"])
 
     settings = json.loads((tmp_path / "a-model" / "sdplay.json").read_text())
-    assert (settings["sampler"], settings["steps"], settings["guidance_scale"]) == ("LCM", 4, 4.0)
+    assert settings["fast"] == {"unet": "unet-lcm", "steps": 4, "guidance_scale": 4.0}
     assert "triangle" in settings["vocabulary"] and settings["examples"]
+    assert (
+        unet_weights(tmp_path / "a-model").keys()
+        != load_file(teacher / "unet" / "diffusion_pytorch_model.safetensors").keys()
+    )
 
     manager = local_manager(device="cpu")
-    model = manager.load(str(tmp_path / "a-model"))
-    assert model.allows_lcm and type(model.pipe.scheduler).__name__ == "LCMScheduler"
+    model = manager.load(str(tmp_path / "a-model"))  # the teacher, with the student as its fast path
+    assert model.allows_lcm and model.fast_unet is not None and model.pipe.unet.config.time_cond_proj_dim is None
+    assert model.settings.generation.sampler == "LCM" and model.settings.sampler != "LCM"
+    assert manager.pipeline(Task.TXT2IMG, "LCM").unet is model.fast_unet
+    assert manager.pipeline(Task.TXT2IMG, "Euler").unet is model.pipe.unet
     request = GenerationRequest(prompt="a red circle", sampler="LCM", steps=4, guidance_scale=4.0, seed=7)
     first, again = generate(manager, request), generate(manager, request)
     other = generate(manager, dataclasses.replace(request, seed=8))

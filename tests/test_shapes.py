@@ -8,13 +8,16 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 from transformers import CLIPTokenizer
 
+from sdplay.page import build_demo
 from sdplay.runtime.composition import local_manager
 from sdplay.runtime.generate import generate
-from sdplay.runtime.request import GenerationRequest, Task
+from sdplay.runtime.metadata import parse_infotext
+from sdplay.runtime.models import ModelSwitch, SwitchPolicy
+from sdplay.runtime.request import GenerationRequest, Limits, Task
 from sdplay.shapes.evaluate import measure, measure_objects
 from sdplay.shapes.world import (
     BACKGROUNDS,
@@ -184,3 +187,45 @@ def test_all_three_tasks_run_on_it_through_the_app_manager() -> None:
         manager, GenerationRequest(task=Task.INPAINT, prompt=prompt, steps=10, image=image, mask=mask, mask_blur=0)
     )
     assert np.array_equal(np.asarray(inpainted.images[0])[:, 32:], np.asarray(image)[:, 32:])
+
+
+def test_the_fast_path_runs_the_distilled_unet_once_a_step_as_diffusers_does(shapes) -> None:
+    """The LCM sampler on the bundled model runs its 4-step UNet (assets/shapes/unet-lcm): one UNet call a step,
+    the same pixels as plain diffusers with that UNet and LCMScheduler, and an infotext that says what ran."""
+    prompt = "a small red circle on the left and a small blue square on the right on a gray background"
+    request = GenerationRequest(prompt=prompt, sampler="LCM", steps=4, guidance_scale=4.0, seed=7)
+    calls = {"fast": 0, "teaching": 0}
+    hooks = [
+        unet.register_forward_hook(lambda *args, name=name: calls.__setitem__(name, calls[name] + 1))
+        for name, unet in (("fast", shapes.model.fast_unet), ("teaching", shapes.model.pipe.unet))
+    ]
+    try:
+        result = generate(shapes, request)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == {"fast": 4, "teaching": 0}
+    params = parse_infotext(result.infotexts[0]).params
+    assert (params["Sampler"], params["Steps"], params["CFG scale"]) == ("LCM", "4", "4")
+
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet = UNet2DConditionModel.from_pretrained(MODEL / "unet-lcm", local_files_only=True)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    plain = pipe(prompt, num_inference_steps=4, guidance_scale=4.0, generator=torch.Generator().manual_seed(7))
+    assert np.array_equal(np.asarray(plain.images[0]), np.asarray(result.images[0]))
+    found = {got.color: got.shape for got in measure_objects(np.asarray(result.images[0]))}
+    assert found.get("red") == "circle", found  # the picture asked for, in 4 steps
+
+
+def test_the_generation_tabs_start_on_the_fast_path_and_explain_on_the_20_step_story(shapes) -> None:
+    demo = build_demo(shapes, Limits(), ModelSwitch({"shapes": str(MODEL)}, SwitchPolicy.LOCKED))
+    endpoints = demo.get_api_info()["named_endpoints"]
+
+    def defaults(endpoint: str) -> tuple:
+        given = {p["parameter_name"]: p["parameter_default"] for p in endpoints[endpoint]["parameters"]}
+        return given["sampler"], given["steps"], given["guidance_scale"]
+
+    for endpoint in ("/txt2img", "/img2img", "/inpaint", "/xyz"):
+        assert defaults(endpoint) == ("LCM", 4, 4), endpoint
+    assert defaults("/explain") == ("DPM++ 2M", 20, 4)

@@ -15,7 +15,7 @@ def build(page: Page) -> None:
             image = image_upload("Image", 360)
             strength = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength")
             gr.Markdown("Width and height 0 keep the input image's size (rounded to multiples of 8).")
-            c = controls(manager, limits, size_default=0)
+            c = controls(manager, limits, size_default=0, fast=True)
         with gr.Column():
             r = results()
 

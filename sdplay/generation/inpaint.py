@@ -32,7 +32,7 @@ def build(page: Page) -> None:
                 only_masked = gr.Checkbox(label="Only masked (crop, generate, paste back)")
                 padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels")
             gr.Markdown("Width and height 0 keep the image's size; with *Only masked*, the model's native size.")
-            c = controls(manager, limits, size_default=0)
+            c = controls(manager, limits, size_default=0, fast=True)
         with gr.Column():
             r = results()
 

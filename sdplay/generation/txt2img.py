@@ -12,7 +12,7 @@ def build(page: Page) -> None:
     manager, limits = page.manager, page.limits
     with gr.Row():
         with gr.Column():
-            c = controls(manager, limits)
+            c = controls(manager, limits, fast=True)
         with gr.Column():
             r = results()
 

@@ -6,7 +6,7 @@ one), the catalog below (Hub models), or its own saved scheduler config (anythin
 
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,26 @@ SD_EXAMPLES = (
 
 
 @dataclass(frozen=True)
+class FastPath:
+    """A UNet distilled from the model's own for few steps (latent consistency distillation), kept in a subfolder
+    of the model's folder. The LCM sampler runs it: one UNet call a step, the CFG scale read as an input. The
+    generation tabs start on it; Explain, the Lesson and Compare keep the model's own UNet and its longer story."""
+
+    unet: str = "unet-lcm"  # the subfolder, a plain name
+    steps: int = 4
+    guidance_scale: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[\w-][\w.-]*", self.unet) or self.unet.startswith(".."):
+            raise ValueError(f"fast.unet must name a subfolder of the model's folder, not {self.unet!r}")
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     """The settings a model works best with, shown and applied when it loads; `size` 0 is the native size.
 
-    `vocabulary`, when given, lists every word the model was trained on: others get a warning.
+    `vocabulary`, when given, lists every word the model was trained on: others get a warning. `fast`, when given,
+    is a few-step UNet beside the model's own (see `FastPath`).
     """
 
     sampler: str = DEFAULT_SAMPLER
@@ -36,6 +52,15 @@ class ModelSettings:
     examples: tuple[str, ...] = SD_EXAMPLES
     vocabulary: tuple[str, ...] = ()
     note: str = ""
+    fast: FastPath | None = None
+
+    @property
+    def generation(self) -> "ModelSettings":
+        """What the generation tabs start with: the fast path's sampler, steps and CFG when the model has one."""
+        if self.fast is None:
+            return self
+        fast = self.fast
+        return replace(self, sampler="LCM", schedule=AUTOMATIC, steps=fast.steps, guidance_scale=fast.guidance_scale)
 
     def summary(self, native: int) -> str:
         """One line for the UI: "DPM++ 2M · Karras · 25 steps · CFG 7 · 512×512"."""
@@ -107,6 +132,10 @@ def read_settings_file(folder: Path) -> ModelSettings | None:
         if not isinstance(data, dict) or not set(data) <= known:
             raise ValueError(f"keys must be among {sorted(known)}")
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        if "fast" in data:
+            if not isinstance(data["fast"], dict):
+                raise ValueError("fast must be an object: unet, steps, guidance_scale")
+            data["fast"] = FastPath(**data["fast"])
         settings = ModelSettings(**data)
         resolve(settings.sampler, settings.schedule)
     except (ValueError, TypeError) as error:

@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path, PurePath
@@ -24,6 +24,7 @@ from diffusers import (
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    UNet2DConditionModel,
 )
 
 from sdplay.runtime.catalog import ModelSettings, model_settings
@@ -32,7 +33,7 @@ from sdplay.runtime.errors import UserError
 from sdplay.runtime.executor import JobControl, JobRunner, JobThread
 from sdplay.runtime.previews import fit_latent_rgb
 from sdplay.runtime.request import Task
-from sdplay.runtime.samplers import AUTOMATIC, build_scheduler
+from sdplay.runtime.samplers import AUTOMATIC, build_scheduler, resolve
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 MAX_HUB_NAME = 96  # the Hub's limit on a user, organisation or repository name
@@ -145,6 +146,7 @@ class LoadedModel:
     settings: ModelSettings  # what the model works best with (see catalog.py)
     loaded_by: str | None = None  # who switched to it from the web UI; None: the command line
     loaded_at: datetime = field(default_factory=lambda: datetime.now().astimezone())
+    fast_unet: UNet2DConditionModel | None = None  # the few-step UNet of `settings.fast`, which the LCM sampler runs
 
     @property
     def native_size(self) -> int:
@@ -159,11 +161,12 @@ class LoadedModel:
     def allows_lcm(self) -> bool:
         """LCM-distilled models carry a guidance embedding (time_cond_proj_dim) or ship an LCM scheduler."""
         distilled = self.pipe.unet.config.get("time_cond_proj_dim") is not None
-        return distilled or type(self.pipe.scheduler).__name__ == "LCMScheduler"
+        return distilled or self.settings.fast is not None or type(self.pipe.scheduler).__name__ == "LCMScheduler"
 
     @property
     def parameter_bytes(self) -> int:
         modules = [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
+        modules += [self.fast_unet] if self.fast_unet is not None else []
         return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
 
 
@@ -380,16 +383,18 @@ class ModelManager:
             pipe.enable_attention_slicing()
         folder = Path(source).expanduser()
         name = folder.name if folder.exists() else source
+        settings = model_settings(source, folder if folder.is_dir() else config and Path(config), pipe.scheduler)
+        fast_unet = None
+        if settings.fast is not None and folder.is_dir():  # checked with the folder: safetensors only
+            fast_unet = UNet2DConditionModel.from_pretrained(
+                folder / settings.fast.unet, use_safetensors=True, local_files_only=True, dtype=self.dtype
+            ).to(self.device)
+        elif settings.fast is not None:  # a single file's --config folder: no place for a second UNet
+            settings = replace(settings, fast=None)
         return LoadedModel(
-            name,
-            source,
-            config,
-            pipe,
-            dict(pipe.scheduler.config),
-            fit_latent_rgb(pipe.vae),
-            model_settings(source, folder if folder.is_dir() else config and Path(config), pipe.scheduler),
-            by,
-        )
+            name, source, config, pipe, dict(pipe.scheduler.config), fit_latent_rgb(pipe.vae), settings, by,
+            fast_unet=fast_unet,
+        )  # fmt: skip
 
     def _release(self) -> None:
         """Drop every reference to the current model and give its memory back."""
@@ -401,12 +406,15 @@ class ModelManager:
             torch.cuda.empty_cache()
 
     def pipeline(self, task: Task, sampler: str, schedule: str = AUTOMATIC) -> DiffusionPipeline:
-        """A view of the loaded model for `task`, with its own fresh scheduler; it shares every weight tensor."""
+        """A view of the loaded model for `task`, with its own fresh scheduler; it shares every weight tensor. The LCM
+        sampler runs the model's few-step UNet, if it has one (`ModelSettings.fast`)."""
         model = self.model
         scheduler = build_scheduler(sampler, model.scheduler_config, schedule)
         # The base pipeline's own modules, as loaded (no safety checker). Not `VIEWS[task].from_pipe`: it casts the
         # shared modules to float32 unless given a dtype, and given one it warns and takes ~30 ms instead of ~1.
         components = model.pipe.components | {"scheduler": scheduler}
+        if model.fast_unet is not None and resolve(sampler)[0] == "LCM":
+            components["unet"] = model.fast_unet
         view = VIEWS[task](**components, requires_safety_checker=False)
         view.set_progress_bar_config(disable=True)
         return view

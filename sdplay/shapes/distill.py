@@ -2,8 +2,9 @@
 Models"), sampled by diffusers' `LCMScheduler`.
 
 Run `python -m sdplay.shapes.distill [--key=value ...]` (the keys are the fields of `Config`); it resumes from
-`out_dir` and finally writes `final_dir`: a diffusers folder with the teacher's VAE, text encoder and tokenizer, the
-distilled UNet, an LCM scheduler, and an sdplay.json that recommends LCM at 4 steps. Importing it starts nothing.
+`out_dir` and finally gives `final_dir` (by default the teacher's own folder, assets/shapes) its fast path: the
+distilled UNet in `unet-lcm/` and a `fast` entry in its sdplay.json (LCM, 4 steps; see catalog.FastPath). The app
+then runs that UNet whenever the LCM sampler is chosen, beside the teacher's own. Importing it starts nothing.
 
 The method, the paper's Algorithm 1 as diffusers' `examples/consistency_distillation/train_lcm_distill_sd_wds.py`
 runs it:
@@ -43,6 +44,7 @@ import dataclasses
 import inspect
 import json
 import pathlib
+import shutil
 import sys
 import time
 
@@ -52,9 +54,11 @@ import torch.nn.functional as F
 from diffusers import LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from tqdm import tqdm
 
-from sdplay.runtime.catalog import SETTINGS_FILE
+from sdplay.runtime.catalog import SETTINGS_FILE, FastPath
 from sdplay.shapes import train
 from sdplay.shapes.world import RECOMMENDED_SETTINGS
+
+FAST_UNET = FastPath.unet  # the subfolder of the model's folder that holds the distilled UNet
 
 
 @dataclasses.dataclass
@@ -65,7 +69,7 @@ class Config:
     threads: int = 2
     teacher: str = "assets/shapes"  # the model to distil (a diffusers folder)
     out_dir: str = "~/.cache/sdplay/shapes-fast-run"  # checkpoints and cached latents, outside the repo
-    final_dir: str = "assets/shapes-fast"  # the diffusers folder the app loads
+    final_dir: str = "assets/shapes"  # the model folder that gets the fast UNet (another folder gets a teacher copy)
     checkpoint_minutes: float = 3.0
     log_every: int = 100  # steps per line of the loss curve
     # data: the teacher's world, as train.Config draws it
@@ -264,35 +268,27 @@ def distill(
                 {"step": step + 1, "seconds": seconds} | {key: module.state_dict() for key, module in modules.items()}
             )
             # The model so far, to look at (or evaluate) mid-run.
-            save_fast_model(checkpoint.path.parent / "preview", config, pipe, target, schedule)
+            save_fast_model(checkpoint.path.parent / "preview", config, target)
             last_save = time.time()
     return state.get("seconds", 0.0) + time.perf_counter() - session
 
 
-def fast_settings(config: Config) -> dict:
-    """The teacher's sdplay.json (its examples and vocabulary) with the fast path's sampler, steps and CFG."""
-    path = pathlib.Path(config.teacher) / SETTINGS_FILE
+def save_fast_model(folder: str | pathlib.Path, config: Config, unet: UNet2DConditionModel) -> None:
+    """Make `folder` the teacher with a fast path: the teacher's files (copied, unless `folder` is the teacher's own),
+    the student in `folder/unet-lcm`, and `fast` in its sdplay.json, which the app reads (catalog.FastPath)."""
+    folder, teacher = pathlib.Path(folder), pathlib.Path(config.teacher)
+    if config.ddim_steps != LCMScheduler().config.original_inference_steps:
+        # The app samples the fast UNet with LCMScheduler built from the teacher's scheduler config.
+        raise SystemExit(f"--ddim_steps={config.ddim_steps}: the app's LCM sampler assumes LCMScheduler's 50")
+    if not folder.exists() or not folder.samefile(teacher):
+        shutil.copytree(teacher, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(FAST_UNET))
+    unet.save_pretrained(folder / FAST_UNET, safe_serialization=True)
+    path = folder / SETTINGS_FILE
     settings = json.loads(path.read_text()) if path.exists() else dict(RECOMMENDED_SETTINGS)
     low, high = config.guidance_min, config.guidance_max
     guidance = min(max(settings.get("guidance_scale", low), low), high)  # the teacher's choice, if it was learnt
-    note = (
-        f"The shapes model distilled for {config.sample_steps} steps (latent consistency distillation): the same "
-        f"words and grammar. Use the LCM sampler, {config.sample_steps} steps, CFG {low:g}-{high:g}: the UNet takes "
-        "the CFG scale as an input, so each step is one UNet call and there is no negative prompt."
-    )
-    fast = {"sampler": "LCM", "schedule": "Automatic", "steps": config.sample_steps, "guidance_scale": guidance}
-    return settings | fast | {"note": note}
-
-
-def save_fast_model(
-    folder: str | pathlib.Path,
-    config: Config,
-    pipe: StableDiffusionPipeline,
-    unet: UNet2DConditionModel,
-    schedule: ConsistencySchedule,
-) -> None:
-    settings = fast_settings(config)
-    train.save_pipeline(folder, pipe.vae, pipe.text_encoder, pipe.tokenizer, unet, schedule.lcm, settings)
+    settings["fast"] = {"unet": FAST_UNET, "steps": config.sample_steps, "guidance_scale": guidance}
+    path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def main(args: list[str] | None = None) -> dict[str, float]:
@@ -319,7 +315,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     seconds = distill(config, pipe, unets, schedule, data, latents, state, checkpoint)
     clock.done("distill")
     print(f"distillation wall time over all sessions of this run: {seconds / 60:.1f} min")
-    save_fast_model(config.final_dir, config, pipe, unets.target, schedule)
+    save_fast_model(config.final_dir, config, unets.target)
     print(f"saved the model to {config.final_dir}")
     clock.done("save")
     return clock.timings

@@ -122,6 +122,7 @@ class Controls:
     examples: gr.Dataset
     native_sized: bool  # width and height default to the model's size (not an input image's)
     prefilled: bool = False  # the prompt starts as the model's first example prompt (Explain's)
+    fast: bool = False  # starts on the model's few-step path, if it has one (the generation tabs)
 
     def inputs(self) -> list[gr.components.Component]:
         return [self.prompt, self.negative_prompt, self.sampler, self.steps, self.guidance_scale, self.seed]
@@ -140,7 +141,7 @@ class Controls:
 
     def recommended(self, model: LoadedModel) -> dict[gr.components.Component, object]:
         """Updates that apply `model`'s recommended settings and examples to these controls (on load)."""
-        settings = model.settings
+        settings = model.settings.generation if self.fast else model.settings
         updates = {
             self.sampler: gr.Dropdown(choices=sampler_names(model.allows_lcm), value=settings.sampler),
             self.schedule: gr.Dropdown(choices=schedule_names(settings.sampler), value=settings.schedule),
@@ -196,13 +197,19 @@ def prompt_boxes(examples: list[str], text: str = "") -> tuple[gr.Textbox, gr.Te
 
 
 def controls(
-    manager: ModelManager, limits: Limits, size_default: int | None = None, batch: bool = True, prefilled: bool = False
+    manager: ModelManager,
+    limits: Limits,
+    size_default: int | None = None,
+    batch: bool = True,
+    prefilled: bool = False,
+    fast: bool = False,
 ) -> Controls:
     """Prompt boxes and sampling settings, set to the loaded model's recommended ones; `size_default` 0 means "the
     input image's size" (img2img, inpaint); `batch` False hides the batch size (Explain records one image);
-    `prefilled` starts the prompt as the model's first example, and sets it again when a model loads."""
+    `prefilled` starts the prompt as the model's first example, and sets it again when a model loads; `fast` starts
+    on the model's few-step path (`ModelSettings.generation`), for the tabs that make pictures rather than explain."""
     model = manager.model
-    settings = model.settings
+    settings = model.settings.generation if fast else model.settings
     native = (settings.size or model.native_size) if size_default is None else size_default
     prompt, negative, examples = prompt_boxes(list(settings.examples), first_example(model) if prefilled else "")
     with gr.Row():
@@ -235,7 +242,7 @@ def controls(
     return Controls(
         prompt=prompt, negative_prompt=negative, sampler=sampler, schedule=schedule, steps=steps,
         guidance_scale=guidance, seed=seed, width=width, height=height, batch_size=batch_size, examples=examples,
-        native_sized=size_default is None, prefilled=prefilled,
+        native_sized=size_default is None, prefilled=prefilled, fast=fast,
     )  # fmt: skip
 
 

@@ -200,7 +200,7 @@ def axis_rows() -> dict[str, gr.components.Component]:
 def settings_column(page: Page) -> tuple[Controls, dict[str, gr.components.Component]]:
     """The left column: the Text-to-Image controls (which a model load updates) and the /xyz parameters they, the
     axes and the optional start image feed, in the API's order."""
-    c = controls(page.manager, page.limits, batch=False)  # one image per cell
+    c = controls(page.manager, page.limits, batch=False, fast=True)  # one image per cell
     with gr.Accordion("Start image (optional: cells are then image-to-image)", open=False):
         image = image_upload("Start image", 240)
         strength = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength")
