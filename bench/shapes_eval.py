@@ -2,8 +2,8 @@
 and in two-object scenes, does each word go to its own object?
 
 Run `python bench/shapes_eval.py [--model assets/shapes] [--count 64] [--seed 2024]`; writes bench/RESULTS.md.
-Each model is sampled as its `sdplay.json` says (sampler, steps, CFG): `--model assets/shapes-fast` scores the
-4-step LCM model against issue 21's bars.
+Each model is sampled as its `sdplay.json` says (sampler, steps, CFG); `--fast` scores its fast path instead (the
+distilled UNet in its folder, LCM at 4 steps, as the app's generation tabs run it) against issue 21's bars.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionPipeline
+from diffusers import LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from sdplay.explain.capture import attention_probabilities
-from sdplay.runtime.catalog import read_settings_file
+from sdplay.runtime.catalog import FastPath, ModelSettings, read_settings_file
 from sdplay.shapes.evaluate import DAAM_THRESHOLD, Measured, border_colour, measure, measure_objects, nearest
 from sdplay.shapes.world import BACKGROUNDS, Pair, Scene, region, sample_pair, sample_scene
 
@@ -116,10 +116,14 @@ def generate(
 
 
 def evaluate(
-    model: pathlib.Path, count: int, seed: int, timed: int, guidance: float, steps: int
+    model: pathlib.Path, fast: FastPath | None, count: int, seed: int, timed: int, guidance: float, steps: int
 ) -> tuple[dict[str, float], float, float]:
-    """Scores per metric (one- and two-object), wall seconds per image and CPU seconds per image (all threads)."""
+    """Scores per metric (one- and two-object), wall seconds per image and CPU seconds per image (all threads);
+    with `fast`, of the model's fast path."""
     pipe = StableDiffusionPipeline.from_pretrained(model, dtype=torch.float32)
+    if fast is not None:
+        pipe.unet = UNet2DConditionModel.from_pretrained(model / fast.unet, dtype=torch.float32)
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     rng = np.random.default_rng(seed)  # fresh scenes: training draws from other seeds
@@ -231,17 +235,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--timed", type=int, default=16, help="images timed without attention capture")
     parser.add_argument("--results", type=pathlib.Path, default=pathlib.Path("bench/RESULTS.md"))
+    parser.add_argument("--fast", action="store_true", help="the model's fast path (its distilled UNet, LCM)")
     parser.add_argument("--steps", type=int, help="instead of the model's recommended steps (experiments)")
     parser.add_argument("--guidance", type=float, help="instead of the model's recommended CFG scale (experiments)")
     parser.add_argument("--no-write", action="store_true", help="print only (for experiments)")
     args = parser.parse_args()
 
     load = os.getloadavg()[0]  # other jobs slow the wall-clock figure (the CPU-seconds one much less): record it
-    settings = read_settings_file(args.model)
-    guidance = args.guidance or (settings.guidance_scale if settings else DEFAULT_GUIDANCE)
-    steps = args.steps or (settings.steps if settings else 20)
+    settings = read_settings_file(args.model) or ModelSettings(guidance_scale=DEFAULT_GUIDANCE)
+    if args.fast and settings.fast is None:
+        parser.error(f"{args.model} has no fast path (no 'fast' in its sdplay.json)")
+    fast = settings.fast if args.fast else None
+    settings = settings.generation if args.fast else settings
+    guidance, steps = args.guidance or settings.guidance_scale, args.steps or settings.steps
     few_steps = steps < 20
-    scores, seconds, cpu_seconds = evaluate(args.model, args.count, args.seed, args.timed, guidance, steps)
+    scores, seconds, cpu_seconds = evaluate(args.model, fast, args.count, args.seed, args.timed, guidance, steps)
     bars = {**BARS, **PAIR_BARS, **(FEW_STEP_BARS if few_steps else {})}
     rows = ["| **one object** | | | |"]
     for name, bar in bars.items():
@@ -274,7 +282,7 @@ def main() -> None:
     )
     print(table)
     if not args.no_write:
-        title = f"Shapes model at {steps} steps ({args.model.name})" if few_steps else "Shapes model"
+        title = f"Shapes model's fast path ({steps} steps, LCM)" if args.fast else "Shapes model"
         write_results(args.results, title, table)
 
 
