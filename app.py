@@ -62,13 +62,15 @@ def loaded_manager(settings: Settings):
             manager = ray_manager(settings)
         else:
             memory = settings.memory()
-            manager = local_manager(settings.device, settings.dtype, offline=settings.offline, memory=memory)
+            manager = local_manager(
+                settings.device, settings.dtype, offline=settings.offline, memory=memory, jobs=settings.jobs
+            )
             print(f"sdplay: loading {settings.model} on {manager.device} ...", flush=True)
         manager.load(settings.model, config=settings.config)
     except UserError as error:
         sys.exit(f"sdplay: {error}")
     if settings.executor != "ray":  # a pool's workers set their own threads
-        manager.executor.thread.own_torch_threads()
+        manager.executor.threads.own_torch_threads()
     return manager
 
 

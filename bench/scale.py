@@ -142,7 +142,7 @@ def overhead(device: str, rounds: int) -> tuple[dict[str, list[Round]], bool]:
     local = local_manager(device)
     local.load(str(BUNDLED))
     executor = local.executor
-    executor.thread.own_torch_threads()
+    executor.threads.own_torch_threads()
     request = GenerationRequest(**JOB, seed=7)
     measured: dict[str, list[Round]] = {"ray": [], "local": []}
     last = {}

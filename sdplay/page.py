@@ -14,9 +14,10 @@ from sdplay.lesson import ui as lesson
 from sdplay.runtime.downloads import DownloadProgress
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.models import LoadedModel, ModelManager, ModelSwitch, SwitchPolicy
+from sdplay.runtime.queue_log import QueueLog
 from sdplay.runtime.request import Limits, PlotLimits
 from sdplay.ui.common import GPU, from_web_page, user_errors, without_paths
-from sdplay.ui.fair_share import one_job_per_session
+from sdplay.ui.fair_share import one_job_per_session, queued_jobs
 from sdplay.ui.tabs import FollowsModel, Page, Tab
 from sdplay.xyz import ui as xyz
 
@@ -54,7 +55,9 @@ def switch_info(switch: ModelSwitch) -> str:
     return f"{offer} {who}"
 
 
-def model_bar(demo: gr.Blocks, manager: ModelManager, switch: ModelSwitch, tabs: list[FollowsModel]) -> None:
+def model_bar(
+    demo: gr.Blocks, manager: ModelManager, switch: ModelSwitch, tabs: list[FollowsModel], log: QueueLog
+) -> None:
     """Pick and load a model, as `switch` allows; loading refreshes the status line and applies the model's
     recommended settings and examples to every tab. A failed load changes nothing on the page and says why.
     A Hub model's download shows its bytes over the status line (reported by the manager on the handler's own
@@ -71,6 +74,7 @@ def model_bar(demo: gr.Blocks, manager: ModelManager, switch: ModelSwitch, tabs:
         )  # fmt: skip
         load = gr.Button("Load", scale=1, visible=switch.open)
     status = gr.Markdown(manager.status(), elem_classes="status")
+    queue_panel(demo, switch, log)
     notes = gr.Markdown(model_notes(built_for), elem_classes="model-notes")
 
     def applied(model: LoadedModel) -> dict:
@@ -109,6 +113,31 @@ def model_bar(demo: gr.Blocks, manager: ModelManager, switch: ModelSwitch, tabs:
     gr.Timer(30).tick(manager.status, None, status, **quiet)
 
 
+def queue_panel(demo: gr.Blocks, switch: ModelSwitch, log: QueueLog) -> None:
+    """A line for the admin (`--admin`) only, under the status line, refreshed every 2 s: the GPU queue's jobs per
+    minute, jobs waiting and p95 wait over the last minute. Other pages have it hidden and its timer off."""
+    panel = gr.Markdown(visible=False, elem_classes="status queue-panel")
+    ticking = gr.Timer(2, active=False)
+
+    def is_admin(request: gr.Request) -> bool:
+        return switch.admin is not None and request.username == switch.admin
+
+    def summary() -> str:
+        waiting = [job for job in queued_jobs(demo) if job.concurrency_id == GPU["concurrency_id"] and not job.running]
+        return log.summary(len(waiting)).describe()
+
+    def opened(request: gr.Request) -> dict:
+        admin = is_admin(request)
+        return {panel: gr.Markdown(summary() if admin else "", visible=admin), ticking: gr.Timer(active=admin)}
+
+    def refreshed(request: gr.Request) -> str:
+        return summary() if is_admin(request) else gr.skip()
+
+    quiet = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
+    demo.load(opened, None, [panel, ticking], **quiet)
+    ticking.tick(refreshed, None, panel, **quiet)
+
+
 def build_demo(
     manager: ModelManager,
     limits: Limits,
@@ -121,6 +150,7 @@ def build_demo(
     """The app; `workers` is how many jobs the executor runs at once (`manager.executor.workers`: 1 here, a Ray
     pool's replicas), and so how many the GPU queue lets run."""
     page = Page(manager, limits, switch, plot_limits, one_job_per_session=[GPU["concurrency_id"]])
+    log = QueueLog()  # the GPU queue's last minute, for the admin's panel
     with gr.Blocks(title="sdplay", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# sdplay · a Stable Diffusion playground")
         model_slot = gr.Column()
@@ -129,13 +159,13 @@ def build_demo(
                 with gr.Tab(tab.label, id=tab.id):
                     tab.build(page)
         with model_slot:
-            model_bar(demo, manager, switch, page.following)
+            model_bar(demo, manager, switch, page.following, log)
         for wiring in page.finishing:
             wiring()
     share_gpu(demo, workers)
     demo.queue(api_open=False, max_size=32)
     for queue in page.one_job_per_session:  # so that one session cannot fill the queue of 32
-        one_job_per_session(demo, queue)
+        one_job_per_session(demo, queue, log if queue == GPU["concurrency_id"] else None)
     # Gradio's queue looks for new events every millisecond, also while a job runs: a thread of the job's process
     # waking 1000 times a second slowed generation on a CPU by ~6%. Every 10 ms is still instant to people.
     demo._queue.sleep_when_free = 0.01

@@ -150,6 +150,13 @@ class Settings:
         choices=EXECUTORS,
         derive=_executor,
     )
+    jobs: int | None = option(
+        "SDPLAY_JOBS",
+        None,
+        "local: how many jobs run at once in this process, each on its share of the CPU's torch threads; default 2 "
+        "on a CPU of 2 cores or more, else 1 (a GPU job fills the GPU by itself)",
+        executor="local",
+    )
     workers: int | None = option(
         "SDPLAY_WORKERS",
         None,
@@ -329,8 +336,8 @@ def _refusal(settings: Settings, environ: Mapping[str, str]) -> str | None:
     if misplaced := [row for row in misplaced if getattr(s, row.name) is not None]:
         flags, verb = ", ".join(map(flag, misplaced)), "is" if len(misplaced) == 1 else "are"
         return f"{flags} {verb} for --executor {row_option(misplaced[0]).executor}."
-    if any(count is not None and count < 1 for count in (s.workers, s.worker_threads)):
-        return "--workers and --worker-threads must be at least 1."
+    if any(count is not None and count < 1 for count in (s.jobs, s.workers, s.worker_threads)):
+        return "--jobs, --workers and --worker-threads must be at least 1."
     if not environ.get("SPACE_ID") and not is_loopback(s.host) and not (s.auth or s.admin):
         return f"--host {s.host} opens the app to the network: also give --auth user:password."
     for name, login in (("--auth", s.auth), ("--admin", s.admin)):

@@ -61,8 +61,9 @@ def no_tensor_is_built(monkeypatch):
 
 @pytest.fixture(scope="session")
 def app_url(tiny_model) -> Iterator[str]:
-    """`python app.py` as a user starts it, on the tiny model and a free port."""
-    yield from served_app(tiny_model)
+    """`python app.py` as a user starts it, on the tiny model and a free port; two jobs at once, as on a 2-core CPU
+    by default (stated, so that the queue tests know it on any machine)."""
+    yield from served_app(tiny_model, "--jobs", "2")
 
 
 @pytest.fixture(scope="session")

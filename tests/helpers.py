@@ -20,7 +20,7 @@ from playwright.sync_api import Locator, Page, expect
 from sdplay.explain.capture import explain
 from sdplay.explain.export import save_run
 from sdplay.runtime.models import ModelManager
-from sdplay.runtime.request import GenerationRequest
+from sdplay.runtime.request import GenerationRequest, Task
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"  # git-ignored
@@ -32,6 +32,17 @@ PROMPT = "a red cat"
 SERVED_PNG = re.compile(r"/gradio_api/file=.*\.png$")
 
 # The app --------------------------------------------------------------------------------------------------------
+
+
+def running_unet(manager: ModelManager, sampler: str = "Euler"):
+    """The UNet that a job run on the calling thread uses: the thread's own module tree over the model's weights
+    (`ModelManager.pipeline`). Hooks on it see that job's calls, and no other job's."""
+    return manager.pipeline(Task.TXT2IMG, sampler).unet
+
+
+def same_weights(a, b) -> bool:
+    """Whether two modules hold the very same weight tensors (a thread's own UNet and the model's)."""
+    return all(x is y for x, y in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def free_port() -> int:

@@ -116,6 +116,7 @@ SAMPLES = {
     "cpu_offload": "1",
     "vae_tiling": "1",
     "attention_slicing": "1",
+    "jobs": "3",
     "executor": "ray",
     "workers": "2",
     "ray_address": "auto",

@@ -254,11 +254,13 @@ def test_loading_a_model_applies_and_shows_its_recommended_settings(page: Page, 
         model_box.fill("shapes")
         load.click()
         expect(notes).to_contain_text("DPM++ 2M · Uniform · 20 steps · CFG 4 · 64×64", timeout=GENERATE_TIMEOUT_MS)
+        expect(notes).to_contain_text("4-step distilled UNet: LCM · 4 steps · CFG 4 · 64×64")
         expect(notes).to_contain_text("triangle")  # the words it knows
-        for tab in ("Text-to-Image", "Explain"):
+        # The generation tabs start on its fast path; Explain tells the 20-step story.
+        for tab, sampler, schedule in (("Text-to-Image", "LCM", "Automatic"), ("Explain", "DPM++ 2M", "Uniform")):
             panel = open_tab(page, tab)
-            expect(panel.get_by_label("Sampler", exact=True)).to_have_value("DPM++ 2M")
-            expect(panel.get_by_label("Schedule type", exact=True)).to_have_value("Uniform")
+            expect(panel.get_by_label("Sampler", exact=True)).to_have_value(sampler)
+            expect(panel.get_by_label("Schedule type", exact=True)).to_have_value(schedule)
             expect(panel.get_by_label("number input for CFG scale")).to_have_value("4")
             expect(panel.get_by_text("a small blue triangle at the top on a yellow background")).to_be_visible()
             expect(panel.get_by_text("a watercolor painting of a lighthouse")).to_have_count(0)

@@ -140,6 +140,7 @@ def test_sending_a_result_deleted_since_says_so(page: Page, page_errors: list[st
     panel.get_by_role("button", name="Generate").click()
     final = panel.locator(".results").get_by_role("img", name=re.compile(r"^Seed \d+$"))
     expect(final).to_have_attribute("src", SERVED_PNG, timeout=GENERATE_TIMEOUT_MS)
+    final.evaluate("img => img.decode()")  # loaded: deleting it mid-transfer would be a different test
     Path(unquote(final.get_attribute("src").split("/gradio_api/file=")[1])).unlink()  # as the cap does
     panel.get_by_role("button", name="Send to Inpaint").click()
     expect(page.get_by_text(GONE_MESSAGE, exact=True)).to_be_visible(timeout=10_000)

@@ -19,7 +19,7 @@ from sdplay.explain.capture import ExplainRun, explain
 from sdplay.explain.decoding import Decoded, DecodeRequest, decode_latents
 from sdplay.runtime.composition import local_manager
 from sdplay.runtime.errors import UserError
-from sdplay.runtime.executor import MAX_GPU_SECONDS, MIN_GPU_SECONDS, Executor, JobControl, JobSpec, JobThread
+from sdplay.runtime.executor import MAX_GPU_SECONDS, MIN_GPU_SECONDS, Executor, JobControl, JobSpec, JobThreads
 from sdplay.runtime.generate import Cancelled, GenerationResult, StepUpdate, generate
 from sdplay.runtime.request import GenerationRequest, Limits, Task
 from tests.zero_gpu import FORK, NotPicklable, ZeroGPU
@@ -146,7 +146,7 @@ def test_the_harness_fails_arguments_that_do_not_pickle(remote):
         list(remote.run(job))
 
 
-def test_closing_the_stream_stops_within_a_step_and_frees_the_lock(manager):
+def test_closing_the_stream_stops_within_a_step_and_frees_the_model(manager):
     items = manager.executor.run(
         JobSpec(generate, GenerationRequest(prompt="cat", steps=150, width=512, height=512), Limits())
     )
@@ -154,8 +154,7 @@ def test_closing_the_stream_stops_within_a_step_and_frees_the_lock(manager):
     started = time.monotonic()
     items.close()
     assert time.monotonic() - started < 5
-    assert manager._lock.acquire(blocking=False)
-    manager._lock.release()
+    assert manager.running_jobs == 0
     assert generate(manager, GenerationRequest(prompt="cat", steps=2)).images
 
 
@@ -177,7 +176,7 @@ def sd15_sized(native: int = 512) -> Executor:
     """An executor over a stand-in manager whose UNet counts SD 1.5's 860 M parameters."""
     unet = SimpleNamespace(parameters=lambda: [SimpleNamespace(numel=lambda: 860_000_000)])
     model = SimpleNamespace(native_size=native, pipe=SimpleNamespace(unet=unet))
-    return Executor(SimpleNamespace(model=model, thread=JobThread()))
+    return Executor(SimpleNamespace(model=model, threads=JobThreads()))
 
 
 @pytest.mark.parametrize(
@@ -211,7 +210,7 @@ def test_a_stopped_jobs_error_crosses_with_its_preview(manager):
 def test_the_job_thread_runs_work_in_a_forked_worker_too():
     """A forked process (ZeroGPU's worker) inherits the thread object of a job thread the server used, not the
     thread: it must start its own."""
-    thread = JobThread()
+    thread = JobThreads()
     ran = threading.Event()
     thread.run(ran.set)
     assert ran.wait(5)
@@ -229,7 +228,7 @@ def test_the_job_thread_runs_work_in_a_forked_worker_too():
 
 
 def test_call_runs_on_the_job_thread_and_returns_or_raises_there():
-    thread = JobThread()
+    thread = JobThreads()
     assert thread.call(threading.current_thread) is not threading.current_thread()
     assert thread.call(lambda: thread.call(lambda: 7)) == 7  # from the thread itself: at once, no deadlock
     with pytest.raises(UserError, match="nope"):
@@ -249,7 +248,7 @@ def test_models_load_on_the_job_thread(tiny_model):
 
     manager._prepare = prepare
     manager.load(str(tiny_model))
-    assert loaders == [manager.executor.thread.call(threading.current_thread)]
+    assert loaders == [manager.executor.threads.call(threading.current_thread)]
 
 
 def test_after_own_torch_threads_only_the_job_thread_runs_torch_on_several_threads():
@@ -258,7 +257,7 @@ def test_after_own_torch_threads_only_the_job_thread_runs_torch_on_several_threa
 
     def child() -> None:
         default = torch.get_num_threads()
-        thread = JobThread()
+        thread = JobThreads()
         owned = thread.own_torch_threads()
         counts: list[int] = []
         other = threading.Thread(target=lambda: counts.append(torch.get_num_threads()))

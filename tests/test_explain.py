@@ -25,12 +25,13 @@ from sdplay.runtime.errors import UserError
 from sdplay.runtime.executor import JobControl
 from sdplay.runtime.generate import Cancelled, generate
 from sdplay.runtime.request import GenerationRequest, Limits, Task
+from tests.helpers import running_unet
 
 REQUEST = GenerationRequest(prompt="a red cat", negative_prompt="dog", sampler="Euler", steps=5, seed=3)
 
 
 def processors(manager) -> dict[str, type]:
-    return {name: type(p) for name, p in manager.model.pipe.unet.attn_processors.items()}
+    return {name: type(p) for name, p in running_unet(manager).attn_processors.items()}
 
 
 def test_recording_changes_nothing_and_restores_every_processor(manager):
@@ -93,7 +94,7 @@ def test_tokens_are_what_the_encoder_reads_with_prompt_syntax_parsed(manager, tm
 
 def test_recorded_maps_equal_an_independent_softmax_of_one_layer(manager):
     """Reference: hook one cross-attention layer, compute softmax(QKᵀ/√d) ourselves, average the heads."""
-    unet = manager.model.pipe.unet
+    unet = running_unet(manager)  # the UNet explain() runs on this thread
     layer = unet.mid_block.attentions[0].transformer_blocks[0].attn2
     references = []
 

@@ -13,6 +13,7 @@ from gradio_client import Client
 from gradio_client.exceptions import ValidationError
 from playwright.sync_api import Page, expect
 
+from sdplay.runtime.queue_log import QueueLog, QueueSummary
 from sdplay.ui.fair_share import NO_SESSION, QueuedJob, one_job_per_session, queued_jobs, refusal
 from tests.helpers import GENERATE_TIMEOUT_MS, PROMPT, free_port, long_job, open_tab, txt2img
 
@@ -57,7 +58,8 @@ def gated_demo():
         gr.Button().click(wait, text, text, api_name="wait", concurrency_id="gpu", concurrency_limit=1)
         gr.Button().click(lambda t: t, text, text, api_name="echo")  # not in the GPU queue
     demo.queue(max_size=32)
-    one_job_per_session(demo, "gpu")
+    demo.log = QueueLog()  # what the admin's panel reads
+    one_job_per_session(demo, "gpu", demo.log)
     port = free_port()
     demo.launch(server_port=port, prevent_thread_lock=True, quiet=True)
     yield demo, f"http://127.0.0.1:{port}/", release
@@ -69,6 +71,7 @@ def test_gradio_queue_as_sdplay_reads_it(gated_demo):
     """Fails if Gradio changes the internals that `queued_jobs` reads (see its docstring)."""
     demo, url, release = gated_demo
     release.clear()
+    before = demo.log.summary(0)
     first, second = Client(url, verbose=False), Client(url, verbose=False)
 
     def joined(count: int) -> None:  # submit() joins from a thread of its own: wait, so that the order is known
@@ -98,6 +101,11 @@ def test_gradio_queue_as_sdplay_reads_it(gated_demo):
         'data: ["three"]\n\n'
     )
     assert queued_jobs(demo) == []
+    # The admin's panel heard the three jobs of the GPU queue join, start and end (the echo is another queue's);
+    # the two that waited behind the first waited while the test above ran.
+    after = demo.log.summary(0)
+    assert (after.finished - before.finished, after.started - before.started) == (3, 3)
+    assert after.p95_wait > 0.05
 
 
 def test_joins_of_one_session_sent_together_get_one_place(gated_demo):
@@ -141,21 +149,23 @@ def test_a_session_may_send_its_next_job_as_soon_as_it_has_the_result(gated_demo
 
 
 def test_one_job_per_session_through_the_api(app_url):
-    own, other = Client(app_url, verbose=False), Client(app_url, verbose=False)
-    running = long_job(own)
-    waiting = other.submit(
+    """The app runs two jobs at once (`--jobs 2`): two sessions' long jobs run, a third session's waits."""
+    own, other, third = (Client(app_url, verbose=False) for _ in range(3))
+    running = [long_job(own), long_job(other, seed=6)]
+    waiting = third.submit(
         prompt="a red cat", negative_prompt="", sampler="Euler", steps=2, guidance_scale=7, seed=8, width=64,
         height=64, api_name="/txt2img",
     )  # fmt: skip
-    deadline = time.monotonic() + 20  # until the other session's job has joined the queue
-    while waiting.status().code.name not in ("IN_QUEUE", "PROCESSING") and time.monotonic() < deadline:
+    deadline = time.monotonic() + 20  # until the third session's job has joined the queue
+    while waiting.status().code.name != "IN_QUEUE" and time.monotonic() < deadline:
         time.sleep(0.05)
     with pytest.raises(ValidationError, match=re.escape(RUNNING)):
         txt2img(own)
     with pytest.raises(ValidationError, match=re.escape("You already have a job in the queue (position 1 of 1).")):
-        txt2img(other)
-    running.cancel()
-    assert waiting.result(timeout=120)[2] == 8  # the other session's job was accepted and ran
+        txt2img(third)
+    for job in running:
+        job.cancel()
+    assert waiting.result(timeout=120)[2] == 8  # the third session's job was accepted and ran
     assert txt2img(own)[2] == 5  # and each session may send its next job once the first is done
 
 
@@ -181,3 +191,26 @@ def test_the_page_says_so_when_its_second_job_is_refused(page: Page, page_errors
     # The browser logs the refused join (HTTP 400) as a failed resource; nothing else may go wrong.
     refused = [error for error in page_errors if "400 (Bad Request)" in error and "/queue/join" in error]
     assert len(refused) == 1 and len(page_errors) == 1, page_errors
+
+
+def test_the_queue_log_counts_the_last_minute_and_its_p95_wait():
+    now = [0.0]
+    log = QueueLog(clock=lambda: now[0])
+    for number in range(20):  # job n joins at n and starts n/10 s later: waits 0.0 ... 1.9 s
+        log.joined(f"job {number}", at=float(number))
+        now[0] = number + number / 10
+        log.started(f"job {number}")
+        log.finished(f"job {number}")
+    log.started("early")  # the queue may start a job before its join is heard: it still counts, from its join
+    log.joined("early", at=now[0] - 5.0)
+    log.joined("waiting", at=now[0])
+    summary = log.summary(1)  # 21 waits: the 20th smallest is the p95 (nearest rank)
+    assert (summary.finished, summary.waiting, summary.started) == (20, 1, 21)
+    assert summary.p95_wait == pytest.approx(1.9)
+    assert summary.describe().endswith("20 jobs/min · 1 waiting now · p95 wait 1.9 s (21 started)")
+    now[0] += 45.0  # jobs 0-5 ended more than a minute ago; of the 15 waits left, the largest is the p95
+    summary = log.summary(0)
+    assert (summary.finished, summary.started, summary.p95_wait) == (14, 15, pytest.approx(5.0))
+    now[0] += 60.0
+    assert log.summary(0) == QueueSummary(finished=0, waiting=0, p95_wait=None, started=0)
+    assert log.summary(0).describe().endswith("no job started")

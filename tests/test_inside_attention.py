@@ -29,6 +29,7 @@ from sdplay.inside.unet_step import step_input
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.executor import Executor, JobSpec
 from sdplay.runtime.request import GenerationRequest, Limits
+from tests.helpers import running_unet
 from tests.zero_gpu import ZeroGPU
 
 REQUEST = GenerationRequest(prompt="a large red circle on the left", sampler="Euler", steps=5, seed=1)
@@ -44,7 +45,7 @@ def test_self_attention_equals_a_hand_softmax_of_each_layers_q_and_k(shapes):
     """Reference: to_q and to_k of every self-attention layer of the block, hooked during the run at one step;
     softmax(q·kᵀ/√d) computed here for every place, and the clicked place's row taken. The map shown is the
     mean of these rows over the block's layers and heads."""
-    unet = shapes.model.pipe.unet
+    unet = running_unet(shapes)  # the UNet explain() runs on this thread
     block, step, point = "up_blocks.3", 3, (0.3, 0.55)
     layers = [m for n, m in unet.named_modules() if n.startswith(f"{block}.") and n.endswith(".attn1")]
     assert len(layers) == 2

@@ -27,6 +27,7 @@ from sdplay.runtime.errors import UserError
 from sdplay.runtime.executor import Executor, JobControl, JobSpec
 from sdplay.runtime.models import ModelManager
 from sdplay.runtime.request import GenerationRequest, Limits
+from tests.helpers import running_unet
 from tests.zero_gpu import ZeroGPU
 
 REQUEST = GenerationRequest(prompt="a red cat", negative_prompt="dog", sampler="Euler", steps=4, seed=3)
@@ -35,7 +36,7 @@ OURS = ("sdplay.inside.unet_step", "sdplay.inside.unet", "sdplay.inside.attentio
 
 def outputs_of_every_call(manager: ModelManager, request: GenerationRequest, modules: dict[str, torch.nn.Module]):
     """Run Explain with forward hooks of our own on `modules` (and the UNet): each one's output at every UNet call."""
-    unet = manager.model.pipe.unet
+    unet = running_unet(manager)  # the UNet explain() runs on this thread
     calls: list[dict[str, torch.Tensor]] = []
 
     def keep(name: str):
@@ -86,7 +87,7 @@ def test_one_unet_call_at_a_step_reproduces_the_runs_call(manager, request_):
 
 
 def test_feature_maps_equal_a_forward_hook_at_each_block(shapes):
-    unet = shapes.model.pipe.unet
+    unet = running_unet(shapes)
     request = GenerationRequest(prompt="a large red circle on the left", sampler="Euler", steps=5, seed=1)
     watched = {name: module for name, module in unet_parts(unet) if name.startswith(("conv_in", "down", "mid", "up"))}
     run, calls = outputs_of_every_call(shapes, request, watched)
@@ -148,7 +149,7 @@ def test_flops_count_attention_as_the_math_kernel_does(shapes):
 
 def test_skip_connections_are_the_tensors_the_up_blocks_read(shapes):
     """Reference: who made each tensor that each up block receives as `res_hidden_states_tuple`."""
-    unet = shapes.model.pipe.unet
+    unet = running_unet(shapes)
     made: dict[int, str] = {}
     read: dict[str, Counter] = {}
 
@@ -208,7 +209,7 @@ def test_a_run_of_another_model_is_refused_clearly(manager, shapes):
 def test_a_normal_explain_run_meets_none_of_our_hooks(shapes):
     """The views run only when asked: during a normal Explain run no hook or processor of theirs is attached, and
     no global module hook (FlopCounterMode's) either. The same inspection, made while a view runs, finds them."""
-    unet = shapes.model.pipe.unet
+    unet = running_unet(shapes)  # what both run on this thread
     seen: list[str] = []
 
     def inspect(*_) -> None:

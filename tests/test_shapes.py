@@ -34,6 +34,7 @@ from sdplay.shapes.world import (
     sample_pair,
     sample_scene,
 )
+from tests.helpers import running_unet
 
 MODEL = pathlib.Path(__file__).resolve().parents[1] / "assets" / "shapes"
 
@@ -197,7 +198,7 @@ def test_the_fast_path_runs_the_distilled_unet_once_a_step_as_diffusers_does(sha
     calls = {"fast": 0, "teaching": 0}
     hooks = [
         unet.register_forward_hook(lambda *args, name=name: calls.__setitem__(name, calls[name] + 1))
-        for name, unet in (("fast", shapes.model.fast_unet), ("teaching", shapes.model.pipe.unet))
+        for name, unet in (("fast", running_unet(shapes, "LCM")), ("teaching", running_unet(shapes)))
     ]
     try:
         result = generate(shapes, request)

@@ -15,6 +15,7 @@ from sdplay.explain.capture import ExplainRun
 from sdplay.runtime.conditioning import encode_prompts
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.models import ModelManager
+from sdplay.runtime.request import Task
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class StepInput:
     """What one UNet call at a recorded step needs, as picklable CPU data (it crosses the executor boundary)."""
 
     model: str  # the model that made the run: another model's UNet would read its latents wrongly
+    sampler: str  # the run's: LCM runs the model's few-step UNet, if it has one
     prompt: str  # as typed (A1111 syntax), with the negative prompt, the request's steps and CFG scale
     negative_prompt: str
     steps: int
@@ -52,6 +54,7 @@ def step_input(run: ExplainRun, step: int) -> StepInput:
     recipe = run.recipe
     return StepInput(
         model=recipe.model,
+        sampler=recipe.sampler,
         prompt=recipe.prompt,
         negative_prompt=recipe.negative_prompt,
         steps=recipe.steps,
@@ -64,7 +67,9 @@ def step_input(run: ExplainRun, step: int) -> StepInput:
 
 
 def run_pipe(manager: ModelManager, request: StepInput) -> DiffusionPipeline:
-    """The loaded model's pipeline, if it is the model that made the run and its UNet reads only the latents."""
+    """A view of the loaded model with the UNet that made the run (see `ModelManager.pipeline`: the calling
+    thread's own, which the views' hooks go on), if it is the model that made the run and its UNet reads only the
+    latents."""
     model = manager.model
     if model.name != request.model:
         raise UserError(
@@ -76,7 +81,7 @@ def run_pipe(manager: ModelManager, request: StepInput) -> DiffusionPipeline:
             f"{model.name} is an inpainting checkpoint: its UNet also reads the mask and the masked image, which "
             "the run does not keep, so its steps cannot be replayed one by one."
         )
-    return model.pipe
+    return manager.pipeline(Task.TXT2IMG, request.sampler)
 
 
 def guided(pipe: DiffusionPipeline, guidance_scale: float) -> bool:

@@ -1,9 +1,9 @@
 """The one executor boundary: the function that runs a job (a `generate` or `explain` call) and streams its updates.
 
-Three executors run it, named and chosen at start-up (`--executor`): `local` runs the job on a long-lived thread of
-this process; `zerogpu` wraps that one function with `@spaces.GPU`, which runs it in a forked worker on a ZeroGPU
-Space and pickles what crosses: the `JobSpec` in; each `StepUpdate`, the result and any error out; `ray` sends the
-`JobSpec` to a pool of Ray Serve replicas, each running it with a local executor of its own
+Three executors run it, named and chosen at start-up (`--executor`): `local` runs the job on one of the long-lived
+job threads of this process; `zerogpu` wraps that one function with `@spaces.GPU`, which runs it in a forked worker
+on a ZeroGPU Space and pickles what crosses: the `JobSpec` in; each `StepUpdate`, the result and any error out; `ray`
+sends the `JobSpec` to a pool of Ray Serve replicas, each running it with a local executor of its own
 (sdplay/runtime/ray_executor.py).
 Importing this module imports no torch, so that app.py can import `spaces` before anything touches CUDA.
 """
@@ -91,7 +91,7 @@ class JobRunner(Protocol):
 
 @dataclass(frozen=True)
 class RunningJob:
-    """A job handed to the job thread: its `updates` (each `StepUpdate`, then the result or a `Raised`, then
+    """A job handed to the job threads: its `updates` (each `StepUpdate`, then the result or a `Raised`, then
     `JOB_ENDED`), the flag that stops it after the step it is in, and whether it has finished."""
 
     updates: queue.Queue
@@ -116,36 +116,51 @@ def zero_gpu() -> ModuleType | None:
     return spaces
 
 
-class JobThread:
-    """One long-lived daemon thread that runs the work it is given, one piece after another: the one thread of the
-    process that runs the model (loading it included).
+class JobThreads:
+    """The long-lived daemon threads that run the work they are given, in the order given: the only threads of the
+    process that run the model (loading it included). `count` of them run jobs at once, each on its share of the
+    CPU's torch threads (`torch_threads`), fixed for the thread's life: a job computes with the same thread count
+    whether it runs alone or beside others, so the same request gives the same pixels either way.
 
     libgomp gives each thread that runs a parallel torch op a pool of its own, and once the pools hold more threads
     than there are cores it all but stops spinning between ops. On the bundled model a second pool (the model loaded
     on the main thread, the jobs run here) made every image ~30% slower, plain diffusers in the same process too; a
-    new thread per job starts cold every time (a new malloc arena, a new pool). Daemon: quitting never waits.
+    new thread per job starts cold every time (a new malloc arena, a new pool). With one torch thread each, the job
+    threads make no pools at all. Daemon: quitting never waits.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, count: int = 1) -> None:
+        if count < 1:
+            raise ValueError("at least one job thread")
+        self.count = count
+        self.torch_threads = 0  # set when the threads start: the process's torch threads, shared out
         self._work: queue.Queue[Callable[[], None]] = queue.Queue()
         self._starting = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def run(self, work: Callable[[], None]) -> None:
-        """Queue `work` (which must not raise) behind what the thread was given before."""
+        """Queue `work` (which must not raise) behind what the threads were given before."""
         with self._starting:
-            # Started on first use (creating one starts nothing), and again in a forked process (ZeroGPU's worker),
-            # which inherits the thread object but not the thread.
-            if self._thread is None or not self._thread.is_alive():
+            # Started on first use (creating them starts nothing), and again in a forked process (ZeroGPU's worker),
+            # which inherits the thread objects but not the threads.
+            if not self._threads or not all(thread.is_alive() for thread in self._threads):
+                import torch
+
+                self.torch_threads = max(1, torch.get_num_threads() // self.count)
                 self._work = queue.Queue()
-                self._thread = threading.Thread(target=self._loop, args=(self._work,), name="sdplay-jobs", daemon=True)
-                self._thread.start()
+                self._threads = [
+                    threading.Thread(target=self._loop, args=(self._work, self.torch_threads), daemon=True,
+                                     name=f"sdplay-jobs-{number}")
+                    for number in range(self.count)
+                ]  # fmt: skip
+                for thread in self._threads:
+                    thread.start()
         self._work.put(work)
 
     def call(self, work: Callable[[], T]) -> T:
-        """Run `work` on the thread (at once when called from it), wait for it, and return what it returns or raise
-        what it raised."""
-        if threading.current_thread() is self._thread:
+        """Run `work` on a job thread (at once when called from one), wait for it, and return what it returns or
+        raise what it raised."""
+        if threading.current_thread() in self._threads:
             return work()
         finished: queue.Queue[tuple[bool, Any]] = queue.Queue()
 
@@ -162,7 +177,8 @@ class JobThread:
         return value
 
     def own_torch_threads(self) -> int:
-        """Make this the one thread of the process that runs torch ops on several threads, and return how many.
+        """Make the job threads the only threads of the process that run torch ops on several threads, and return
+        how many each has.
 
         torch fixes a thread's count when the thread first uses torch, from the latest `torch.set_num_threads`:
         after this, threads that start using torch (a server's request handlers drawing Explain views, reading
@@ -175,24 +191,27 @@ class JobThread:
         return threads
 
     @staticmethod
-    def _loop(work: queue.Queue[Callable[[], None]]) -> None:
+    def _loop(work: queue.Queue[Callable[[], None]], torch_threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(torch_threads)  # this thread's, before its first op
         while True:
             work.get()()
 
 
 class Executor:
-    """Runs jobs on one model manager's model, one at a time, and remembers each model's speed for the ETA.
+    """Runs jobs on one model manager's model, as many at once as it has job threads, and remembers each model's
+    speed for the ETA.
 
     `gpu` is the decorator factory that wraps the boundary (`spaces.GPU` on ZeroGPU, a test's simulation of it);
     None runs it in this process.
     """
 
-    workers = 1  # one job at a time: the model manager's lock serialises them
-
     def __init__(self, manager: Any, gpu: Callable[..., Callable] | None = None) -> None:
-        self.manager = manager  # a `ModelManager`: its lock serialises the jobs, its thread runs them
+        self.manager = manager  # a `ModelManager`: its threads run the jobs, and it says which may share the model
         self.name = "local" if gpu is None else "zerogpu"
-        self.thread: JobThread = manager.thread
+        self.threads: JobThreads = manager.threads
+        self.workers = self.threads.count  # how many jobs run at once: the size of the front end's GPU queue
         # Seconds per step of the last run with each (model, width, height, batch): the ETA shown before a first step.
         self.seconds_per_step: dict[tuple[str, int, int, int], float] = {}
         self._boundary = self.execute if gpu is None else gpu(duration=self.gpu_seconds)(self.execute)
@@ -207,7 +226,7 @@ class Executor:
                 yield item
 
     def execute(self, job: JobSpec) -> Iterator[Any]:
-        """The boundary: run `job` on the job thread, yielding each `StepUpdate`, then the result or a `Raised`.
+        """The boundary: run `job` on a job thread, yielding each `StepUpdate`, then the result or a `Raised`.
 
         Plain CPU objects in and out. Closing it sets the job's cancel flag: the job ends after the step it is in,
         and the model is free again when `close()` returns.
@@ -221,7 +240,7 @@ class Executor:
             running.finished.wait()
 
     def start(self, job: JobSpec) -> RunningJob:
-        """Queue `job` on the job thread and return at once; its items arrive in `updates`. For callers that cannot
+        """Queue `job` on the job threads and return at once; its items arrive in `updates`. For callers that cannot
         close a generator from where they wait (a Ray replica, whose waits are asyncio's: see ray_executor.py)."""
         running = RunningJob(queue.Queue(), threading.Event(), threading.Event())
 
@@ -235,7 +254,7 @@ class Executor:
                 running.finished.set()
             running.updates.put(JOB_ENDED)
 
-        self.thread.run(work)
+        self.threads.run(work)
         return running
 
     def gpu_seconds(self, job: JobSpec) -> int:

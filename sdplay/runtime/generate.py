@@ -117,13 +117,13 @@ def generate(
     recorder: Recorder | None = None,
     preview_every: float = PREVIEW_EVERY,
 ) -> GenerationResult:
-    """Run `request` on the loaded model, one job at a time; `UserError` for bad input, `Cancelled` if stopped.
+    """Run `request` on the loaded model, beside other jobs; `UserError` for bad input, `Cancelled` if stopped.
 
     `control.on_step` hears every step; its previews come at the first step, then once every `preview_every` seconds,
     and never at the last (the final image follows at once).
     """
     request = validated(request, limits)
-    with manager.job(control) as job:
+    with manager.job(control, alone=False) as job:  # it uses the model through its view only
         model = manager.model
         if model.is_inpainting and request.task != Task.INPAINT:
             raise UserError(f"{model.name} is an inpainting checkpoint: use the Inpaint tab with it.")

@@ -1,9 +1,12 @@
-"""The model manager: loads one Stable Diffusion model, shares its weights across tasks, runs one job at a time.
+"""The model manager: loads one Stable Diffusion model, shares its weights across tasks and jobs, and says which
+jobs may run at once.
 
 It owns all accelerator state. Nothing else in sdplay keeps a pipeline.
 """
 
+import copy
 import gc
+import itertools
 import json
 import re
 import struct
@@ -30,7 +33,7 @@ from diffusers import (
 from sdplay.runtime.catalog import ModelSettings, model_settings
 from sdplay.runtime.downloads import Report, fetch_model
 from sdplay.runtime.errors import UserError
-from sdplay.runtime.executor import JobControl, JobRunner, JobThread
+from sdplay.runtime.executor import JobControl, JobRunner, JobThreads
 from sdplay.runtime.previews import fit_latent_rgb
 from sdplay.runtime.request import Task
 from sdplay.runtime.samplers import AUTOMATIC, build_scheduler, resolve
@@ -170,12 +173,13 @@ class LoadedModel:
         return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
-    """The job holding the lock; `cancel` is checked between denoising steps."""
+    """A job using the model; `cancel` is checked between denoising steps."""
 
     owner: str | None
     cancel: threading.Event = field(default_factory=threading.Event)
+    alone: bool = True  # it has the model to itself (see `ModelManager.job`)
 
 
 @dataclass(frozen=True)
@@ -240,7 +244,8 @@ class WorkerPool(JobRunner, Protocol):
 
 
 class ModelManager:
-    """Loads a model once, hands out task views that share its weights, and serialises jobs with a lock.
+    """Loads a model once, hands out task views that share its weights, and runs jobs on its job threads: as many
+    at once as it has threads (`jobs`), except the jobs that need the model alone.
 
     With a `pool` (the `ray` executor) the pool's workers hold the weights and run the jobs, each with a manager of
     its own; this one then keeps the model's facts only (its configs, tokenizer and settings, weights on the meta
@@ -254,6 +259,7 @@ class ModelManager:
         offline: bool = False,
         memory: MemoryOptions = MemoryOptions(),
         pool: WorkerPool | None = None,
+        jobs: int = 1,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -262,10 +268,13 @@ class ModelManager:
         if self.device.type != "cuda" and memory != MemoryOptions():
             raise UserError("CPU offload, VAE tiling and attention slicing are CUDA-only options.")
         self._model: LoadedModel | None = None
-        self._lock = threading.Lock()
-        self._job: Job | None = None
-        # The one thread of this process that touches the weights: loads run on it, and a local executor's jobs.
-        self.thread = JobThread()
+        self._jobs: set[Job] = set()  # the jobs running now
+        self._changed = threading.Condition()  # a job started or ended; guards `_jobs` and `_waiting_alone`
+        self._waiting_alone = 0  # jobs waiting to have the model alone: no new job starts before them
+        # Each job thread's own module tree of a shared UNet (and its own tokenizer): see `pipeline`.
+        self._own: dict[tuple[int, int], Any] = {}
+        # The threads of this process that touch the weights: loads run on them, and a local executor's jobs.
+        self.threads = JobThreads(jobs)
         self.pool = pool
         # What runs jobs on this model (here, in a ZeroGPU worker, or on a Ray pool; it holds the ETA memory): given by
         # whoever composes the app (sdplay/runtime/composition.py), never built here. A pool is its own executor.
@@ -303,21 +312,21 @@ class ModelManager:
         """
         source = source.strip()
         if self.pool is not None:  # the workers load it (and download it): this process keeps its facts
-            with self._lock:
+            with self.job():
                 self._model = self.pool.load(source, config, allow_local, by)
                 return self._model
         load = self._loader(source, config, allow_local, progress)
 
         def switch() -> LoadedModel:
-            with self._lock:
+            with self.job():  # alone: after the jobs that use the old model
                 model = self._prepare(source, config, load(), by)
                 self._release()
                 self._model = model
                 return model
 
-        # On the job thread, behind the jobs queued before it: the thread that runs the model is the only one that
-        # touches its weights (see JobThread).
-        return self.thread.call(switch)
+        # On a job thread, behind the jobs queued before it: the threads that run the model are the only ones that
+        # touch its weights (see JobThreads).
+        return self.threads.call(switch)
 
     def _loader(self, source: str, config: str | None, allow_local: bool, progress: Report | None = None):
         """Check the source before anything is loaded (and download a Hub model's files, reporting to `progress`),
@@ -401,44 +410,84 @@ class ModelManager:
         if self._model is None:
             return  # nothing to give back, and a full collection right after start-up's imports costs ~0.3 s
         self._model = None
+        self._own.clear()
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     def pipeline(self, task: Task, sampler: str, schedule: str = AUTOMATIC) -> DiffusionPipeline:
         """A view of the loaded model for `task`, with its own fresh scheduler; it shares every weight tensor. The LCM
-        sampler runs the model's few-step UNet, if it has one (`ModelSettings.fast`)."""
+        sampler runs the model's few-step UNet, if it has one (`ModelSettings.fast`).
+
+        Its UNet and tokenizer are the calling thread's own: a module tree over the shared weights, made once per
+        thread, so that the hooks and attention processors a job attaches (previews, Explain's recording) reach no
+        job running beside it, and a tokenizer whose settings no other thread changes mid-call.
+        """
         model = self.model
         scheduler = build_scheduler(sampler, model.scheduler_config, schedule)
+        unet = model.fast_unet if model.fast_unet is not None and resolve(sampler)[0] == "LCM" else model.pipe.unet
         # The base pipeline's own modules, as loaded (no safety checker). Not `VIEWS[task].from_pipe`: it casts the
         # shared modules to float32 unless given a dtype, and given one it warns and takes ~30 ms instead of ~1.
-        components = model.pipe.components | {"scheduler": scheduler}
-        if model.fast_unet is not None and resolve(sampler)[0] == "LCM":
-            components["unet"] = model.fast_unet
+        components = model.pipe.components | {
+            "scheduler": scheduler, "unet": self._own_copy(unet), "tokenizer": self._own_copy(model.pipe.tokenizer)
+        }  # fmt: skip
         view = VIEWS[task](**components, requires_safety_checker=False)
         view.set_progress_bar_config(disable=True)
         return view
 
+    def _own_copy(self, shared: Any) -> Any:
+        """The calling thread's copy of `shared`: its own objects over the same weight tensors."""
+        key = (threading.get_ident(), id(shared))
+        if key not in self._own:
+            tensors = (
+                itertools.chain(shared.parameters(), shared.buffers()) if isinstance(shared, torch.nn.Module) else ()
+            )
+            self._own[key] = copy.deepcopy(shared, memo={id(tensor): tensor for tensor in tensors})
+        return self._own[key]
+
     @contextmanager
-    def job(self, control: JobControl = JobControl()) -> Iterator[Job]:
-        """Hold the lock for one job; `interrupt(control.owner)` from another thread sets its cancel flag."""
-        with self._lock:
-            self._job = Job(control.owner, control.cancel or threading.Event())
+    def job(self, control: JobControl = JobControl(), alone: bool = True) -> Iterator[Job]:
+        """Use the model for one job; `interrupt(control.owner)` from another thread sets its cancel flag.
+
+        `alone` waits until no other job runs, and holds the next ones back until it ends: for what changes the
+        shared modules (a load, the Inside views' hooks on the model itself). A job that uses only `pipeline`'s views
+        runs beside the others (`alone=False`).
+        """
+        job = Job(control.owner, control.cancel or threading.Event(), alone)
+        with self._changed:
+            self._waiting_alone += alone
             try:
-                yield self._job
+                self._changed.wait_for(
+                    lambda: not self._jobs if alone else not self._waiting_alone and not self._alone()
+                )
             finally:
-                self._job = None
+                self._waiting_alone -= alone
+            self._jobs.add(job)
+        try:
+            yield job
+        finally:
+            with self._changed:
+                self._jobs.discard(job)
+                self._changed.notify_all()
+
+    @property
+    def running_jobs(self) -> int:
+        """How many jobs use the model now."""
+        return len(self._jobs)
+
+    def _alone(self) -> bool:
+        return any(job.alone for job in self._jobs)
 
     def interrupt(self, owner: str | None) -> bool:
-        """Ask the running job to stop at the next step; only its owner may. No owner (a request without a session)
-        stops nothing, and a job without an owner can only be stopped through its own cancel flag."""
+        """Ask the owner's running jobs to stop at the next step; only their owner may. No owner (a request without a
+        session) stops nothing, and a job without an owner can only be stopped through its own cancel flag."""
         if self.pool is not None:  # the job runs on a worker: the pool stops it there
             return owner is not None and self.pool.interrupt(owner)
-        job = self._job
-        if job is None or owner is None or job.owner != owner:
-            return False
-        job.cancel.set()
-        return True
+        with self._changed:
+            owned = [job for job in self._jobs if owner is not None and job.owner == owner]
+        for job in owned:
+            job.cancel.set()
+        return bool(owned)
 
     def status(self) -> str:
         """One line for the UI: model, device, dtype and memory in use."""

@@ -169,7 +169,7 @@ class Worker:
         self.manager = local_manager(options.device, options.dtype, offline=options.offline, memory=memory)
         self.manager.load(model.source, config=model.config)
         # The job thread runs torch on the replica's threads; the threads that pickle previews, on one.
-        self.manager.executor.thread.own_torch_threads()
+        self.manager.executor.threads.own_torch_threads()
         _, serve = ray_serve()
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id

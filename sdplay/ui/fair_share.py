@@ -11,8 +11,9 @@ from typing import Any
 
 import gradio as gr
 from gradio import route_utils
-from gradio.server_messages import ProcessCompletedMessage
+from gradio.server_messages import ProcessCompletedMessage, ProcessStartsMessage
 
+from sdplay.runtime.queue_log import QueueLog
 from sdplay.ui.common import from_web_page
 
 # Every request that names no session (a raw HTTP call to /gradio_api/call/<endpoint>) counts as this one session:
@@ -74,9 +75,10 @@ def refusal(jobs: list[QueuedJob], session: str | None, concurrency_id: str, web
     return f"You already have a job {where}. Wait for it to finish, or {stop}."
 
 
-def one_job_per_session(demo: gr.Blocks, concurrency_id: str) -> None:
+def one_job_per_session(demo: gr.Blocks, concurrency_id: str, log: QueueLog | None = None) -> None:
     """Refuse, as it asks to join, a job of a session that already has one waiting or running in `concurrency_id`'s
-    queue. Events of other queues pass as they are. Call it after `demo.queue()`.
+    queue. Events of other queues pass as they are. Call it after `demo.queue()`. `log` hears when each job of the
+    queue joins, starts and ends (the admin's panel).
 
     Gradio has no public hook at the moment an event joins its queue: an event's `validator` runs there, but per
     event and with its inputs preprocessed, and two joins could pass it at once. So this wraps the queue's `push`
@@ -94,6 +96,11 @@ def one_job_per_session(demo: gr.Blocks, concurrency_id: str) -> None:
     def send_and_note_results(event, message) -> None:
         if isinstance(message, ProcessCompletedMessage):
             finished.add(event)
+        if log is not None and event.concurrency_id == concurrency_id:
+            if isinstance(message, ProcessStartsMessage):
+                log.started(event._id)
+            elif isinstance(message, ProcessCompletedMessage):
+                log.finished(event._id)
         send_message(event, message)
 
     async def push_one_per_session(body, request, username):
@@ -107,7 +114,11 @@ def one_job_per_session(demo: gr.Blocks, concurrency_id: str) -> None:
         async with joining:
             message = refusal(queued_jobs(demo, finished), body.session_hash, concurrency_id, web_page)
             if message is None:
-                return await push(body=body, request=request, username=username)
+                at = log.clock() if log is not None else 0.0
+                joined = await push(body=body, request=request, username=username)
+                if log is not None and joined[0]:
+                    log.joined(joined[1], at)
+                return joined
         if web_page:  # the page shows an "error" refusal's text as an error toast, as it shows a gr.Error
             return False, message, "error"
         return False, [gr.validate(False, message) | {"parameter_name": REFUSAL_NAME}], "validator_error"
