@@ -13,6 +13,7 @@ import requests
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
+from playwright.sync_api import expect
 
 from bench.handmade import png_claiming_size
 from sdplay.runtime.metadata import parse_infotext, read_infotext
@@ -251,6 +252,29 @@ def test_only_the_admin_switches_models_and_only_to_listed_ones(classroom_url, t
     switched = load_model(teacher, classroom_url, "shapes")
     assert switched.startswith("complete: ") and re.search(r"shapes · .* · Loaded by teacher at \d\d:\d\d", switched)
     assert "Loaded by teacher" in load_model(teacher, classroom_url, tiny_model.name)
+
+
+@pytest.mark.browser
+def test_the_admin_alone_sees_the_queue_under_the_status_line(classroom_url, browser):
+    """The teacher's page shows the GPU queue's last minute, live; a student's page does not show it."""
+    pages = {}
+    for user, password in (("teacher", "chalk"), ("class", "blackboard")):
+        pages[user] = browser.new_context().new_page()
+        pages[user].goto(classroom_url)
+        pages[user].get_by_label("username").fill(user)
+        pages[user].get_by_label("password").fill(password)
+        pages[user].get_by_role("button", name="Login").click()
+    try:
+        expect(pages["class"].locator(".status").first).to_contain_text("cpu", timeout=30_000)
+        expect(pages["class"].locator(".queue-panel")).to_have_count(0)
+        teacher = pages["teacher"]
+        panel = teacher.get_by_test_id("markdown").and_(teacher.locator(".queue-panel"))
+        expect(panel).to_contain_text("Queue, last minute:", timeout=30_000)
+        txt2img(Client(classroom_url, auth=("class", "blackboard"), verbose=False))  # a student's job ...
+        expect(panel).to_contain_text(re.compile(r"[1-9]\d* jobs/min · 0 waiting now · p95 wait \d+\.\d s"))
+    finally:
+        for page in pages.values():
+            page.context.close()
 
 
 def test_an_overlong_model_name_is_a_clear_error_and_the_model_keeps_serving(app_url, client):

@@ -27,7 +27,7 @@ class QueueSummary:
 
     def describe(self) -> str:
         wait = "no job started" if self.p95_wait is None else f"p95 wait {self.p95_wait:.1f} s ({self.started} started)"
-        return f"**Queue, last minute:** {self.finished} jobs/min · {self.waiting} waiting now · {wait}"
+        return f"Queue, last minute: {self.finished} jobs/min · {self.waiting} waiting now · {wait}"
 
 
 @dataclass
