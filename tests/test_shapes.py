@@ -4,6 +4,7 @@ The model tests use the weights in assets/shapes/ and never train.
 """
 
 import pathlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from transformers import CLIPTokenizer
 
 from sdplay.page import build_demo
 from sdplay.runtime.composition import local_manager
+from sdplay.runtime.errors import UserError
 from sdplay.runtime.generate import generate
 from sdplay.runtime.metadata import parse_infotext
 from sdplay.runtime.models import ModelSwitch, SwitchPolicy
@@ -230,3 +232,14 @@ def test_the_generation_tabs_start_on_the_fast_path_and_explain_on_the_20_step_s
     for endpoint in ("/txt2img", "/img2img", "/inpaint", "/xyz"):
         assert defaults(endpoint) == ("LCM", 4, 4), endpoint
     assert defaults("/explain") == ("DPM++ 2M", 20, 4)
+
+
+@pytest.mark.parametrize(
+    ("task", "steps", "strength", "most"), [(Task.TXT2IMG, 51, 1.0, 50), (Task.IMG2IMG, 30, 0.5, 25)]
+)
+def test_lcm_asked_for_more_steps_than_it_was_distilled_on_says_so(shapes, task, steps, strength, most) -> None:
+    image = Image.new("RGB", (64, 64), "gray") if task == Task.IMG2IMG else None
+    request = GenerationRequest(task=task, prompt="a red circle", sampler="LCM", steps=steps, strength=strength)
+    with pytest.raises(UserError, match=rf"The LCM sampler runs at most {most} steps.*: {steps} asked"):
+        generate(shapes, replace(request, image=image))
+    assert generate(shapes, replace(request, image=image, steps=most)).images  # its most still runs

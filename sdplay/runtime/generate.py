@@ -33,7 +33,7 @@ from sdplay.runtime.models import LoadedModel, ModelManager
 from sdplay.runtime.predictions import Prediction, watch_predictions
 from sdplay.runtime.previews import latents_to_rgb
 from sdplay.runtime.request import MAX_SEED, GenerationRequest, Limits, Task, validated
-from sdplay.runtime.samplers import AUTOMATIC
+from sdplay.runtime.samplers import AUTOMATIC, check_steps
 
 # Seconds between two previews after the first. A preview is cheap to compute but is encoded, sent and drawn by the
 # browser: on a fast GPU a step takes tens of milliseconds, and a preview per step would cost more than the steps.
@@ -128,6 +128,7 @@ def generate(
         if model.is_inpainting and request.task != Task.INPAINT:
             raise UserError(f"{model.name} is an inpainting checkpoint: use the Inpaint tab with it.")
         pipe = manager.pipeline(request.task, request.sampler, request.schedule)
+        check_steps(pipe.scheduler, request.steps, request.strength if request.task != Task.TXT2IMG else 1.0)
         # A1111 prompt syntax; long prompts are encoded in chunks of 75 tokens, never cut.
         conditioning = encode_prompts(pipe, request.prompt, request.negative_prompt, request.steps)
         plan = _plan(request, model, limits)

@@ -163,3 +163,18 @@ def build_scheduler(sampler: str, saved_config: Mapping[str, Any], schedule: str
     """A fresh scheduler for one request; any name `resolve` accepts works (`DPM++ 2M Karras` too)."""
     name, schedule = resolve(sampler, schedule)
     return SAMPLERS[name].build(saved_config, schedule)
+
+
+def check_steps(scheduler: SchedulerMixin, steps: int, strength: float = 1.0) -> None:
+    """LCM draws its steps from the `original_inference_steps` it was distilled on (50 for LCM models): asking for
+    more than that share of them is a `UserError`, not diffusers' ValueError mid-job."""
+    if not isinstance(scheduler, LCMScheduler):
+        return
+    distilled = scheduler.config.original_inference_steps
+    most = int(distilled * strength)
+    if steps > most:
+        within = "" if strength == 1 else f" at denoising strength {strength:g}"
+        raise UserError(
+            f"The LCM sampler runs at most {most} steps{within} (it samples the {distilled} steps it was distilled "
+            f"on): {steps} asked. Lower the steps, or choose another sampler."
+        )
