@@ -53,7 +53,12 @@ def require_ray() -> None:
 
 
 def loaded_manager(settings: Settings):
-    """The model manager on the executor the settings name, with the model loaded (or the process ends, saying why)."""
+    """The model manager on the executor the settings name, with the model loaded (or the process ends, saying why).
+
+    A local diffusers folder on the local executor (the bundled model, `--model ./folder`) loads in the background:
+    the page is built from the folder's configs and answers at once, and a job waits for the weights. A Hub model,
+    a single file, ZeroGPU's forked workers and Ray's replicas load first, as before.
+    """
     from sdplay.runtime.composition import local_manager
     from sdplay.runtime.errors import UserError
 
@@ -66,7 +71,10 @@ def loaded_manager(settings: Settings):
                 settings.device, settings.dtype, offline=settings.offline, memory=memory, jobs=settings.jobs
             )
             print(f"sdplay: loading {settings.model} on {manager.device} ...", flush=True)
-        manager.load(settings.model, config=settings.config)
+        if settings.executor == "local" and settings.config is None and Path(settings.model).expanduser().is_dir():
+            manager.load_later(settings.model)
+        else:
+            manager.load(settings.model, config=settings.config)
     except UserError as error:
         sys.exit(f"sdplay: {error}")
     if settings.executor != "ray":  # a pool's workers set their own threads

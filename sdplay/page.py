@@ -64,7 +64,7 @@ def model_bar(
     thread: Gradio's track_tqdm would not see huggingface_hub's bars, which move on other threads).
 
     The model is everyone's: the status line says who switched it and when, and pages show the current model when
-    they open and its status line every half minute.
+    they open and its status line every half minute (every second while it loads at start-up).
     """
     built_for = manager.model
     with gr.Row():
@@ -111,6 +111,9 @@ def model_bar(
     quiet = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}  # not in the GPU queue
     demo.load(opened, None, outputs, **quiet)
     gr.Timer(30).tick(manager.status, None, status, **quiet)
+    # While the start-up model loads in the background, the status line says so and follows it every second.
+    loading = gr.Timer(1, active=manager.loading)
+    loading.tick(lambda: (manager.status(), gr.Timer(active=manager.loading)), None, [status, loading], **quiet)
 
 
 def queue_panel(demo: gr.Blocks, switch: ModelSwitch, log: QueueLog) -> None:

@@ -6,12 +6,14 @@ import threading
 import weakref
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from sdplay.runtime.composition import local_manager
 from sdplay.runtime.errors import UserError
-from sdplay.runtime.executor import JobControl
+from sdplay.runtime.executor import JOB_ENDED, JobControl, JobSpec
+from sdplay.runtime.generate import generate
 from sdplay.runtime.models import (
     MemoryOptions,
     ModelSwitch,
@@ -20,7 +22,7 @@ from sdplay.runtime.models import (
     pick_dtype,
     shared_weight_ratio,
 )
-from sdplay.runtime.request import Task
+from sdplay.runtime.request import GenerationRequest, Limits, Task
 from tests.helpers import same_weights
 
 
@@ -192,3 +194,51 @@ def test_on_zerogpu_the_status_line_asks_cuda_nothing(manager, monkeypatch):
         manager.status()  # a CUDA machine's server reports VRAM
     monkeypatch.setattr(manager, "executor", SimpleNamespace(name="zerogpu"))
     assert manager.status().startswith(f"{manager.model.name} · cuda")
+
+
+def test_a_model_loading_in_the_background_serves_its_facts_at_once_and_jobs_wait_for_its_weights(tiny_model):
+    manager = local_manager(device="cpu")
+    prepare, go = manager._prepare, threading.Event()
+
+    def held(*args):  # the load stays in progress until the test lets it go
+        assert go.wait(30)
+        return prepare(*args)
+
+    manager._prepare = held
+    facts = manager.load_later(str(tiny_model))
+    assert manager.model is facts and facts.name == tiny_model.name and manager.loading
+    assert next(facts.pipe.unet.parameters()).is_meta and facts.native_size == 64 and facts.settings.steps == 20
+    assert manager.status().startswith(f"Loading {tiny_model.name} on cpu float32 … the page works meanwhile")
+    request = GenerationRequest(prompt="a red cat", sampler="Euler", steps=3, seed=2)
+    job = manager.executor.start(JobSpec(generate, request, Limits()))
+    assert not job.finished.wait(0.5)  # it waits for the weights
+    go.set()
+    assert job.finished.wait(60) and not manager.loading
+    items = []
+    while (item := job.updates.get(timeout=60)) is not JOB_ENDED:
+        items.append(item)
+    result = items[-1]
+    loaded_first = local_manager(device="cpu")
+    loaded_first.load(str(tiny_model))
+    expected = loaded_first.executor.run(JobSpec(generate, request, Limits()))
+    assert np.array_equal(np.asarray(result.images[0]), np.asarray(list(expected)[-1].images[0]))
+    assert not next(manager.model.pipe.unet.parameters()).is_meta and manager.status().startswith(tiny_model.name)
+
+
+def test_a_background_load_that_fails_leaves_no_model_and_says_so_without_paths(tiny_model, tmp_path):
+    manager = local_manager(device="cpu")
+
+    def broken(*args):
+        raise OSError(f"no file at {tmp_path}/secret")
+
+    manager._prepare = broken
+    manager.load_later(str(tiny_model))
+    with pytest.raises(UserError, match="No model is loaded"):
+        generate(manager, GenerationRequest(prompt="a red cat", steps=2))
+    status = manager.status()
+    assert status.startswith(f"No model loaded ({tiny_model.name} failed to load: the server's log says why)")
+    assert str(tmp_path) not in status
+    with pytest.raises(UserError, match="not a complete diffusers folder"):
+        broken_folder = shutil.copytree(tiny_model, tmp_path / "no-unet-config")
+        (broken_folder / "unet" / "config.json").unlink()
+        manager.load_later(str(broken_folder))

@@ -140,22 +140,28 @@ class JobThreads:
 
     def run(self, work: Callable[[], None]) -> None:
         """Queue `work` (which must not raise) behind what the threads were given before."""
-        with self._starting:
-            # Started on first use (creating them starts nothing), and again in a forked process (ZeroGPU's worker),
-            # which inherits the thread objects but not the threads.
-            if not self._threads or not all(thread.is_alive() for thread in self._threads):
-                import torch
-
-                self.torch_threads = max(1, torch.get_num_threads() // self.count)
-                self._work = queue.Queue()
-                self._threads = [
-                    threading.Thread(target=self._loop, args=(self._work, self.torch_threads), daemon=True,
-                                     name=f"sdplay-jobs-{number}")
-                    for number in range(self.count)
-                ]  # fmt: skip
-                for thread in self._threads:
-                    thread.start()
+        self._start()
         self._work.put(work)
+
+    def _start(self) -> None:
+        """Start the threads on first use (creating them starts nothing), and again in a forked process (ZeroGPU's
+        worker), which inherits the thread objects but not the threads."""
+        with self._starting:
+            if self._threads and all(thread.is_alive() for thread in self._threads):
+                return
+            import torch
+
+            self.torch_threads = max(1, torch.get_num_threads() // self.count)
+            self._work = queue.Queue()
+            counted = threading.Barrier(self.count + 1)  # every thread has set its torch threads
+            self._threads = [
+                threading.Thread(target=self._loop, args=(self._work, self.torch_threads, counted), daemon=True,
+                                 name=f"sdplay-jobs-{number}")
+                for number in range(self.count)
+            ]  # fmt: skip
+            for thread in self._threads:
+                thread.start()
+            counted.wait()  # before the caller sets other threads' count (`own_torch_threads`)
 
     def call(self, work: Callable[[], T]) -> T:
         """Run `work` on a job thread (at once when called from one), wait for it, and return what it returns or
@@ -178,7 +184,7 @@ class JobThreads:
 
     def own_torch_threads(self) -> int:
         """Make the job threads the only threads of the process that run torch ops on several threads, and return
-        how many each has.
+        how many each has. It waits for nothing they run (a model loading in the background).
 
         torch fixes a thread's count when the thread first uses torch, from the latest `torch.set_num_threads`:
         after this, threads that start using torch (a server's request handlers drawing Explain views, reading
@@ -186,15 +192,19 @@ class JobThreads:
         """
         import torch
 
-        threads = self.call(torch.get_num_threads)
+        self._start()  # each thread sets its own count as it starts, from the share computed here
         torch.set_num_threads(1)
-        return threads
+        return self.torch_threads
 
     @staticmethod
-    def _loop(work: queue.Queue[Callable[[], None]], torch_threads: int) -> None:
+    def _loop(work: queue.Queue[Callable[[], None]], torch_threads: int, counted: threading.Barrier) -> None:
         import torch
 
         torch.set_num_threads(torch_threads)  # this thread's, before its first op
+        # torch initialises a thread's count at its first op, from the process's latest count: do it now, while
+        # that is still ours (the caller of `_start` waits for this before it sets another).
+        torch.get_num_threads()
+        counted.wait()
         while True:
             work.get()()
 

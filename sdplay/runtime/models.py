@@ -20,15 +20,18 @@ from enum import StrEnum
 from pathlib import Path, PurePath
 from typing import Any, Protocol
 
+import diffusers
 import psutil
 import torch
 from diffusers import (
+    AutoencoderKL,
     DiffusionPipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sdplay.runtime.catalog import ModelSettings, model_settings
 from sdplay.runtime.downloads import Report, fetch_model
@@ -233,6 +236,40 @@ class ModelSwitch:
         return name, False
 
 
+def weightless_pipeline(
+    modules: dict[str, tuple[type, Any]], tokenizer: Any, scheduler: Any, dtype: torch.dtype
+) -> StableDiffusionPipeline:
+    """A pipeline whose networks (`modules`: name -> class and config) live on the meta device: every fact a page
+    reads of a model (sizes, configs, tokenizer, parameter counts) without its weights, built in milliseconds."""
+    with torch.device("meta"):
+        # diffusers models are built from their config dict, transformers models from their config object.
+        built = {
+            name: cls.from_config(config) if isinstance(config, dict) else cls(config)
+            for name, (cls, config) in modules.items()
+        }
+    for module in built.values():
+        torch.nn.Module.to(module, dtype)  # not diffusers' `to`, which warns about casting loaded weights
+    return StableDiffusionPipeline(
+        **built, tokenizer=tokenizer, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+
+
+def folder_facts(folder: Path, dtype: torch.dtype) -> StableDiffusionPipeline:
+    """A Stable Diffusion folder's pipeline from its configs and tokenizer, its weights on the meta device."""
+    scheduler_class = json.loads((folder / "model_index.json").read_text())["scheduler"][1]
+    if not re.fullmatch(r"\w+Scheduler", scheduler_class) or not hasattr(diffusers, scheduler_class):
+        raise UserError(f"{folder.name}'s model_index.json names no diffusers scheduler.")
+    modules = {
+        "unet": (UNet2DConditionModel, UNet2DConditionModel.load_config(folder / "unet")),
+        "vae": (AutoencoderKL, AutoencoderKL.load_config(folder / "vae")),
+        "text_encoder": (CLIPTextModel, CLIPTextConfig.from_pretrained(folder / "text_encoder")),
+    }
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    scheduler = getattr(diffusers, scheduler_class).from_pretrained(folder / "scheduler")
+    return weightless_pipeline(modules, tokenizer, scheduler, dtype)
+
+
 class WorkerPool(JobRunner, Protocol):
     """An executor whose workers each hold the model (the `ray` executor): the manager loads and stops through it."""
 
@@ -271,6 +308,9 @@ class ModelManager:
         self._jobs: set[Job] = set()  # the jobs running now
         self._changed = threading.Condition()  # a job started or ended; guards `_jobs` and `_waiting_alone`
         self._waiting_alone = 0  # jobs waiting to have the model alone: no new job starts before them
+        self._loaded = threading.Event()  # clear while a model loads in the background (`load_later`)
+        self._loaded.set()
+        self._load_failed: str | None = None  # which background load failed, for the status line
         # Each job thread's own module tree of a shared UNet (and its own tokenizer): see `pipeline`.
         self._own: dict[tuple[int, int], Any] = {}
         # The threads of this process that touch the weights: loads run on them, and a local executor's jobs.
@@ -312,13 +352,13 @@ class ModelManager:
         """
         source = source.strip()
         if self.pool is not None:  # the workers load it (and download it): this process keeps its facts
-            with self.job():
+            with self._using(JobControl(), alone=True):
                 self._model = self.pool.load(source, config, allow_local, by)
                 return self._model
         load = self._loader(source, config, allow_local, progress)
 
         def switch() -> LoadedModel:
-            with self.job():  # alone: after the jobs that use the old model
+            with self._using(JobControl(), alone=True):  # after the jobs that use the old model
                 model = self._prepare(source, config, load(), by)
                 self._release()
                 self._model = model
@@ -327,6 +367,46 @@ class ModelManager:
         # On a job thread, behind the jobs queued before it: the threads that run the model are the only ones that
         # touch its weights (see JobThreads).
         return self.threads.call(switch)
+
+    def load_later(self, source: str) -> LoadedModel:
+        """Start loading `source`, a local diffusers folder, on a job thread, and return at once its facts: its
+        configs, settings and tokenizer, weights on the meta device, which is all a page needs to be built. Until
+        the weights are in, every job waits for them (`job`) and the status line says so; a failed load leaves no
+        model, and the status line says why. For start-up: the page answers while the model loads."""
+        check_source_name(source, allow_local=True)
+        folder = Path(source).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"{source!r} is not a diffusers folder: only a folder loads in the background.")
+        check_diffusers_folder(folder)
+        try:
+            pipe = folder_facts(folder, self.dtype)
+        except (OSError, ValueError, KeyError) as error:  # a config missing or unreadable
+            raise UserError(f"{folder.name} is not a complete diffusers folder: {type(error).__name__}.") from error
+        settings = model_settings(source, folder, pipe.scheduler)
+        latent_channels = pipe.vae.config.latent_channels
+        facts = LoadedModel(
+            folder.name, source, None, pipe, dict(pipe.scheduler.config), torch.zeros(latent_channels + 1, 3), settings
+        )
+        self._model, self._load_failed = facts, None
+        self._loaded.clear()
+
+        def load() -> None:
+            try:
+                self.load(source)
+            except Exception as error:  # the page is up: it says so, and the model box can load another
+                print(f"sdplay: loading {source} failed: {error!r}", file=sys.stderr, flush=True)
+                # Its message may name server paths: the page says where to look instead.
+                self._model, self._load_failed = None, f"{facts.name} failed to load: the server's log says why"
+            finally:
+                self._loaded.set()
+
+        self.threads.run(load)
+        return facts
+
+    @property
+    def loading(self) -> bool:
+        """Whether a model loads in the background now (`load_later`)."""
+        return not self._loaded.is_set()
 
     def _loader(self, source: str, config: str | None, allow_local: bool, progress: Report | None = None):
         """Check the source before anything is loaded (and download a Hub model's files, reporting to `progress`),
@@ -447,12 +527,19 @@ class ModelManager:
 
     @contextmanager
     def job(self, control: JobControl = JobControl(), alone: bool = True) -> Iterator[Job]:
-        """Use the model for one job; `interrupt(control.owner)` from another thread sets its cancel flag.
+        """Use the model for one job, once a model loading in the background is in; `interrupt(control.owner)`
+        from another thread sets its cancel flag.
 
         `alone` waits until no other job runs, and holds the next ones back until it ends: for what changes the
         shared modules (a load, the Inside views' hooks on the model itself). A job that uses only `pipeline`'s views
         runs beside the others (`alone=False`).
         """
+        self._loaded.wait()
+        with self._using(control, alone) as job:
+            yield job
+
+    @contextmanager
+    def _using(self, control: JobControl, alone: bool) -> Iterator[Job]:
         job = Job(control.owner, control.cancel or threading.Event(), alone)
         with self._changed:
             self._waiting_alone += alone
@@ -493,9 +580,14 @@ class ModelManager:
         """One line for the UI: model, device, dtype and memory in use."""
         rss = psutil.Process().memory_info().rss / 2**20
         if self._model is None:
-            return f"No model loaded · {self.device.type} · RAM {rss:.0f} MB"
+            failed = f" ({self._load_failed})" if self._load_failed else ""
+            return f"No model loaded{failed} · {self.device.type} · RAM {rss:.0f} MB"
         model = self._model
         where = f"{self.device.type} {str(self.dtype).removeprefix('torch.')}"
+        if self.loading:
+            return (
+                f"Loading {model.name} on {where} … the page works meanwhile, and a job waits for it · RAM {rss:.0f} MB"
+            )
         line = f"{model.name} · {self.pool.describe() if self.pool is not None else where}"
         line += f" · weights {model.parameter_bytes / 2**20:.1f} MB · RAM {rss:.0f} MB"
         if self.device.type == "cuda" and not self.jobs_elsewhere:

@@ -124,27 +124,9 @@ class ModelDescription:
 
     def weightless(self, loaded_by: str | None = None) -> LoadedModel:
         """The model as a `LoadedModel` whose networks live on the meta device: its facts without its weights."""
-        import torch
-        from diffusers import StableDiffusionPipeline
+        from sdplay.runtime.models import LoadedModel, weightless_pipeline
 
-        from sdplay.runtime.models import LoadedModel
-
-        with torch.device("meta"):
-            # diffusers models are built from their config dict, transformers models from their config object.
-            modules = {
-                name: cls.from_config(config) if isinstance(config, dict) else cls(config)
-                for name, (cls, config) in self.modules.items()
-            }
-        for module in modules.values():
-            torch.nn.Module.to(module, self.dtype)  # not diffusers' `to`, which warns about casting loaded weights
-        pipe = StableDiffusionPipeline(
-            **modules,
-            tokenizer=self.tokenizer,
-            scheduler=self.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe = weightless_pipeline(self.modules, self.tokenizer, self.scheduler, self.dtype)
         return LoadedModel(
             self.name, self.source, self.config, pipe, self.scheduler_config, self.latent_rgb, self.settings, loaded_by
         )
