@@ -129,7 +129,7 @@ def queue_panel(demo: gr.Blocks, switch: ModelSwitch, log: QueueLog) -> None:
         waiting = [job for job in queued_jobs(demo) if job.concurrency_id == GPU["concurrency_id"] and not job.running]
         return log.summary(len(waiting)).describe()
 
-    def opened(request: gr.Request) -> dict:
+    def shown_to_admin(request: gr.Request) -> dict:
         admin = is_admin(request)
         return {panel: gr.Markdown(summary() if admin else "", visible=admin), ticking: gr.Timer(active=admin)}
 
@@ -137,7 +137,7 @@ def queue_panel(demo: gr.Blocks, switch: ModelSwitch, log: QueueLog) -> None:
         return summary() if is_admin(request) else gr.skip()
 
     quiet = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
-    demo.load(opened, None, [panel, ticking], **quiet)
+    demo.load(shown_to_admin, None, [panel, ticking], **quiet)
     ticking.tick(refreshed, None, panel, **quiet)
 
 
