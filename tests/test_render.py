@@ -1,5 +1,6 @@
 """The Explain view's panels, drawn from real captured runs on the tiny model: sizes, word maps, scales, replay."""
 
+import re
 import threading
 import tracemalloc
 from dataclasses import replace
@@ -117,7 +118,11 @@ def test_subwords_merge_into_words(view, run):
     assert [w.label for w in view.words] == ["⟨start⟩", "a", "red", "cat", "sitting", "⟨end⟩"]
     sitting = view.words[word_index(view, "sitting")]
     assert [run.tokens[p] for p in sitting.tokens] == ["s", "i", "t", "t", "i", "n", "g</w>"]
-    assert "| sitting | `s` · `i` · `t` · `t` · `i` · `n` · `g</w>` | 4–10 |" in view.subword_table()
+    table = view.subword_table().splitlines()
+    assert "| sitting | `s` · `i` · `t` · `t` · `i` · `n` · `g</w>` | 4–10 |" in table
+    # The start token's own "|"s are escaped: each row keeps its three cells (issue 23).
+    assert table[2] == "| ⟨start⟩ | `<\\|startoftext\\|>` | 0 |"
+    assert all(len(re.split(r"(?<!\\)\|", row)) == 5 for row in table)
     # Byte-level BPE: "é" is two bytes spelled as two characters, and must come back as one letter.
     tokens = ["<|startoftext|>", "caf", "Ã©</w>", "au", "lait</w>", "<|endoftext|>"]
     assert words_of(tokens) == [

@@ -495,7 +495,8 @@ class ExplainView:
         """Markdown: how the tokenizer split each word (positions count from the start token, 0)."""
         rows = ["| word | tokens | positions |", "|---|---|---|"]
         for word in self.words:
-            spelled = " · ".join(f"`{self.run.tokens[p]}`" for p in word.tokens)
+            # A "|" ends a Markdown table cell even inside code ("<|startoftext|>"): escaped, it is shown as itself.
+            spelled = " · ".join(f"`{self.run.tokens[p]}`".replace("|", "\\|") for p in word.tokens)
             span = f"{word.tokens[0]}" if len(word.tokens) == 1 else f"{word.tokens[0]}–{word.tokens[-1]}"
             rows.append(f"| {word.label} | {spelled} | {span} |")
         return "\n".join(rows)
