@@ -16,10 +16,10 @@ from PIL import Image
 def build(image: Image.Image, infotext: str, export: Path) -> gr.Blocks:
     with gr.Blocks() as demo:
         prompt, negative = gr.Textbox(label="Prompt"), gr.Textbox(label="Negative prompt")
-        sampler = gr.Dropdown(["DPM++ 2M"], value="DPM++ 2M", label="Sampler")
+        sampler = gr.Dropdown(["DPM++ 2M", "LCM", "Euler"], value="DPM++ 2M", label="Sampler")
         steps, guidance = gr.Slider(1, 150, value=20, step=1), gr.Slider(0, 30, value=4.0, step=0.5)
         seed, width, height = gr.Number(-1, precision=0), gr.Slider(0, 1024, value=64), gr.Slider(0, 1024, value=64)
-        batch, schedule = gr.Slider(1, 8, value=1, step=1), gr.Dropdown(["Uniform"], value="Uniform")
+        batch, schedule = gr.Slider(1, 8, value=1, step=1), gr.Dropdown(["Uniform", "Automatic"], value="Uniform")
         gallery, text, seed_used = gr.Gallery(format="png"), gr.Textbox(), gr.Number()
         final, download = gr.Image(format="png"), gr.File()
 
