@@ -192,13 +192,16 @@ class StudentRun:
     outcomes: list[Outcome]
 
 
-def student(url: str, jobs: list[Job], go: threading.Event, stops: dict[str, list[int]], downloads: str) -> StudentRun:
-    go.wait()
+def student(
+    url: str, jobs: list[Job], all_open: threading.Barrier, stops: dict[str, list[int]], downloads: str
+) -> StudentRun:
+    """Open the page (and a gradio_client session), wait until every student has, then run `jobs` in order."""
     opened = time.perf_counter()
     for path in ("", "config"):
         requests.get(url + path, timeout=120).raise_for_status()
     page = time.perf_counter() - opened
     client = Client(url, verbose=False, download_files=downloads, analytics_enabled=False)
+    all_open.wait()
     outcomes = []
     for job in jobs:
         stop = functools.partial(press_stop, url, stops[job.endpoint.strip("/")][0], client.session_hash)
@@ -490,7 +493,7 @@ class Monitor:
 @dataclass
 class Load:
     students: list[StudentRun]
-    seconds: float  # from the start signal until the last student had its last result
+    seconds: float  # from the moment every page was open until the last student had its last result
     reference: dict[tuple[int, int], np.ndarray]
     sequential_seconds: float
     rss: list[int]  # bytes, sampled: the first before the load, the last after
@@ -541,14 +544,13 @@ def measure(students: int, stop_every: int, hostile: bool, mix: str) -> Load:
             attacker = Hostile(url, hostile_files(work / "hostile"), str(downloads)) if hostile else None
             load_before = results.cpu_load()
             print(f"the load: {students} students{' and a hostile client' if hostile else ''} ...", flush=True)
-            go, done = threading.Event(), threading.Event()
+            done, started = threading.Event(), []
+            all_open = threading.Barrier(len(plans), action=lambda: started.append(time.perf_counter()))
             with Monitor(process, temp) as monitor, ThreadPoolExecutor(students + 1) as pool:
-                futures = [pool.submit(student, url, jobs, go, stops, str(downloads)) for jobs in plans]
+                futures = [pool.submit(student, url, jobs, all_open, stops, str(downloads)) for jobs in plans]
                 attack = pool.submit(attacker.run, done) if attacker else None
-                start = time.perf_counter()
-                go.set()
                 runs = [future.result() for future in futures]
-                seconds = time.perf_counter() - start
+                seconds = time.perf_counter() - started[0]
                 done.set()
                 if attack:
                     print("the students are done; the hostile client finishes its round ...", flush=True)
@@ -664,9 +666,10 @@ def table(m: Load, stop_every: int, mix: str) -> str:
         f"| Stop: submitted → the error (stopped jobs) | {spread([o.end_to_end for o in stopped])} |",
         f"| opening the page: GET the page and its config | {spread([run.page for run in m.students])} |",
         "",
-        f"{len(m.students)} students (threads, a gradio_client session each) start together on `python app.py "
-        "--offline --models catalog` (the bundled model; CPU as the app picks it). Each opens the page, then runs "
-        f"its jobs one after another: {', '.join(e.strip('/') for e in MIXES[mix])} ({JOB['width']}×{JOB['height']}, "
+        f"{len(m.students)} students (threads, a gradio_client session each) on `python app.py --offline --models "
+        "catalog` (the bundled model; CPU as the app picks it). Each opens the page (the last row), and once every "
+        "page is open they all start at the same moment, each running its jobs one after another: "
+        f"{', '.join(e.strip('/') for e in MIXES[mix])} ({JOB['width']}×{JOB['height']}, "
         "prompts and seeds of its own; the model's defaults: txt2img "
         f"{GENERATION['sampler']} {GENERATION['steps']} steps CFG {GENERATION['guidance_scale']:g}, Explain "
         f"{EXPLAIN['sampler']} {EXPLAIN['schedule']} {EXPLAIN['steps']} steps CFG {EXPLAIN['guidance_scale']:g}). "
