@@ -404,11 +404,13 @@ ATTACKS = [
 
 
 @contextmanager
-def classroom_app(temp: Path, log: Path) -> Iterator[tuple[str, psutil.Process]]:
-    """`python app.py --offline --models catalog` (the bundled model) on a free port, its Gradio files in `temp`."""
+def classroom_app(temp: Path, log: Path, jobs: int | None) -> Iterator[tuple[str, psutil.Process]]:
+    """`python app.py --offline --models catalog` (the bundled model; `--jobs` if given) on a free port, its Gradio
+    files in `temp`."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SDPLAY_")} | {"GRADIO_TEMP_DIR": str(temp)}
     command = [sys.executable, "app.py", "--offline", "--port", str(port), "--models", "catalog"]
+    command += ["--jobs", str(jobs)] if jobs else []
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=results.ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}/"
@@ -529,14 +531,14 @@ def _stopped(error: str | None) -> bool:
     return bool(error and re.search(STOPPED, error))
 
 
-def measure(students: int, stop_every: int, hostile: bool, mix: str) -> Load:
+def measure(students: int, stop_every: int, hostile: bool, mix: str, jobs: int | None = None) -> Load:
     plans = plan(students, stop_every, MIXES[mix])
     with tempfile.TemporaryDirectory(prefix="sdplay-classroom-") as work:
         work = Path(work)
         temp, downloads = work / "gradio", work / "downloads"
         temp.mkdir()
         downloads.mkdir()
-        with classroom_app(temp, work / "app.log") as (url, process):
+        with classroom_app(temp, work / "app.log", jobs) as (url, process):
             config = requests.get(f"{url}config", timeout=60).json()
             stops = stop_handlers(config)
             print(f"sequential reference: {sum(not j.stop for p in plans for j in p)} jobs, one client ...", flush=True)
@@ -730,10 +732,11 @@ def main() -> None:
     parser.add_argument("--hostile", action="store_true", help="add a client sending the probe's attacks")
     parser.add_argument("--stop-every", type=int, default=STOP_EVERY, help="every Nth student presses Stop (0: none)")
     parser.add_argument("--once", action="store_true", help="each student presses Generate once, all together")
+    parser.add_argument("--jobs", type=int, help="the app's --jobs (default: its own, 2 on a CPU of 2+ cores)")
     parser.add_argument("--no-write", action="store_true", help="print only: a trial run, not for bench/RESULTS.md")
     args = parser.parse_args()
     mix, stop_every = ("once", 0) if args.once else ("mix", args.stop_every)
-    m = measure(args.students, stop_every, args.hostile, mix)
+    m = measure(args.students, stop_every, args.hostile, mix, args.jobs)
     report = table(m, stop_every, mix)
     verdict = "PASSED" if passed(m, mix) else "FAILED"
     body = f"{report}\n- Verdict: **{verdict}**\n- CPU load before: {m.load_before}\n- CPU load after: {m.load_after}"
@@ -741,6 +744,7 @@ def main() -> None:
     if not args.no_write:
         title = f"Classroom: {args.students} students" + (", one Generate each" if args.once else "")
         title += " and a hostile client" if args.hostile else ""
+        title += f" (--jobs {args.jobs})" if args.jobs else ""
         results.write_section(title, body)
     sys.exit(0 if verdict == "PASSED" else 1)
 
