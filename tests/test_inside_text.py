@@ -15,6 +15,7 @@ from sdplay.explain.capture import explain
 from sdplay.explain.export import load_run, save_run
 from sdplay.inside.text import (
     CausalRequest,
+    Neighbours,
     NeighboursRequest,
     TextEmbeddings,
     availability,
@@ -23,6 +24,7 @@ from sdplay.inside.text import (
     cosine_matrix,
     first_chunk,
     nearest_tokens,
+    neighbours_table,
     signed_colours,
     similarity_image,
     vector_strips,
@@ -217,3 +219,15 @@ def test_a_replay_without_its_model_says_what_needs_the_model(run):
     assert "nearest vocabulary tokens and the causal test need shapes's own table and encoder" in text
     assert "ask shapes itself" in availability(run, "shapes")
     assert "Record a run" in availability(None, "shapes")
+
+
+def test_the_nearest_tokens_table_shows_the_start_and_end_tokens():
+    """Markdown reads a bare <start> as an HTML tag and shows an empty cell (issue 23's dry run): it is code."""
+    found = [Neighbours("<|startoftext|>", [("a</w>", 0.5)]), Neighbours("red</w>", [("orange</w>", 0.9)])]
+    found.append(Neighbours("<|endoftext|>", [("the</w>", 0.25)]))
+    rows = neighbours_table(found, "<|startoftext|>", "<|endoftext|>").splitlines()[2:]
+    assert rows == [
+        "| `<start>` | `a</w>` 0.50 |",
+        "| `red` | `orange</w>` 0.90 |",
+        "| `<end>` | `the</w>` 0.25 |",
+    ]

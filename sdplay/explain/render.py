@@ -81,6 +81,12 @@ class Word:
         return f"⟨{self.text}⟩" if self.special else self.text
 
 
+def code(token: str) -> str:
+    """A token as Markdown code in a table cell: a '|' (CLIP's '<|startoftext|>') would end the cell, and a '<...>'
+    outside code would be read as an HTML tag and vanish."""
+    return "`" + token.replace("|", "\\|") + "`"
+
+
 def token_text(tokens: list[str]) -> str:
     """CLIP's byte-level BPE spells bytes as printable characters and ends words with `</w>`: undo both."""
     to_byte = {char: byte for byte, char in byte_to_unicode().items()}
@@ -495,8 +501,7 @@ class ExplainView:
         """Markdown: how the tokenizer split each word (positions count from the start token, 0)."""
         rows = ["| word | tokens | positions |", "|---|---|---|"]
         for word in self.words:
-            # A "|" ends a Markdown table cell even inside code ("<|startoftext|>"): escaped, it is shown as itself.
-            spelled = " · ".join(f"`{self.run.tokens[p]}`".replace("|", "\\|") for p in word.tokens)
+            spelled = " · ".join(code(self.run.tokens[p]) for p in word.tokens)
             span = f"{word.tokens[0]}" if len(word.tokens) == 1 else f"{word.tokens[0]}–{word.tokens[-1]}"
             rows.append(f"| {word.label} | {spelled} | {span} |")
         return "\n".join(rows)

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sdplay.explain.captions import Caption
 from sdplay.explain.capture import ExplainRun
-from sdplay.explain.render import token_text
+from sdplay.explain.render import code, token_text
 from sdplay.runtime.errors import UserError
 from sdplay.runtime.executor import JobControl
 from sdplay.runtime.models import ModelManager
@@ -153,11 +153,6 @@ def availability(run: ExplainRun | None, loaded: str) -> str:
             "to use them."
         )
     return " ".join(lines)
-
-
-def code(token: str) -> str:
-    """A token as Markdown code in a table cell: a '|' (CLIP's '<|startoftext|>') would end the cell."""
-    return "`" + token.replace("|", "\\|") + "`"
 
 
 def cosine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -370,7 +365,7 @@ def neighbours_table(found: list[Neighbours], first: str, last: str) -> str:
     rows = ["| token | nearest vocabulary tokens (cosine similarity) |", "|---|---|"]
     for item in found:
         nearest = ", ".join(f"{code(name)} {score:.2f}" for name, score in item.nearest)
-        rows.append(f"| {token_label(item.token, first, last)} | {nearest} |")
+        rows.append(f"| {code(token_label(item.token, first, last))} | {nearest} |")  # <start> is no HTML tag
     return "\n".join(rows)
 
 
