@@ -93,6 +93,7 @@ def test_inside_text_embeddings_and_latent_space(page: Page, page_errors: list[s
     expect(neighbours.get_by_text(re.compile(r"nearest vocabulary tokens \(cosine similarity\)"))).to_be_visible(
         timeout=GENERATE_TIMEOUT_MS
     )
+    expect(neighbours.get_by_role("cell", name="<start>", exact=True)).to_be_visible()  # not an empty cell
     panel.get_by_role("button", name="Edit a later word, then an early one").click()
     note = panel.locator(".prose.sdplay-causal-note")
     expect(note).to_contain_text("The encoder is causal", timeout=GENERATE_TIMEOUT_MS)
