@@ -67,6 +67,8 @@ def test_a_tiny_distillation_resumes_exactly_and_saves_a_4_step_lcm_model(tmp_pa
     timings = run("a", 2)
     assert list(timings) == ["render", "latents", "distill", "save"] and min(timings.values()) > 0
     run("a", 3)  # resumes from the checkpoint the first run's last step wrote
+    with pytest.raises(SystemExit, match="at step 3, past --steps=2"):
+        run("a", 2)  # would save the 3-step student as a 2-step one
     out = capsys.readouterr().out
     assert "starting at step 2 of 3" in out and re.search(r"^distill: \d+\.\d s$", out, re.MULTILINE)
     assert re.search(r"wall time over all sessions of this run: \d+\.\d min", out)

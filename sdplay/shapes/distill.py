@@ -311,6 +311,11 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     student = student_from(pipe.unet, config.guidance_dim)
     unets = Unets(teacher=pipe.unet, student=student, target=copy.deepcopy(student).requires_grad_(False))
     state = checkpoint.load() or {"step": 0}  # after every random initialisation: a resumed run draws the same
+    if state["step"] > config.steps:  # it would save a longer run's student as this shorter one's
+        raise SystemExit(
+            f"The checkpoint in {config.out_dir} is at step {state['step']}, past --steps={config.steps}: give "
+            f"--steps={state['step']} or more to go on with it, or another --out_dir to start afresh."
+        )
     print(f"distilling {config.teacher}: starting at step {state['step']} of {config.steps}")
     seconds = distill(config, pipe, unets, schedule, data, latents, state, checkpoint)
     clock.done("distill")
