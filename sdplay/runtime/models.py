@@ -383,10 +383,8 @@ class ModelManager:
         except (OSError, ValueError, KeyError) as error:  # a config missing or unreadable
             raise UserError(f"{folder.name} is not a complete diffusers folder: {type(error).__name__}.") from error
         settings = model_settings(source, folder, pipe.scheduler)
-        latent_channels = pipe.vae.config.latent_channels
-        facts = LoadedModel(
-            folder.name, source, None, pipe, dict(pipe.scheduler.config), torch.zeros(latent_channels + 1, 3), settings
-        )
+        no_previews_yet = torch.zeros(pipe.vae.config.latent_channels + 1, 3)  # fitted on the weights: jobs wait
+        facts = LoadedModel(folder.name, source, None, pipe, dict(pipe.scheduler.config), no_previews_yet, settings)
         self._model, self._load_failed = facts, None
         self._loaded.clear()
 
