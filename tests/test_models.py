@@ -242,3 +242,14 @@ def test_a_background_load_that_fails_leaves_no_model_and_says_so_without_paths(
         broken_folder = shutil.copytree(tiny_model, tmp_path / "no-unet-config")
         (broken_folder / "unet" / "config.json").unlink()
         manager.load_later(str(broken_folder))
+
+
+def test_a_switch_never_leaves_the_manager_without_a_model(tiny_model, tiny_inpaint_model, monkeypatch):
+    """A page built (or a handler run) while a model loads in the background reads `model` from another thread: at
+    no moment of the switch may it find none (CI once saw "No model is loaded" while the page was being built)."""
+    manager = local_manager(device="cpu")
+    manager.load(str(tiny_model))
+    serving = []
+    monkeypatch.setattr(gc, "collect", lambda: serving.append(manager._model))  # when the old model is let go
+    new = manager.load(str(tiny_inpaint_model))
+    assert serving == [new]

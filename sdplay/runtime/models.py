@@ -360,8 +360,7 @@ class ModelManager:
         def switch() -> LoadedModel:
             with self._using(JobControl(), alone=True):  # after the jobs that use the old model
                 model = self._prepare(source, config, load(), by)
-                self._release()
-                self._model = model
+                self._serve(model)
                 return model
 
         # On a job thread, behind the jobs queued before it: the threads that run the model are the only ones that
@@ -483,12 +482,13 @@ class ModelManager:
             fast_unet=fast_unet,
         )  # fmt: skip
 
-    def _release(self) -> None:
-        """Drop every reference to the current model and give its memory back."""
-        if self._model is None:
-            return  # nothing to give back, and a full collection right after start-up's imports costs ~0.3 s
-        self._model = None
+    def _serve(self, model: LoadedModel) -> None:
+        """Serve `model` from now on, and give the old one's memory back. One assignment: a page being built or a
+        handler reading `model` meanwhile (another thread) finds the old model or the new one, never none."""
+        released, self._model = self._model is not None, model
         self._own.clear()
+        if not released:
+            return  # nothing to give back, and a full collection right after start-up's imports costs ~0.3 s
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
